@@ -1,0 +1,7 @@
+"""``python -m genesis_trio`` is the ``genesis-trio`` command."""
+
+import sys
+
+from ._cli import main
+
+sys.exit(main())

@@ -1,0 +1,102 @@
+"""Configuration of the hub and of the client (immutable, validated)."""
+
+from __future__ import annotations
+
+import secrets
+
+import attrs
+from attrs import validators as v
+
+_pos_f = v.gt(0.0)
+_pos_i = v.gt(0)
+_nonneg = v.ge(0.0)
+
+
+@attrs.frozen(kw_only=True)
+class HubConfig:
+    """Tunables of :class:`TranscendentalExternalWebSocket`; defaults suit most uses."""
+
+    node_id: str = attrs.field(factory=lambda: "hub-" + secrets.token_hex(4))
+    """This hub's name in welcomes and metrics."""
+    handshake_timeout: float = attrs.field(default=5.0, validator=_pos_f)
+    """Seconds a new connection has to send its ``hello``."""
+    heartbeat_interval: float = attrs.field(default=5.0, validator=_pos_f)
+    """Seconds between pings sent by the hub."""
+    heartbeat_floor: float = attrs.field(default=2.0, validator=_pos_f)
+    """Least silence tolerated beyond one interval before a peer is dead."""
+    heartbeat_ceiling: float = attrs.field(default=30.0, validator=_pos_f)
+    """Most silence tolerated beyond one interval before a peer is dead."""
+    max_message_size: int = attrs.field(default=1 << 20, validator=_pos_i)
+    """Largest WebSocket message accepted, after decompression (bytes)."""
+    window: int = attrs.field(default=1000, validator=_pos_i)
+    """Most unacknowledged messages in flight per direction per link."""
+    max_batch: int = attrs.field(default=512, validator=_pos_i)
+    """Most messages the hub packs into one ``batch`` frame."""
+    retention_messages: int = attrs.field(default=10_000, validator=_pos_i)
+    """Most unacknowledged messages kept per session for resume."""
+    retention_seconds: float = attrs.field(default=300.0, validator=_pos_f)
+    """Oldest unacknowledged message kept for a disconnected session."""
+    session_expiry: float = attrs.field(default=3600.0, validator=_pos_f)
+    """A session disconnected this long is forgotten."""
+    slow_consumer_timeout: float = attrs.field(default=5.0, validator=_pos_f)
+    """How long a sender waits for room before the full consumer is closed."""
+    ack_delay: float = attrs.field(default=0.02, validator=_nonneg)
+    """Longest an acknowledgement waits for a frame to ride on."""
+    max_bad_frames: int = attrs.field(default=10, validator=_pos_i)
+    """Malformed frames tolerated per ``bad_frame_window`` before closing."""
+    bad_frame_window: float = attrs.field(default=10.0, validator=_pos_f)
+    """The window, in seconds, over which malformed frames are counted."""
+    allowed_origins: frozenset[str] | None = attrs.field(
+        default=None, converter=attrs.converters.optional(frozenset)
+    )
+    """Origins accepted in the upgrade request (None: any, or none sent)."""
+    close_timeout: float = attrs.field(default=2.0, validator=_pos_f)
+    """Bound on the shielded cleanup of one connection."""
+
+
+@attrs.frozen(kw_only=True)
+class ClientConfig:
+    """Tunables of :class:`TranscendentalWebSocket`."""
+
+    codec: str = attrs.field(default="json", validator=v.in_(("json", "msgpack")))
+    """Wire encoding: ``"json"`` or ``"msgpack"``."""
+    token: str | None = None
+    """Credential sent in ``hello`` (for hubs that check one)."""
+    compress: bool = False
+    """Offer permessage-deflate (costs ~300 KiB of zlib state per link)."""
+    max_message_size: int = attrs.field(default=1 << 20, validator=_pos_i)
+    """Largest message accepted from the hub, after decompression."""
+    max_pending: int = attrs.field(default=1000, validator=_pos_i)
+    """Outbound messages kept until acknowledged; ``send()`` waits when full."""
+    send_timeout: float = attrs.field(default=30.0, validator=_pos_f)
+    """Longest ``send()`` waits for room before raising ``SendTimeout``."""
+    request_timeout: float = attrs.field(default=30.0, validator=_pos_f)
+    """Default deadline of ``request()``."""
+    max_batch: int = attrs.field(default=512, validator=_pos_i)
+    """Most messages packed into one ``batch`` frame."""
+    connect_timeout: float = attrs.field(default=10.0, validator=_pos_f)
+    """Bound on TCP connect + WebSocket upgrade + hello/welcome."""
+    heartbeat_interval: float = attrs.field(default=5.0, validator=_pos_f)
+    """Seconds between pings sent by the client."""
+    heartbeat_floor: float = attrs.field(default=2.0, validator=_pos_f)
+    """Least silence tolerated beyond one interval before the hub is dead."""
+    heartbeat_ceiling: float = attrs.field(default=30.0, validator=_pos_f)
+    """Most silence tolerated beyond one interval before the hub is dead."""
+    ack_delay: float = attrs.field(default=0.02, validator=_nonneg)
+    """Longest an acknowledgement waits for a frame to ride on."""
+    reconnect: bool = True
+    """Reconnect and resume after a lost link."""
+    backoff_initial: float = attrs.field(default=0.1, validator=_pos_f)
+    """First reconnect delay ceiling (full jitter below it)."""
+    backoff_cap: float = attrs.field(default=10.0, validator=_pos_f)
+    """Largest reconnect delay."""
+    breaker_threshold: int = attrs.field(default=5, validator=_pos_i)
+    """Consecutive failed handshakes that open the circuit breaker."""
+    breaker_reset: float = attrs.field(default=30.0, validator=_pos_f)
+    """Seconds the breaker stays open before one trial attempt."""
+    max_reconnect_attempts: int | None = None
+    """Give up after this many consecutive failed attempts (None: never)."""
+    close_timeout: float = attrs.field(default=2.0, validator=_pos_f)
+    """Bound on flushing and closing in ``aclose()``."""
+    inbox_size: int = attrs.field(default=1000, validator=_pos_i)
+    """Messages without a handler waiting for ``receive()``."""

@@ -1,0 +1,567 @@
+"""The hub: ``TranscendentalExternalWebSocket``.
+
+Accepts WebSocket connections (``handle_connection``, mounted at ``/ws``),
+performs the hello/welcome handshake, attaches each connection to its session
+and runs the per-message pipeline ``_process_message_transcendentally``:
+decode, validate, contain errors, route (to a component or a topic's
+subscribers), record. Routing appends to the target sessions' outbound logs,
+waiting (bounded) for room; the target's writer does the rest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any
+
+import attrs
+import trio
+from starlette.responses import PlainTextResponse
+from starlette.websockets import WebSocket
+
+from ._codec import Codec, negotiate
+from ._config import HubConfig
+from ._errors import CloseCode, ConnectionClosed, ErrorCode, RemoteProtocolError
+from ._frames import (
+    HUB_ID,
+    Ack,
+    Body,
+    Bye,
+    Error,
+    Hello,
+    Msgs,
+    Ping,
+    Pong,
+    Subscribe,
+    Welcome,
+    check_body,
+    parse_frame,
+    valid_topic,
+)
+from ._hub_connection import HubConnection, ServerTransport
+from ._hub_session import HubSession, Outgoing, SessionTable
+from ._message import Message
+from ._session import Entry
+from ._stats import HubCounters, HubStatistics, hub_snapshot
+
+log = logging.getLogger("genesis_trio.hub")
+
+HubHandler = Callable[[Message], Awaitable[Any]]
+"""A hub-side handler for messages addressed ``to: "$hub"``."""
+
+
+class AsgiTransport:
+    """:class:`ServerTransport` over an accepted Starlette/ASGI WebSocket."""
+
+    def __init__(self, websocket: WebSocket, binary: bool) -> None:
+        self._ws = websocket
+        self._binary = binary
+        self._closed = False
+
+    async def receive(self) -> str | bytes | None:
+        """Next text/bytes message; None once the client disconnected."""
+        message = await self._ws.receive()
+        if message["type"] == "websocket.receive":
+            text = message.get("text")
+            if text is not None:
+                data: str | bytes = text
+                return data
+            raw: bytes = message.get("bytes") or b""
+            return raw
+        self._closed = True
+        return None
+
+    async def send(self, data: bytes) -> None:
+        """Send one frame; raise ConnectionClosed(1006) if the link is gone."""
+        if self._closed:
+            raise ConnectionClosed(1006, "link gone")
+        try:
+            if self._binary:
+                await self._ws.send({"type": "websocket.send", "bytes": data})
+            else:
+                await self._ws.send({"type": "websocket.send", "text": data.decode()})
+        except (OSError, RuntimeError) as exc:
+            self._closed = True
+            raise ConnectionClosed(1006, "link gone") from exc
+
+    async def close(self, code: int, reason: str) -> None:
+        """Send a close frame (ignored when the link is already gone)."""
+        if self._closed:
+            return
+        self._closed = True
+        with contextlib.suppress(OSError, RuntimeError):
+            await self._ws.send({"type": "websocket.close", "code": int(code), "reason": reason})
+
+
+class TranscendentalExternalWebSocket:
+    """The hub endpoint: sessions, routing, delivery guarantees, statistics.
+
+    Mount :meth:`handle_connection` at ``/ws`` of an ASGI app (see
+    :func:`genesis_trio.create_app`) and run :meth:`run` in a nursery for
+    background housekeeping (session expiry).
+    """
+
+    def __init__(self, config: HubConfig | None = None, **options: Any) -> None:
+        base = config if config is not None else HubConfig()
+        self.config: HubConfig = base if not options else _evolve(base, options)
+        self._table = SessionTable(self.config)
+        self._counters = HubCounters()
+        self._handlers: dict[str, HubHandler] = {}
+
+    # -- public API -------------------------------------------------------------
+
+    def add_handler(self, type: str, handler: HubHandler) -> None:
+        """Handle messages of ``type`` addressed ``to: "$hub"``; requests get the result."""
+        self._handlers[type] = handler
+
+    def on(self, type: str) -> Callable[[HubHandler], HubHandler]:
+        """Decorator form of :meth:`add_handler`."""
+
+        def register(handler: HubHandler) -> HubHandler:
+            self.add_handler(type, handler)
+            return handler
+
+        return register
+
+    async def send_message_transcendentally(
+        self, component_id: str, message: Message | Mapping[str, Any]
+    ) -> bool:
+        """Deliver ``message`` from the hub to ``component_id``.
+
+        Returns True once accepted into the component's session (delivered
+        exactly once, now or after it resumes), False when no session exists
+        for that id. Waits (bounded) while the component's buffer is full.
+        """
+        body = Message.coerce(message).body()
+        body["from"], body["to"] = HUB_ID, component_id
+        body.pop("topic", None)
+        check_body(body, from_client=False)
+        table = self._table
+        if component_id not in table.by_id:
+            return False
+
+        def resolve() -> Sequence[HubSession]:
+            target = table.by_id.get(component_id)
+            return (target,) if target is not None else ()
+
+        await self._deliver(resolve, Outgoing(body), None, _always)
+        return True
+
+    async def publish(self, topic: str, message: Message | Mapping[str, Any]) -> int:
+        """Publish from the hub to ``topic``; return the number of subscribers reached."""
+        if not valid_topic(topic):
+            raise ValueError(f"invalid topic name {topic!r}")
+        body = Message.coerce(message).body()
+        body["from"], body["topic"] = HUB_ID, topic
+        body.pop("to", None)
+        check_body(body, from_client=False)
+        subscribers = self._table.subscribers
+        return await self._deliver(
+            lambda: tuple(subscribers.get(topic, ())), Outgoing(body), None, _always
+        )
+
+    def components(self) -> list[dict[str, Any]]:
+        """One row per session: id, connected, topics, unacknowledged count."""
+        return [
+            {
+                "component_id": s.component_id,
+                "connected": s.connected,
+                "topics": sorted(s.topics),
+                "pending": len(s.outbound),
+                "epoch": s.epoch,
+            }
+            for s in self._table.by_id.values()
+        ]
+
+    def statistics(self) -> HubStatistics:
+        """A frozen snapshot of the metrics."""
+        return hub_snapshot(self.config.node_id, self._counters, len(self._table))
+
+    def get_stats(self) -> dict[str, Any]:
+        """The metrics as a plain dict (names documented in docs/metrics.md)."""
+        return attrs.asdict(self.statistics())
+
+    def close_all(self, code: int = CloseCode.GOING_AWAY, reason: str = "hub shutting down") -> int:
+        """Close every live connection (sessions are kept for resume)."""
+        closed = 0
+        for session in list(self._table.by_id.values()):
+            if session.connection is not None:
+                session.connection.close_soon(code, reason)
+                closed += 1
+        return closed
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Housekeeping until cancelled: expire abandoned sessions and old messages."""
+        cfg = self.config
+        interval = max(0.05, min(30.0, cfg.retention_seconds / 4, cfg.session_expiry / 4))
+        task_status.started()
+        while True:
+            await trio.sleep(interval)
+            expired, dropped = self._table.expire(trio.current_time())
+            self._counters.sessions_expired += expired
+            self._counters.messages_evicted += dropped
+
+    # -- connection handling ----------------------------------------------------
+
+    async def handle_connection(self, websocket: WebSocket) -> None:
+        """The ASGI WebSocket endpoint: check Origin and subprotocol, then serve."""
+        cfg = self.config
+        origin = websocket.headers.get("origin")
+        allowed = cfg.allowed_origins
+        if allowed is not None and origin is not None and origin not in allowed:
+            self._counters.handshake_failures += 1
+            await websocket.send_denial_response(
+                PlainTextResponse(f"origin {origin!r} is not allowed", status_code=403)
+            )
+            return
+        offered: list[str] = list(websocket.scope.get("subprotocols") or [])
+        codec = negotiate(offered)
+        if codec is None:
+            self._counters.handshake_failures += 1
+            await websocket.send_denial_response(
+                PlainTextResponse(
+                    "unsupported subprotocol: offer genesis.v1.json or genesis.v1.msgpack",
+                    status_code=400,
+                )
+            )
+            return
+        await websocket.accept(subprotocol=codec.subprotocol if offered else None)
+        await self.serve_transport(AsgiTransport(websocket, codec.binary), codec)
+
+    async def serve_transport(self, transport: ServerTransport, codec: Codec) -> None:
+        """Serve one accepted link: handshake, attach to its session, run it."""
+        cfg = self.config
+        c = self._counters
+        hello: Hello | None = None
+        with trio.move_on_after(cfg.handshake_timeout):
+            data = await transport.receive()
+            if data is None:
+                c.handshake_failures += 1
+                return
+            try:
+                frame = parse_frame(codec.decode(data), sender="client")
+            except RemoteProtocolError as exc:
+                c.handshake_failures += 1
+                await transport.close(exc.close_code or CloseCode.BAD_HANDSHAKE, str(exc)[:120])
+                return
+            if not isinstance(frame, Hello):
+                c.handshake_failures += 1
+                await transport.close(CloseCode.BAD_HANDSHAKE, "the first frame must be hello")
+                return
+            hello = frame
+        if hello is None:
+            c.handshake_failures += 1
+            await transport.close(CloseCode.HANDSHAKE_TIMEOUT, "no hello in time")
+            return
+        now = trio.current_time()
+        opened = self._table.open(hello, now)
+        session = opened.session
+        if opened.replaced is not None:
+            c.replaced_connections += 1
+            opened.replaced.close_soon(CloseCode.REPLACED, "replaced by a newer connection")
+        if opened.resumed:
+            if opened.recovered:
+                c.resumes_recovered += 1
+            else:
+                c.resumes_failed += 1
+        connection = HubConnection(self, session, transport, codec, now)
+        session.connection = connection
+        session.disconnected_at = None
+        welcome = Welcome(
+            id=session.component_id,
+            sid=session.sid,
+            epoch=session.epoch,
+            recovered=opened.recovered,
+            ack=session.inbound.released,
+            hb=int(cfg.heartbeat_interval * 1000),
+            window=cfg.window,
+            max_size=cfg.max_message_size,
+            node=cfg.node_id,
+        )
+        if opened.recovered or opened.carried_over:
+            c.messages_replayed += session.outbound.unsent
+        c.active_connections += 1
+        c.connections_total += 1
+        try:
+            await transport.send(codec.encode(welcome.wire()))
+            await connection.run()
+        except ConnectionClosed:
+            pass
+        finally:
+            c.active_connections -= 1
+            if connection.attached:
+                session.detach(trio.current_time())
+
+    # -- the per-message pipeline -----------------------------------------------
+
+    async def _process_message_transcendentally(
+        self,
+        msg: str | bytes,
+        component_id: str,
+        *,
+        connection: HubConnection | None = None,
+    ) -> None:
+        """Decode, validate, route and record one WebSocket message of ``component_id``.
+
+        Every failure is contained here: the sender gets an error frame (and a
+        close code if the link cannot continue); no other connection is harmed.
+        """
+        conn = connection
+        if conn is None:
+            session = self._table.by_id.get(component_id)
+            conn = session.connection if session is not None else None
+            if conn is None:
+                raise KeyError(f"no live connection for component {component_id!r}")
+        c = self._counters
+        c.frames_in += 1
+        try:
+            frame = parse_frame(conn.codec.decode(msg), sender="client")
+            kind = type(frame)
+            if kind is Msgs:
+                assert isinstance(frame, Msgs)
+                await self._route_frame(conn, frame)
+            elif kind is Ack:
+                assert isinstance(frame, Ack)
+                self._apply_ack(conn.session, frame.seq)
+            elif kind is Ping:
+                assert isinstance(frame, Ping)
+                conn.queue_control(conn.codec.encode(Pong(frame.id).wire()))
+            elif kind is Pong:
+                assert isinstance(frame, Pong)
+                rtt = conn.heartbeat.pong(frame.id, trio.current_time())
+                if rtt is not None:
+                    c.rtt.add(rtt)
+            elif kind is Subscribe:
+                assert isinstance(frame, Subscribe)
+                if frame.remove:
+                    self._table.unsubscribe(conn.session, frame.topics)
+                else:
+                    self._table.subscribe(conn.session, frame.topics)
+            elif kind is Bye:
+                self._table.remove(conn.session)
+                conn.close_soon(CloseCode.NORMAL, "bye")
+            elif kind is Hello:
+                raise RemoteProtocolError("hello was already received on this link")
+            elif kind is Error:
+                assert isinstance(frame, Error)
+                log.info("client %s reported error %s: %s", component_id, frame.code, frame.msg)
+        except RemoteProtocolError as exc:
+            c.errors_contained += 1
+            conn.report(Error(exc.code, str(exc), exc.seq))
+            if exc.close_code is not None:
+                conn.close_soon(exc.close_code, str(exc)[:120])
+            elif conn.count_bad_frame(trio.current_time()):
+                conn.close_soon(CloseCode.TOO_MANY_ERRORS, "too many malformed frames")
+        except Exception as exc:
+            c.errors_contained += 1
+            log.exception("contained error while processing a frame from %s", component_id)
+            conn.report(
+                Error(ErrorCode.INTERNAL, f"internal error (contained): {type(exc).__name__}")
+            )
+
+    def _apply_ack(self, session: HubSession, seq: int) -> None:
+        if session.outbound.ack(seq):
+            session.room.unpark_all()
+            session.wake.set()
+
+    async def _route_frame(self, conn: HubConnection, frame: Msgs) -> None:
+        session = conn.session
+        inbound = session.inbound
+        if frame.ack is not None:
+            self._apply_ack(session, frame.ack)
+        seq = frame.seq
+        if seq > inbound.received + 1:
+            raise RemoteProtocolError(
+                f"sequence gap: expected {inbound.received + 1}, got {seq}",
+                code=ErrorCode.SEQUENCE,
+                close_code=CloseCode.SESSION_VIOLATION,
+                seq=seq,
+            )
+        c = self._counters
+        for i, body in enumerate(frame.bodies):
+            n = seq + i
+            if n <= inbound.received:
+                c.duplicates_dropped += 1
+                continue
+            if not await self._route_one(conn, body, n):
+                return
+        self._release(session, inbound.received)
+
+    def _release(self, session: HubSession, seq: int) -> None:
+        """``seq`` is safely stored: it may be acknowledged."""
+        inbound = session.inbound
+        inbound.release(seq)
+        if inbound.released > inbound.acked:
+            if session.ack_deadline == math.inf:
+                session.ack_deadline = trio.current_time() + self.config.ack_delay
+                session.wake.set()
+            elif inbound.released - inbound.acked >= max(1, self.config.window // 2):
+                session.wake.set()
+
+    async def _route_one(self, conn: HubConnection, body: Body, n: int) -> bool:
+        session = conn.session
+        inbound = session.inbound
+        body["from"] = session.component_id
+        to = body.get("to")
+        table = self._table
+        resolve: Callable[[], Sequence[HubSession]]
+        if to is not None:
+            if to == HUB_ID:
+                inbound.received = n
+                self._counters.messages_in += 1
+                await self._hub_message(conn, body, n)
+                return conn.attached
+            if to not in table.by_id:
+                conn.report(
+                    Error(
+                        ErrorCode.UNKNOWN_TARGET,
+                        f"no component {to!r} on this hub",
+                        n,
+                        body.get("id"),
+                    )
+                )
+                inbound.received = n
+                self._counters.messages_in += 1
+                return True
+
+            def resolve() -> Sequence[HubSession]:
+                target = table.by_id.get(to)
+                return (target,) if target is not None else ()
+
+        else:
+            topic = body.get("topic")
+            if topic is None:
+                conn.report(
+                    Error(ErrorCode.NO_TARGET, "a message needs 'to' or 'topic'", n, body.get("id"))
+                )
+                inbound.received = n
+                self._counters.messages_in += 1
+                return True
+            subscribers = table.subscribers
+
+            def resolve() -> Sequence[HubSession]:
+                return tuple(subscribers.get(topic, ()))
+
+        def valid() -> bool:
+            return conn.attached and inbound.received == n - 1
+
+        if await self._deliver(resolve, Outgoing(body), session, valid) < 0:
+            return False
+        inbound.received = n
+        self._counters.messages_in += 1
+        return True
+
+    async def _deliver(
+        self,
+        resolve: Callable[[], Sequence[HubSession]],
+        out: Outgoing,
+        sender: HubSession | None,
+        valid: Callable[[], bool],
+    ) -> int:
+        """Append ``out`` to every target's log, atomically; return the target count.
+
+        Waits while a connected target's log is full; past the slow-consumer
+        timeout that target is closed (4004) and receives under retention
+        rules instead. Returns -1 if ``valid()`` fails after a wait.
+        """
+        deadline = math.inf
+        while True:
+            targets = resolve()
+            blocked = None
+            for target in targets:
+                if (
+                    target.connection is not None
+                    and target is not sender
+                    and not target.outbound.has_room
+                ):
+                    blocked = target
+                    break
+            if blocked is None:
+                break
+            if deadline == math.inf:
+                deadline = trio.current_time() + self.config.slow_consumer_timeout
+            with trio.move_on_at(deadline) as scope:
+                await blocked.room.park()
+            if scope.cancelled_caught:
+                for target in resolve():
+                    conn = target.connection
+                    if conn is not None and target is not sender and not target.outbound.has_room:
+                        self._counters.slow_consumers_closed += 1
+                        conn.close_soon(CloseCode.SLOW_CONSUMER, "buffer full: consumer too slow")
+            if not valid():
+                return -1
+        if not valid():
+            return -1
+        now = trio.current_time()
+        evicted = 0
+        for target in targets:
+            log_ = target.outbound
+            if target.connection is not None:
+                if log_.has_room or target is sender:
+                    log_.last_seq += 1
+                    log_.entries.append(Entry(log_.last_seq, out, now))
+                else:  # pragma: no cover - excluded by the loop above
+                    evicted += log_.append_evicting(out, now)[1]
+                target.wake.set()
+            else:
+                evicted += log_.append_evicting(out, now)[1]
+        if evicted:
+            self._counters.messages_evicted += evicted
+        return len(targets)
+
+    async def _hub_message(self, conn: HubConnection, body: Body, n: int) -> None:
+        """A message addressed to the hub itself: run its handler, contained."""
+        session = conn.session
+        handler = self._handlers.get(body["type"])
+        rid = body.get("id")
+        reply: Body | None = None
+        if handler is None:
+            error = Error(
+                ErrorCode.NO_HANDLER, f"the hub has no handler for {body['type']!r}", n, rid
+            )
+            if rid is None:
+                conn.report(error)
+            else:
+                reply = {
+                    "type": body["type"],
+                    "re": rid,
+                    "error": {"code": error.code, "msg": error.msg},
+                }
+        else:
+            try:
+                result = await handler(Message.from_body(body, n))
+            except Exception as exc:
+                self._counters.errors_contained += 1
+                log.exception("hub handler for %r failed (contained)", body["type"])
+                msg = f"{type(exc).__name__}: {exc}"[:200]
+                if rid is None:
+                    conn.report(Error(ErrorCode.HANDLER_ERROR, msg, n))
+                else:
+                    reply = {
+                        "type": body["type"],
+                        "re": rid,
+                        "error": {"code": "handler_error", "msg": msg},
+                    }
+            else:
+                if rid is not None:
+                    reply = {"type": body["type"], "re": rid, "data": result}
+        if reply is not None:
+            reply["from"] = HUB_ID
+            reply["to"] = session.component_id
+            table = self._table
+
+            def resolve() -> Sequence[HubSession]:
+                live = table.by_sid.get(session.sid)
+                return (live,) if live is not None else ()
+
+            await self._deliver(resolve, Outgoing(reply), session, _always)
+
+
+def _always() -> bool:
+    return True
+
+
+def _evolve(config: HubConfig, options: Mapping[str, Any]) -> HubConfig:
+    return attrs.evolve(config, **options)

@@ -1,0 +1,203 @@
+"""One live link on the hub: its reader, its writer and its heartbeat.
+
+The reader hands every WebSocket message to the hub's per-message pipeline.
+The writer owns everything that goes out: control frames (pongs, errors),
+pings on the heartbeat schedule, deliveries from the session's outbound log
+(as many as have piled up, in one ``batch`` frame, within the flow-control
+window) and acknowledgements (riding on deliveries, or alone after
+``ack_delay``). Both run in the connection's own nursery.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import deque
+from typing import TYPE_CHECKING, Protocol
+
+import trio
+
+from ._codec import Codec
+from ._errors import CloseCode, ConnectionClosed
+from ._frames import Ack, Error
+from ._heartbeat import Heartbeat
+from ._signal import Signal
+
+if TYPE_CHECKING:
+    from ._hub import TranscendentalExternalWebSocket
+    from ._hub_session import HubSession
+
+log = logging.getLogger("genesis_trio.hub")
+
+MAX_CONTROL_FRAMES = 64
+
+
+class ServerTransport(Protocol):
+    """The hub's view of one accepted WebSocket (ASGI or in-memory)."""
+
+    async def receive(self) -> str | bytes | None:
+        """The next message, or None once the peer has gone."""
+        ...
+
+    async def send(self, data: bytes) -> None:
+        """Send one encoded frame (text or binary per the codec)."""
+        ...
+
+    async def close(self, code: int, reason: str) -> None:
+        """Close with a WebSocket close code; never raises."""
+        ...
+
+
+class HubConnection:
+    """The tasks and per-link state of one attached session."""
+
+    def __init__(
+        self,
+        hub: TranscendentalExternalWebSocket,
+        session: HubSession,
+        transport: ServerTransport,
+        codec: Codec,
+        now: float,
+    ) -> None:
+        cfg = hub.config
+        self.hub = hub
+        self.session = session
+        self.transport = transport
+        self.codec = codec
+        self.wake: Signal = session.wake
+        self.heartbeat = Heartbeat(
+            cfg.heartbeat_interval, cfg.heartbeat_floor, cfg.heartbeat_ceiling, now=now
+        )
+        self.control: deque[bytes] = deque()
+        self.bad_frames: deque[float] = deque()
+        self.reader_busy = False
+        self.close_code: int | None = None
+        self.close_reason = ""
+        self.peer_closed = False
+        self._scope = trio.CancelScope()
+
+    @property
+    def attached(self) -> bool:
+        """True while this connection is the session's live link."""
+        return self.session.connection is self
+
+    def queue_control(self, frame: bytes) -> bool:
+        """Queue a control frame for the writer; False when the queue is full."""
+        if len(self.control) >= MAX_CONTROL_FRAMES:
+            return False
+        self.control.append(frame)
+        self.wake.set()
+        return True
+
+    def report(self, error: Error) -> None:
+        """Send an error frame (best effort: dropped if the control queue is full)."""
+        self.queue_control(self.codec.encode(error.wire()))
+
+    def count_bad_frame(self, now: float) -> bool:
+        """Record a malformed frame; True when the tolerated rate is exceeded."""
+        cfg = self.hub.config
+        window = self.bad_frames
+        window.append(now)
+        while window and window[0] <= now - cfg.bad_frame_window:
+            window.popleft()
+        return len(window) > cfg.max_bad_frames
+
+    def close_soon(self, code: int, reason: str) -> None:
+        """Detach from the session now and make the link close with ``code``."""
+        if self.close_code is None:
+            self.close_code, self.close_reason = code, reason
+        if self.attached:
+            self.session.detach(trio.current_time())
+        self._scope.cancel()
+
+    async def run(self) -> None:
+        """Run reader and writer until the link ends, then close it (bounded)."""
+        try:
+            with self._scope:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._write_until_gone)
+                    await self._reader()
+                    nursery.cancel_scope.cancel()
+        finally:
+            with trio.move_on_after(self.hub.config.close_timeout, shield=True):
+                if self.attached:
+                    self.session.detach(trio.current_time())
+                if not self.peer_closed:
+                    await self.transport.close(
+                        self.close_code if self.close_code is not None else CloseCode.NORMAL,
+                        self.close_reason,
+                    )
+
+    async def _reader(self) -> None:
+        receive = self.transport.receive
+        process = self.hub._process_message_transcendentally
+        heartbeat = self.heartbeat
+        cid = self.session.component_id
+        while True:
+            data = await receive()
+            if data is None:
+                self.peer_closed = True
+                return
+            heartbeat.received(trio.current_time())
+            self.reader_busy = True
+            await process(data, cid, connection=self)
+            self.reader_busy = False
+            if not self.attached:
+                return
+
+    async def _write_until_gone(self) -> None:
+        try:
+            await self._writer()
+        except ConnectionClosed:
+            self.peer_closed = True
+            self._scope.cancel()
+
+    async def _writer(self) -> None:
+        hub = self.hub
+        cfg = hub.config
+        stats = hub._counters
+        session = self.session
+        out = session.outbound
+        inbound = session.inbound
+        codec = self.codec
+        send = self.transport.send
+        heartbeat = self.heartbeat
+        control = self.control
+        window, max_batch, half = cfg.window, cfg.max_batch, max(1, cfg.window // 2)
+        while self.attached:
+            self.wake.clear()
+            now = trio.current_time()
+            if not self.reader_busy and heartbeat.dead(now):
+                stats.heartbeat_timeouts += 1
+                self.close_soon(CloseCode.HEARTBEAT_TIMEOUT, "no frame from the client in time")
+                return
+            sent = False
+            while control:
+                await send(control.popleft())
+                sent = True
+            ping = heartbeat.ping_due(now)
+            if ping is not None:
+                await send(codec.encode(ping.wire()))
+                sent = True
+            room = window - out.in_flight
+            if out.last_seq > out.sent and room > 0:
+                entries = out.take(min(room, max_batch))
+                ack = None
+                if inbound.released > inbound.acked:
+                    ack = inbound.take_ack()
+                    session.ack_deadline = math.inf
+                n = len(entries)
+                bodies = [e.payload.encoded(codec) for e in entries]
+                await send(codec.deliver("msg" if n == 1 else "batch", entries[0].seq, bodies, ack))
+                stats.messages_out += n
+                stats.delivery_frames += 1
+                continue
+            if inbound.released > inbound.acked and (
+                now >= session.ack_deadline or inbound.released - inbound.acked >= half
+            ):
+                session.ack_deadline = math.inf
+                await send(codec.encode(Ack(inbound.take_ack()).wire()))
+                sent = True
+            if not sent:
+                deadline = min(heartbeat.next_wakeup(), session.ack_deadline)
+                await self.wake.wait(deadline)

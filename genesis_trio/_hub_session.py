@@ -1,0 +1,210 @@
+"""Hub-side sessions and the registry that resumes, replaces and expires them.
+
+A :class:`HubSession` outlives its WebSocket connections: it holds the
+outbound log (what the component has not acknowledged yet) and the inbound
+tracker (what the hub has processed from it). :class:`SessionTable` maps
+component ids, session ids and topics to sessions and decides, for each
+``hello``, whether the session resumes exactly (``recovered``) or starts a new
+epoch. Plain data and synchronous logic; the only Trio objects are the
+wake-up primitives the connection tasks park on.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import trio
+
+from ._codec import Codec
+from ._config import HubConfig
+from ._frames import Body, Hello
+from ._session import InboundTracker, OutboundLog, new_session_id
+from ._signal import Signal
+
+if TYPE_CHECKING:
+    from ._hub_connection import HubConnection
+
+
+class Outgoing:
+    """A message body, encoded at most once per codec however many receive it."""
+
+    __slots__ = ("body", "json", "msgpack")
+
+    def __init__(self, body: Body) -> None:
+        self.body = body
+        self.json: bytes | None = None
+        self.msgpack: bytes | None = None
+
+    def encoded(self, codec: Codec) -> bytes:
+        """The body in ``codec``'s encoding (cached)."""
+        if codec.name == "json":
+            if self.json is None:
+                self.json = codec.encode(self.body)
+            return self.json
+        if self.msgpack is None:
+            self.msgpack = codec.encode(self.body)
+        return self.msgpack
+
+
+@attrs.define(eq=False)
+class HubSession:
+    """One component's session on the hub."""
+
+    component_id: str
+    sid: str
+    epoch: int
+    outbound: OutboundLog[Outgoing]
+    inbound: InboundTracker = attrs.field(factory=InboundTracker)
+    topics: set[str] = attrs.field(factory=set)
+    connection: HubConnection | None = None
+    disconnected_at: float | None = None
+    wake: Signal = attrs.field(factory=Signal)
+    """Wakes the writer of the attached connection."""
+    room: trio.lowlevel.ParkingLot = attrs.field(factory=trio.lowlevel.ParkingLot)
+    """Senders waiting for room in :attr:`outbound`."""
+    ack_deadline: float = math.inf
+    """When the pending acknowledgement must leave even without a frame to ride on."""
+
+    @property
+    def connected(self) -> bool:
+        """True while a connection is attached."""
+        return self.connection is not None
+
+    def detach(self, now: float) -> None:
+        """The connection is gone: keep the session for resume, free waiters."""
+        self.connection = None
+        self.disconnected_at = now
+        self.ack_deadline = math.inf
+        self.room.unpark_all()
+
+
+@attrs.frozen
+class Opened:
+    """Outcome of :meth:`SessionTable.open`."""
+
+    session: HubSession
+    recovered: bool
+    resumed: bool
+    """True when the client asked to resume (sent a known or unknown sid)."""
+    replaced: HubConnection | None
+    """A connection that must be closed because this one took over."""
+    carried_over: int
+    """Unacknowledged messages moved from a replaced session into this one."""
+
+
+@attrs.define(eq=False)
+class SessionTable:
+    """Sessions by component id and session id, and topic subscriptions."""
+
+    config: HubConfig
+    by_id: dict[str, HubSession] = attrs.field(factory=dict)
+    by_sid: dict[str, HubSession] = attrs.field(factory=dict)
+    subscribers: dict[str, set[HubSession]] = attrs.field(factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.by_id)
+
+    def _new(self, component_id: str, epoch: int = 1) -> HubSession:
+        session = HubSession(
+            component_id,
+            new_session_id(),
+            epoch,
+            OutboundLog(capacity=self.config.retention_messages),
+        )
+        self.by_id[component_id] = session
+        self.by_sid[session.sid] = session
+        return session
+
+    def open(self, hello: Hello, now: float) -> Opened:
+        """Find, resume or create the session a ``hello`` asks for."""
+        cid = hello.id if hello.id is not None else "anon-" + secrets.token_hex(6)
+        existing = self.by_id.get(cid)
+        if existing is not None and not existing.connected:
+            self._expire_one(existing, now)
+            existing = self.by_id.get(cid)
+        resumed = hello.sid is not None
+        if existing is not None and hello.sid is not None and existing.sid == hello.sid:
+            session = existing
+            log = session.outbound
+            replaced = session.connection
+            recovered = (
+                hello.epoch == session.epoch
+                and not log.truncated
+                and log.acked <= hello.ack <= log.last_seq
+            )
+            if recovered:
+                log.ack(hello.ack)
+                log.rewind()
+            else:
+                session.epoch += 1
+                log.renumber()
+                session.inbound.reset()
+            carried = 0
+        else:
+            replaced = None
+            carried_payloads: list[Outgoing] = []
+            if existing is not None:
+                replaced = existing.connection
+                carried_payloads = list(existing.outbound.payloads())
+                self.remove(existing)
+            session = self._new(cid)
+            for payload in carried_payloads:
+                session.outbound.append_evicting(payload, now)
+            carried = len(carried_payloads)
+            recovered = False
+        if replaced is not None:
+            session.detach(now)
+        self.set_topics(session, hello.topics)
+        session.disconnected_at = None
+        return Opened(session, recovered, resumed, replaced, carried)
+
+    def remove(self, session: HubSession) -> None:
+        """Forget a session (``bye``, replacement or expiry)."""
+        if self.by_id.get(session.component_id) is session:
+            del self.by_id[session.component_id]
+        self.by_sid.pop(session.sid, None)
+        self.set_topics(session, ())
+        session.room.unpark_all()
+
+    def set_topics(self, session: HubSession, topics: Any) -> None:
+        """Replace a session's subscriptions with ``topics``."""
+        wanted = set(topics)
+        self.unsubscribe(session, session.topics - wanted)
+        self.subscribe(session, wanted - session.topics)
+
+    def subscribe(self, session: HubSession, topics: Any) -> None:
+        """Add subscriptions."""
+        for topic in topics:
+            self.subscribers.setdefault(topic, set()).add(session)
+            session.topics.add(topic)
+
+    def unsubscribe(self, session: HubSession, topics: Any) -> None:
+        """Remove subscriptions."""
+        for topic in list(topics):
+            subs = self.subscribers.get(topic)
+            if subs is not None:
+                subs.discard(session)
+                if not subs:
+                    del self.subscribers[topic]
+            session.topics.discard(topic)
+
+    def _expire_one(self, session: HubSession, now: float) -> int:
+        """Apply retention to a disconnected session; return messages dropped."""
+        if session.disconnected_at is None:
+            return 0
+        if now - session.disconnected_at >= self.config.session_expiry:
+            dropped = len(session.outbound)
+            self.remove(session)
+            return dropped
+        return session.outbound.expire(now - self.config.retention_seconds)
+
+    def expire(self, now: float) -> tuple[int, int]:
+        """Sweep disconnected sessions; return (sessions forgotten, messages dropped)."""
+        before = len(self.by_id)
+        dropped = 0
+        for session in [s for s in self.by_id.values() if not s.connected]:
+            dropped += self._expire_one(session, now)
+        return before - len(self.by_id), dropped

@@ -1,0 +1,142 @@
+"""Serving the hub on Hypercorn's Trio worker, and ``GenesisHybridSystem``."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import attrs
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve as hypercorn_serve
+
+from ._app import create_app
+from ._config import HubConfig
+from ._deflate import guard_hypercorn, inflate_limit
+from ._hub import TranscendentalExternalWebSocket
+
+log = logging.getLogger("genesis_trio.serve")
+
+
+@attrs.frozen
+class ServeInfo:
+    """Where a started hub listens."""
+
+    host: str
+    port: int
+    urls: tuple[str, ...]
+
+    @property
+    def ws_url(self) -> str:
+        """The WebSocket URL of the hub (``ws://host:port/ws``)."""
+        return f"ws://{self.host}:{self.port}/ws"
+
+    @property
+    def http_url(self) -> str:
+        """The base HTTP URL (``http://host:port``)."""
+        return f"http://{self.host}:{self.port}"
+
+
+def hypercorn_config(
+    host: str, port: int, hub_config: HubConfig, **overrides: Any
+) -> HypercornConfig:
+    """A Hypercorn config bound to ``host:port`` with the hub's message limit."""
+    config = HypercornConfig()
+    config.bind = [f"{host}:{port}"]
+    config.websocket_max_message_size = hub_config.max_message_size
+    config.accesslog = None
+    config.errorlog = logging.getLogger("hypercorn.error")
+    config.graceful_timeout = 3.0
+    for key, value in overrides.items():
+        setattr(config, key, value)
+    return config
+
+
+async def serve_hub(
+    hub: TranscendentalExternalWebSocket,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    app: Any = None,
+    shutdown: trio.Event | None = None,
+    task_status: trio.TaskStatus[ServeInfo] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve ``hub`` (and ``app``, default :func:`create_app`) until cancelled or ``shutdown``.
+
+    Starts ``hub.run`` beside Hypercorn; ``task_status.started`` gets the
+    bound address (bind port 0 for a free one). On shutdown every link is
+    closed with 1001 (going away) so clients resume elsewhere.
+    """
+    guard_hypercorn()
+    inflate_limit.set(hub.config.max_message_size)
+    asgi = app if app is not None else create_app(hub)
+    config = hypercorn_config(host, port, hub.config)
+    stop = shutdown if shutdown is not None else trio.Event()
+
+    async def trigger() -> None:
+        await stop.wait()
+        hub.close_all()
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(hub.run)
+
+        async def run_hypercorn(task_status: trio.TaskStatus[list[str]]) -> None:
+            await hypercorn_serve(
+                asgi,  # type: ignore[arg-type]  # Starlette is an ASGI app
+                config,
+                shutdown_trigger=trigger,
+                task_status=task_status,
+            )
+            nursery.cancel_scope.cancel()  # graceful shutdown finished: stop hub.run too
+
+        urls = tuple(await nursery.start(run_hypercorn))
+        bound_host, _, bound_port = urls[0].rpartition(":")
+        bound_host = bound_host.split("//", 1)[-1].strip("[]")
+        task_status.started(ServeInfo(bound_host, int(bound_port), urls))
+
+
+class GenesisHybridSystem:
+    """Hub, HTTP API and in-process components on one Trio scheduler.
+
+    ``await nursery.start(system.run)`` returns the :class:`ServeInfo`;
+    cancelling the task (or :meth:`shutdown`) stops everything gracefully.
+    """
+
+    def __init__(
+        self,
+        hub: TranscendentalExternalWebSocket | None = None,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 8000,
+    ) -> None:
+        self.hub = hub if hub is not None else TranscendentalExternalWebSocket()
+        self.host = host
+        self.port = port
+        self.info: ServeInfo | None = None
+        self._shutdown = trio.Event()
+
+    @property
+    def shutting_down(self) -> bool:
+        """True once :meth:`shutdown` was called."""
+        return self._shutdown.is_set()
+
+    def shutdown(self) -> None:
+        """Begin a graceful shutdown (links closed with 1001)."""
+        self._shutdown.set()
+
+    async def run(
+        self, *, task_status: trio.TaskStatus[ServeInfo] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Serve until cancelled or shut down."""
+        async with trio.open_nursery() as nursery:
+            info: ServeInfo = await nursery.start(
+                lambda task_status: serve_hub(
+                    self.hub,
+                    host=self.host,
+                    port=self.port,
+                    shutdown=self._shutdown,
+                    task_status=task_status,
+                )
+            )
+            self.info = info
+            task_status.started(info)

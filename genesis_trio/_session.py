@@ -1,0 +1,262 @@
+"""The session state machine: sequence numbers, acks, replay, dedupe (sans-IO).
+
+A session spans many links (WebSocket connections). Per direction it keeps:
+
+* :class:`OutboundLog` -- what we sent, numbered from 1, retained until the
+  peer acknowledges it cumulatively; on a new link everything after the peer's
+  acknowledgement is sent again (replay);
+* :class:`InboundTracker` -- the highest contiguous sequence number received
+  (everything at or below it is a duplicate) and the highest *released* one
+  (handed to the application, or stored durably by the hub), which is what
+  we acknowledge.
+
+:class:`ClientSession` adds the client half of the hello/welcome handshake.
+Nothing here does I/O or reads a clock: callers pass ``now``.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections import deque
+from collections.abc import Iterable
+from typing import Generic, TypeVar
+
+import attrs
+
+from ._errors import CloseCode, ErrorCode, LocalProtocolError, RemoteProtocolError
+from ._frames import Hello, Welcome
+
+T = TypeVar("T")
+
+
+def new_session_id() -> str:
+    """A fresh unguessable session id (128 random bits, URL-safe)."""
+    return secrets.token_urlsafe(16)
+
+
+def _violation(message: str) -> RemoteProtocolError:
+    return RemoteProtocolError(
+        message, code=ErrorCode.SEQUENCE, close_code=CloseCode.SESSION_VIOLATION
+    )
+
+
+@attrs.define(eq=False, slots=True)
+class Entry(Generic[T]):
+    """One retained outbound message."""
+
+    seq: int
+    payload: T
+    stamp: float
+    """When it was appended (the caller's clock)."""
+
+
+@attrs.define(eq=False)
+class OutboundLog(Generic[T]):
+    """Sequenced outbound messages, retained until the peer acknowledges them.
+
+    ``capacity`` bounds the number retained; callers wait for room
+    (:attr:`has_room`) or, for a peer that is away, drop the oldest with
+    :meth:`append_evicting`, which marks the log :attr:`truncated`.
+    """
+
+    capacity: int
+    entries: deque[Entry[T]] = attrs.field(factory=deque)
+    last_seq: int = 0
+    """The sequence number of the newest message (0: none yet)."""
+    acked: int = 0
+    """The peer's cumulative acknowledgement."""
+    sent: int = 0
+    """The newest sequence number handed to the current link."""
+    truncated: bool = False
+    """True once unacknowledged messages were dropped (a gap for the peer)."""
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    @property
+    def has_room(self) -> bool:
+        """True when one more message fits within ``capacity``."""
+        return len(self.entries) < self.capacity
+
+    @property
+    def unsent(self) -> int:
+        """How many retained messages the current link has not carried yet."""
+        return self.last_seq - self.sent
+
+    @property
+    def in_flight(self) -> int:
+        """Sent on the current link but not yet acknowledged."""
+        return self.sent - self.acked
+
+    def append(self, payload: T, now: float) -> int:
+        """Number and retain ``payload``; the log must have room."""
+        if len(self.entries) >= self.capacity:
+            raise LocalProtocolError("outbound log is full; wait for room first")
+        self.last_seq += 1
+        self.entries.append(Entry(self.last_seq, payload, now))
+        return self.last_seq
+
+    def append_evicting(self, payload: T, now: float) -> tuple[int, int]:
+        """Append, dropping the oldest messages if full; returns (seq, dropped)."""
+        dropped = 0
+        while len(self.entries) >= self.capacity:
+            self._drop_oldest()
+            dropped += 1
+        return self.append(payload, now), dropped
+
+    def _drop_oldest(self) -> None:
+        entry = self.entries.popleft()
+        self.acked = max(self.acked, entry.seq)
+        self.sent = max(self.sent, entry.seq)
+        self.truncated = True
+
+    def expire(self, cutoff: float) -> int:
+        """Drop unacknowledged messages stamped before ``cutoff``; count them."""
+        dropped = 0
+        while self.entries and self.entries[0].stamp < cutoff:
+            self._drop_oldest()
+            dropped += 1
+        return dropped
+
+    def ack(self, seq: int) -> int:
+        """Apply a cumulative acknowledgement; return how many were released."""
+        if seq > self.last_seq:
+            raise _violation(f"ack {seq} is beyond the newest message sent ({self.last_seq})")
+        if seq <= self.acked:
+            return 0
+        released = 0
+        entries = self.entries
+        while entries and entries[0].seq <= seq:
+            entries.popleft()
+            released += 1
+        self.acked = seq
+        if self.sent < seq:
+            self.sent = seq
+        return released
+
+    def take(self, limit: int) -> list[Entry[T]]:
+        """Take up to ``limit`` unsent messages, in order, and mark them sent."""
+        n = min(limit, self.last_seq - self.sent)
+        if n <= 0:
+            return []
+        start = self.sent - self.entries[0].seq + 1
+        if start == 0 and n == len(self.entries):
+            out = list(self.entries)
+        else:
+            out = [self.entries[start + i] for i in range(n)]
+        self.sent += n
+        return out
+
+    def rewind(self) -> None:
+        """A new link starts: everything unacknowledged is to be sent again."""
+        self.sent = self.acked
+
+    def renumber(self) -> None:
+        """Start a new epoch: keep unacknowledged payloads, number them from 1."""
+        for i, entry in enumerate(self.entries, start=1):
+            entry.seq = i
+        self.last_seq = len(self.entries)
+        self.acked = self.sent = 0
+        self.truncated = False
+
+    def payloads(self) -> Iterable[T]:
+        """The retained (unacknowledged) payloads, oldest first."""
+        return (entry.payload for entry in self.entries)
+
+
+@attrs.define(eq=False)
+class InboundTracker:
+    """Inbound sequence numbers: duplicate suppression and what to acknowledge."""
+
+    received: int = 0
+    """Highest contiguous sequence number received (older ones are duplicates)."""
+    released: int = 0
+    """Highest sequence number released (delivered or stored): what we ack."""
+    acked: int = 0
+    """The last acknowledgement we sent the peer."""
+
+    def accept(self, seq: int, count: int = 1) -> int:
+        """Accept messages ``seq .. seq+count-1``; return how many leading ones to skip.
+
+        Returns ``count`` when all are duplicates. A gap (``seq`` beyond
+        ``received + 1``) is the peer's protocol violation.
+        """
+        if seq > self.received + 1:
+            raise _violation(f"sequence gap: expected {self.received + 1}, got {seq}")
+        skip = min(count, self.received + 1 - seq)
+        self.received = max(self.received, seq + count - 1)
+        return skip
+
+    def release(self, seq: int) -> None:
+        """Mark everything up to ``seq`` as released (it may now be acknowledged)."""
+        if seq > self.received:
+            raise LocalProtocolError(f"cannot release {seq}: only {self.received} received")
+        if seq > self.released:
+            self.released = seq
+
+    @property
+    def ack_due(self) -> bool:
+        """True when an acknowledgement newer than the last one sent is owed."""
+        return self.released > self.acked
+
+    def take_ack(self) -> int:
+        """Record that an acknowledgement is being sent; return its value."""
+        self.acked = self.released
+        return self.released
+
+    def reset(self) -> None:
+        """Start a new epoch: sequence numbers begin again at 1."""
+        self.received = self.released = self.acked = 0
+
+
+@attrs.frozen
+class ResumeResult:
+    """What a welcome meant for the client's session."""
+
+    recovered: bool
+    """True: the session continued exactly; False: a new epoch began."""
+    replay: int
+    """How many of our unacknowledged messages will be sent again."""
+    first_connect: bool
+    """True for the session's very first welcome."""
+
+
+@attrs.define(eq=False)
+class ClientSession(Generic[T]):
+    """The client's half of a session, spanning reconnects."""
+
+    component_id: str | None
+    outbound: OutboundLog[T]
+    inbound: InboundTracker = attrs.field(factory=InboundTracker)
+    sid: str | None = None
+    epoch: int = 0
+    topics: set[str] = attrs.field(factory=set)
+
+    def hello(self, token: str | None = None) -> Hello:
+        """The hello frame for a new link: who we are and what we have."""
+        return Hello(
+            id=self.component_id,
+            sid=self.sid,
+            epoch=self.epoch,
+            ack=self.inbound.received,
+            topics=tuple(sorted(self.topics)),
+            token=token,
+        )
+
+    def welcome(self, w: Welcome) -> ResumeResult:
+        """Apply the hub's welcome; after it, :meth:`OutboundLog.take` replays."""
+        first = self.sid is None
+        same = w.sid == self.sid and w.epoch == self.epoch
+        if w.recovered and not same:
+            raise _violation("welcome claims recovery of a session we do not hold")
+        if self.component_id is not None and w.id != self.component_id:
+            raise _violation(f"welcome names component {w.id!r}, we are {self.component_id!r}")
+        self.component_id = w.id
+        if w.recovered:
+            self.outbound.ack(w.ack)
+            self.outbound.rewind()
+        else:
+            self.sid, self.epoch = w.sid, w.epoch
+            self.inbound.reset()
+            self.outbound.renumber()
+        return ResumeResult(w.recovered, self.outbound.unsent, first)

@@ -1,0 +1,113 @@
+"""Statistics snapshots (frozen) and the mutable counters behind them."""
+
+from __future__ import annotations
+
+import attrs
+
+from ._heartbeat import RttEstimator
+
+
+@attrs.define(eq=False)
+class HubCounters:
+    """Mutable counters updated on the hub's hot path."""
+
+    connections_total: int = 0
+    active_connections: int = 0
+    messages_in: int = 0
+    messages_out: int = 0
+    frames_in: int = 0
+    delivery_frames: int = 0
+    errors_contained: int = 0
+    resumes_recovered: int = 0
+    resumes_failed: int = 0
+    messages_replayed: int = 0
+    duplicates_dropped: int = 0
+    messages_evicted: int = 0
+    slow_consumers_closed: int = 0
+    heartbeat_timeouts: int = 0
+    handshake_failures: int = 0
+    replaced_connections: int = 0
+    sessions_expired: int = 0
+    rtt: RttEstimator = attrs.field(factory=lambda: RttEstimator(window=1024))
+
+
+@attrs.frozen
+class HubStatistics:
+    """A snapshot of the hub's metrics (names are part of the public API)."""
+
+    node_id: str
+    """This hub's name."""
+    active_connections: int
+    """Connections attached right now."""
+    connections_total: int
+    """Connections accepted since start (handshake completed)."""
+    sessions: int
+    """Sessions held (connected or waiting for resume)."""
+    messages_processed: int
+    """Messages in plus messages out (the seed's "mensajes procesados")."""
+    messages_in: int
+    """Application messages received from clients (duplicates excluded)."""
+    messages_out: int
+    """Application messages written to clients (replays included)."""
+    errors_contained: int
+    """Malformed frames, failing handlers and internal errors caught at a connection's boundary."""
+    recovery_events: int
+    """Resume attempts: ``resumes_recovered + resumes_failed``."""
+    resumes_recovered: int
+    """Resumes that continued the session exactly."""
+    resumes_failed: int
+    """Resumes that could not continue (a new epoch was started)."""
+    messages_replayed: int
+    """Messages sent again after a resume."""
+    duplicates_dropped: int
+    """Client messages received again and ignored (already processed)."""
+    messages_evicted: int
+    """Unacknowledged messages dropped by retention (count or age limit)."""
+    slow_consumers_closed: int
+    """Connections closed with 4004 because their buffer stayed full."""
+    heartbeat_timeouts: int
+    """Connections closed with 4003 because the client fell silent."""
+    handshake_failures: int
+    """Connections refused or dropped before a completed hello/welcome."""
+    replaced_connections: int
+    """Connections closed with 4001 because a newer one took their place."""
+    sessions_expired: int
+    """Disconnected sessions forgotten after ``session_expiry``."""
+    delivery_frames: int
+    """``msg``/``batch`` frames written to clients."""
+    collapse_factor: float
+    """Messages per delivery frame (``messages_out / delivery_frames``; 1.0 when idle)."""
+    rtt_ewma_ms: float | None
+    """Smoothed heartbeat round-trip time over all links, in milliseconds."""
+    rtt_p99_ms: float | None
+    """99th percentile of recent heartbeat round-trip times, in milliseconds."""
+
+
+def hub_snapshot(node_id: str, c: HubCounters, sessions: int) -> HubStatistics:
+    """Freeze the counters into a :class:`HubStatistics`."""
+    p99 = c.rtt.percentile(0.99)
+    return HubStatistics(
+        node_id=node_id,
+        active_connections=c.active_connections,
+        connections_total=c.connections_total,
+        sessions=sessions,
+        messages_processed=c.messages_in + c.messages_out,
+        messages_in=c.messages_in,
+        messages_out=c.messages_out,
+        errors_contained=c.errors_contained,
+        recovery_events=c.resumes_recovered + c.resumes_failed,
+        resumes_recovered=c.resumes_recovered,
+        resumes_failed=c.resumes_failed,
+        messages_replayed=c.messages_replayed,
+        duplicates_dropped=c.duplicates_dropped,
+        messages_evicted=c.messages_evicted,
+        slow_consumers_closed=c.slow_consumers_closed,
+        heartbeat_timeouts=c.heartbeat_timeouts,
+        handshake_failures=c.handshake_failures,
+        replaced_connections=c.replaced_connections,
+        sessions_expired=c.sessions_expired,
+        delivery_frames=c.delivery_frames,
+        collapse_factor=(c.messages_out / c.delivery_frames) if c.delivery_frames else 1.0,
+        rtt_ewma_ms=None if c.rtt.srtt is None else c.rtt.srtt * 1000,
+        rtt_p99_ms=None if p99 is None else p99 * 1000,
+    )
