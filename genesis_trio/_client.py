@@ -36,6 +36,7 @@ from ._errors import (
     CloseCode,
     ClosedError,
     ConnectionClosed,
+    GenesisError,
     HandshakeError,
     LocalProtocolError,
     RemoteError,
@@ -648,12 +649,18 @@ class TranscendentalWebSocket:
         if self._closed:
             raise ClosedError("the client is closed")
         self._running = True
+        failure: Exception | None = None
         try:
             async with trio.open_nursery() as nursery:
                 self._run_scope = nursery.cancel_scope
                 nursery.start_soon(self._dispatcher)
-                await self._supervise()
+                try:
+                    await self._supervise()
+                except (GenesisError, OSError) as exc:  # re-raised below, not as a group
+                    failure = exc
                 nursery.cancel_scope.cancel()
+            if failure is not None:
+                raise failure
         finally:
             self._running = False
             self._run_scope = None
@@ -697,6 +704,8 @@ class TranscendentalWebSocket:
             self._emit(Disconnected(link.code, link.reason, will_retry))
             if not will_retry:
                 raise ConnectionClosed(link.code, link.reason)
+            if link.code == CloseCode.SESSION_VIOLATION:  # the session is corrupt: start afresh
+                self._session.sid, self._session.epoch = None, 0
             if trio.current_time() - started >= max(cfg.backoff_cap, 2 * cfg.heartbeat_interval):
                 delays = iter(self._backoff_factory())  # healthy for a while: start over
             await trio.sleep(next(delays))
@@ -714,10 +723,9 @@ class TranscendentalWebSocket:
                     nursery.cancel_scope.cancel()
         finally:
             with trio.move_on_after(self.config.close_timeout, shield=True):
-                if link.conn.closed is None:
-                    await link.conn.aclose(
-                        link.code if link.code != 1006 else CloseCode.NORMAL, link.reason[:120]
-                    )
+                await link.conn.aclose(
+                    link.code if link.code != 1006 else CloseCode.NORMAL, link.reason[:120]
+                )
 
     async def _reader(self, link: _Link) -> None:
         conn = link.conn

@@ -21,14 +21,10 @@ class ErrorCode(enum.StrEnum):
     """A required field is missing, or a field has the wrong type or value."""
     UNKNOWN_FRAME = "unknown_frame"
     """The frame type ``t`` is not one this protocol version defines."""
-    NOT_READY = "not_ready"
-    """A frame other than ``hello`` arrived before the handshake completed."""
     UNKNOWN_TARGET = "unknown_target"
     """The message was addressed to a component with no session on the hub."""
     NO_TARGET = "no_target"
     """The message has neither ``to`` nor ``topic``."""
-    TOO_LARGE = "too_large"
-    """The message exceeds the negotiated maximum size."""
     SEQUENCE = "sequence"
     """A sequence number or acknowledgement is out of range (a gap)."""
     HANDLER_ERROR = "handler_error"
@@ -37,8 +33,6 @@ class ErrorCode(enum.StrEnum):
     """Nothing on the receiving side handles requests of this type."""
     INTERNAL = "internal"
     """The hub failed while processing the frame; the error was contained."""
-    UNAUTHORIZED = "unauthorized"
-    """The credentials presented in ``hello`` were refused."""
 
 
 class CloseCode(enum.IntEnum):
@@ -50,8 +44,6 @@ class CloseCode(enum.IntEnum):
     """The hub is shutting down; reconnect (to another node) and resume."""
     PROTOCOL_ERROR = 1002
     """WebSocket-level protocol violation."""
-    UNSUPPORTED_DATA = 1003
-    """A text frame on a binary subprotocol, or the reverse."""
     POLICY_VIOLATION = 1008
     """Refused by policy (Origin, authentication)."""
     MESSAGE_TOO_BIG = 1009

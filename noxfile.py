@@ -1,0 +1,49 @@
+"""Developer tasks: ``nox -s tests``, ``lint``, ``typecheck``, ``demo``, ``bench``."""
+
+from __future__ import annotations
+
+import os
+
+import nox
+
+nox.options.default_venv_backend = "uv|virtualenv"
+nox.options.sessions = ["tests", "lint", "typecheck"]
+nox.options.reuse_existing_virtualenvs = True
+
+PYTHON = None  # the interpreter nox runs on (3.11+)
+
+
+@nox.session(python=PYTHON)
+def tests(session: nox.Session) -> None:
+    """Run the test suite (real Hypercorn, real sockets on 127.0.0.1)."""
+    session.install("-e", ".[test]")
+    session.run("pytest", *session.posargs, env={"PYTHONFAULTHANDLER": "1"})
+
+
+@nox.session(python=PYTHON)
+def lint(session: nox.Session) -> None:
+    """ruff (with the ASYNC rules) and the formatter check."""
+    session.install("ruff>=0.6")
+    session.run("ruff", "check", "genesis_trio", "tests", "examples", "noxfile.py")
+    session.run("ruff", "format", "--check", "genesis_trio", "tests", "examples", "noxfile.py")
+
+
+@nox.session(python=PYTHON)
+def typecheck(session: nox.Session) -> None:
+    """mypy --strict on the package."""
+    session.install("-e", ".", "mypy>=1.11", "msgpack-types>=0.3")
+    session.run("mypy")
+
+
+@nox.session(python=PYTHON)
+def demo(session: nox.Session) -> None:
+    """Start a hub on 127.0.0.1:8000 (Ctrl-C to stop)."""
+    session.install("-e", ".")
+    session.run("genesis-trio", "serve", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def bench(session: nox.Session) -> None:
+    """Benchmarks against peers; writes docs/benchmarks.md and a plot."""
+    session.install("-e", ".[bench]")
+    session.run("python", "-m", "bench", *session.posargs, env={"CI": os.environ.get("CI", "")})

@@ -1,0 +1,284 @@
+"""End to end over real loopback: Hypercorn in the test's nursery, real clients."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import trio
+
+from genesis_trio import (
+    CloseCode,
+    Connected,
+    ConnectionClosed,
+    Disconnected,
+    LinkEvent,
+    Message,
+    RemoteError,
+    RequestTimeout,
+    TranscendentalWebSocket,
+)
+
+from .conftest import RunningHub
+
+
+@pytest.mark.parametrize("codec", ["json", "msgpack"])
+async def test_two_clients_exchange_1000_messages_in_order(hub: RunningHub, codec: str) -> None:
+    async with (
+        TranscendentalWebSocket(hub.url, "alice", codec=codec) as alice,
+        TranscendentalWebSocket(hub.url, "bob", codec=codec) as bob,
+    ):
+        for i in range(1000):
+            await alice.send("bob", "n", i)
+            await bob.send("alice", "n", -i)
+        got_bob = [(await bob.receive()).data for _ in range(1000)]
+        got_alice = [(await alice.receive()).data for _ in range(1000)]
+        assert got_bob == list(range(1000))
+        assert got_alice == [-i for i in range(1000)]
+        await alice.flush()
+        stats = hub.hub.get_stats()
+        assert stats["messages_in"] == 2000
+        assert stats["messages_out"] == 2000
+        assert stats["active_connections"] == 2
+        assert stats["collapse_factor"] >= 1.0
+
+
+async def test_received_message_carries_sender_and_addressing(hub: RunningHub) -> None:
+    async with (
+        TranscendentalWebSocket(hub.url, "a") as a,
+        TranscendentalWebSocket(hub.url, "b") as b,
+    ):
+        await a.send("b", "greeting", {"text": "hola"})
+        msg = await b.receive()
+        assert msg.type == "greeting"
+        assert msg.data == {"text": "hola"}
+        assert msg.sender == "a"
+        assert msg.to == "b"
+        assert msg.seq == 1
+
+
+async def test_mixed_codecs_interoperate(hub: RunningHub) -> None:
+    async with (
+        TranscendentalWebSocket(hub.url, "j", codec="json") as j,
+        TranscendentalWebSocket(hub.url, "m", codec="msgpack") as m,
+    ):
+        await j.send("m", "x", {"k": [1, 2.5, "s", None, True]})
+        await m.send("j", "y", {"k": "é"})
+        assert (await m.receive()).data == {"k": [1, 2.5, "s", None, True]}
+        assert (await j.receive()).data == {"k": "é"}
+
+
+async def test_request_reply_through_handler(hub: RunningHub) -> None:
+    async with (
+        TranscendentalWebSocket(hub.url, "client") as client,
+        TranscendentalWebSocket(hub.url, "server") as server,
+    ):
+
+        @server.on("add")
+        async def add(message: Message) -> int:
+            return int(message.data["a"]) + int(message.data["b"])
+
+        assert await client.request("server", "add", {"a": 2, "b": 40}) == 42
+        results = []
+        async with trio.open_nursery() as nursery:
+            for i in range(20):
+
+                async def one(i: int = i) -> None:
+                    results.append(await client.request("server", "add", {"a": i, "b": 1}))
+
+                nursery.start_soon(one)
+        assert sorted(results) == list(range(1, 21))
+
+
+async def test_unknown_target_gets_error_frame(hub: RunningHub) -> None:
+    async with TranscendentalWebSocket(hub.url, "lonely") as lonely:
+        await lonely.send("nobody", "hello", 1)
+        with pytest.raises(RemoteError) as info:
+            await lonely.request("nobody", "ask", timeout=5)
+        assert info.value.code == "unknown_target"
+        await lonely.flush()
+        assert lonely.last_error is not None
+        assert lonely.last_error.code == "unknown_target"
+        assert lonely.last_error.seq == 1
+        assert lonely.statistics().error_frames == 2
+
+
+async def test_failing_handler_is_contained(hub: RunningHub) -> None:
+    async with (
+        TranscendentalWebSocket(hub.url, "asker") as asker,
+        TranscendentalWebSocket(hub.url, "fragile") as fragile,
+        TranscendentalWebSocket(hub.url, "bystander") as bystander,
+    ):
+
+        @fragile.on("boom")
+        async def boom(message: Message) -> None:
+            raise ValueError("kaboom")
+
+        @fragile.on("ok")
+        async def ok(message: Message) -> str:
+            return "fine"
+
+        with pytest.raises(RemoteError) as info:
+            await asker.request("fragile", "boom")
+        assert info.value.code == "handler_error"
+        assert "kaboom" in info.value.message
+        await asker.send("fragile", "boom")  # not a request: nothing to answer
+        assert await asker.request("fragile", "ok") == "fine"
+        assert fragile.statistics().errors_contained == 2
+        await asker.send("bystander", "still", "alive")
+        assert (await bystander.receive()).data == "alive"
+        assert hub.hub.statistics().active_connections == 3
+
+
+async def test_hub_handler_error_is_contained(hub: RunningHub) -> None:
+    calls: list[Any] = []
+
+    @hub.hub.on("explode")
+    async def explode(message: Message) -> None:
+        calls.append(message.data)
+        raise RuntimeError("hub-side failure")
+
+    @hub.hub.on("time")
+    async def now(message: Message) -> str:
+        return "tick"
+
+    async with (
+        TranscendentalWebSocket(hub.url, "x") as x,
+        TranscendentalWebSocket(hub.url, "y") as y,
+    ):
+        before = hub.hub.statistics().errors_contained
+        with pytest.raises(RemoteError) as info:
+            await x.request("$hub", "explode", 1)
+        assert info.value.code == "handler_error"
+        assert hub.hub.statistics().errors_contained == before + 1
+        assert await x.request("$hub", "time") == "tick"
+        await x.send("y", "ping", 7)
+        assert (await y.receive()).data == 7
+        with pytest.raises(RemoteError) as info2:
+            await x.request("$hub", "nope")
+        assert info2.value.code == "no_handler"
+    assert calls == [1]
+
+
+async def test_request_timeout(hub: RunningHub) -> None:
+    async with (
+        TranscendentalWebSocket(hub.url, "impatient") as impatient,
+        TranscendentalWebSocket(hub.url, "silent") as silent,
+    ):
+        with pytest.raises(RequestTimeout):
+            await impatient.request("silent", "question", timeout=0.2)
+        msg = await silent.receive()  # no handler: it was queued for receive()
+        assert msg.id is not None
+        await silent.reply(msg, "late answer")
+
+
+async def test_topics_fan_out(hub: RunningHub) -> None:
+    async with (
+        TranscendentalWebSocket(hub.url, "pub") as pub,
+        TranscendentalWebSocket(hub.url, "s1", topics=["news"]) as s1,
+        TranscendentalWebSocket(hub.url, "s2") as s2,
+        TranscendentalWebSocket(hub.url, "s3") as s3,
+    ):
+        await s2.subscribe("news", "sport")
+        for i in range(50):
+            await pub.publish("news", "headline", i)
+        await pub.publish("sport", "score", "1-0")
+        assert [(await s1.receive()).data for _ in range(50)] == list(range(50))
+        got2 = [(await s2.receive()).data for _ in range(51)]
+        assert got2 == [*range(50), "1-0"]
+        await s2.unsubscribe("news")
+        await pub.publish("news", "headline", "late")
+        await pub.publish("sport", "score", "2-0")
+        assert (await s2.receive()).data == "2-0"
+        assert (await s1.receive()).data == "late"
+        await pub.flush()
+        assert s3.statistics().messages_received == 0
+        assert (await s1.receive()).topic == "news" if s1.statistics().inbox else True
+
+
+async def test_hub_sends_to_component(hub: RunningHub) -> None:
+    async with TranscendentalWebSocket(hub.url, "component_123") as comp:
+        ok = await hub.hub.send_message_transcendentally(
+            "component_123", {"type": "notification", "content": "Actualización disponible"}
+        )
+        assert ok is True
+        msg = await comp.receive()
+        assert msg.type == "notification"
+        assert msg.sender == "$hub"
+        assert msg.data == {"content": "Actualización disponible"}
+        assert await hub.hub.send_message_transcendentally("ghost", {"type": "x"}) is False
+        assert await hub.hub.publish("nobody-listens", {"type": "x"}) == 0
+
+
+async def test_process_message_dispatches_and_returns(hub: RunningHub) -> None:
+    ws = TranscendentalWebSocket(hub.url, "seed")
+
+    @ws.on("data_update")
+    async def update(message: Message) -> str:
+        return f"processed {message.data['content']}"
+
+    result = await ws.process_message({"type": "data_update", "content": "Nueva información"})
+    assert result == "processed Nueva información"
+    assert await ws.process_message(Message("unknown")) is None
+    assert (await ws.receive()).type == "unknown"  # the default: queued for receive()
+
+    async def fallback(message: Message) -> str:
+        return "default:" + message.type
+
+    ws.set_default_handler(fallback)
+    assert await ws.process_message({"type": "other"}) == "default:other"
+
+
+async def test_seed_style_connect_then_run(hub: RunningHub) -> None:
+    ws = TranscendentalWebSocket(hub.url, "seedy")
+    got = trio.Event()
+
+    @ws.on("note")
+    async def note(message: Message) -> None:
+        got.set()
+
+    await ws.connect()
+    assert ws.state == "connected"
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(ws.run)
+        await hub.hub.send_message_transcendentally("seedy", {"type": "note"})
+        await got.wait()
+        await ws.aclose()
+    assert ws.state == "closed"
+
+
+async def test_second_connection_with_same_id_replaces_first(hub: RunningHub) -> None:
+    events: list[LinkEvent] = []
+    first = TranscendentalWebSocket(hub.url, "dup", on_link_event=events.append)
+    async with trio.open_nursery() as nursery:
+        await first.connect()
+
+        async def run_first() -> None:
+            with pytest.raises(ConnectionClosed) as info:
+                await first.run()
+            assert info.value.code == CloseCode.REPLACED
+
+        nursery.start_soon(run_first)
+        async with (
+            TranscendentalWebSocket(hub.url, "sender") as sender,
+            TranscendentalWebSocket(hub.url, "dup") as second,
+        ):
+            await sender.send("dup", "hi", 1)
+            assert (await second.receive()).data == 1
+    assert isinstance(events[0], Connected)
+    assert isinstance(events[-1], Disconnected)
+    assert events[-1].code == CloseCode.REPLACED
+    assert events[-1].will_retry is False
+    assert hub.hub.statistics().replaced_connections == 1
+
+
+async def test_close_is_idempotent_and_ends_session(hub: RunningHub) -> None:
+    ws = TranscendentalWebSocket(hub.url, "leaver")
+    async with ws:
+        await ws.send("leaver", "self", 1)
+        assert (await ws.receive()).data == 1
+    await ws.aclose()
+    assert ws.closed
+    async with TranscendentalWebSocket(hub.url, "other") as other:
+        with pytest.raises(RemoteError):
+            await other.request("leaver", "are-you-there", timeout=5)
