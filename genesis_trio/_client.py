@@ -63,6 +63,7 @@ from ._heartbeat import Heartbeat, RttEstimator
 from ._message import Message
 from ._session import ClientSession, OutboundLog
 from ._signal import Signal
+from ._supervisor import RestartPolicy, Supervisor
 from ._transport import StreamFactory, WebSocketConnection, connect_websocket
 
 log = logging.getLogger("genesis_trio.client")
@@ -105,6 +106,14 @@ class Disconnected:
 
 
 LinkEvent = Connected | Disconnected
+
+
+class _LinkLost(ConnectionClosed):
+    """A link ended; ``fatal`` when its close code forbids reconnecting."""
+
+    def __init__(self, code: int, reason: str, fatal: bool) -> None:
+        super().__init__(code, reason)
+        self.fatal = fatal
 
 
 class ConnectionState:
@@ -249,6 +258,7 @@ class TranscendentalWebSocket:
         self._running = False
         self._run_scope: trio.CancelScope | None = None
         self._exit_stack: AsyncExitStack | None = None
+        self._supervisor: Supervisor | None = None
         self._breaker = CircuitBreaker(self.config.breaker_threshold, self.config.breaker_reset)
         self._last_rtt = RttEstimator()
         self._pending_frames: list[str | bytes] = []
@@ -665,50 +675,57 @@ class TranscendentalWebSocket:
             self._running = False
             self._run_scope = None
 
-    async def _supervise(self) -> None:
+    def _restart_policy(self) -> RestartPolicy:
         cfg = self.config
-        delays = iter(self._backoff_factory())
-        failures = 0
-        while not self._closed:
-            if self._link is None:
-                now = trio.current_time()
-                if not self._breaker.allow(now):
-                    await trio.sleep_until(self._breaker.retry_at())
-                    continue
-                self._state = ConnectionState.CONNECTING
-                try:
-                    await self._open_link()
-                except (HandshakeError, OSError) as exc:
-                    failures += 1
-                    self._c["connect_failures"] += 1
-                    self._breaker.failure(trio.current_time())
-                    self._state = ConnectionState.DISCONNECTED
-                    log.info("connect attempt %d failed: %s", failures, exc)
-                    limit = cfg.max_reconnect_attempts
-                    if not cfg.reconnect or (limit is not None and failures >= limit):
-                        raise
-                    await trio.sleep(next(delays))
-                    continue
-                failures = 0
-            link = self._link
-            assert link is not None
-            started = trio.current_time()
-            await self._run_link(link)
-            self._link = None
-            if self.closed:
-                return
-            fatal = link.code in FATAL_CLOSE_CODES
-            will_retry = cfg.reconnect and not fatal
-            self._state = ConnectionState.DISCONNECTED
-            self._wake_sub_waiters()
-            self._emit(Disconnected(link.code, link.reason, will_retry))
-            if not will_retry:
-                raise ConnectionClosed(link.code, link.reason)
-            if link.code == CloseCode.SESSION_VIOLATION:  # the session is corrupt: start afresh
-                self._session.sid, self._session.epoch = None, 0
-            if trio.current_time() - started >= max(cfg.backoff_cap, 2 * cfg.heartbeat_interval):
-                delays = iter(self._backoff_factory())  # healthy for a while: start over
-            await trio.sleep(next(delays))
+
+        def restart_on(exc: BaseException) -> bool:
+            if not cfg.reconnect:
+                return False
+            if isinstance(exc, _LinkLost):
+                return not exc.fatal
+            return isinstance(exc, HandshakeError | OSError)
+
+        return RestartPolicy(
+            max_restarts=cfg.max_reconnect_attempts,
+            window=cfg.reconnect_window,
+            healthy_after=max(cfg.backoff_cap, 2 * cfg.heartbeat_interval),
+            backoff_factory=self._backoff_factory,
+            restart_on=restart_on,
+        )
+
+    async def _supervise(self) -> None:
+        supervisor = Supervisor(f"link:{self.component_id}", self._restart_policy())
+        self._supervisor = supervisor
+        await supervisor.run(self._link_once)
+
+    async def _link_once(self) -> None:
+        """One link's life: (re)connect if needed, run it, report how it ended."""
+        if self._link is None:
+            if not self._breaker.allow(trio.current_time()):
+                await trio.sleep_until(self._breaker.retry_at())
+                self._breaker.allow(trio.current_time())
+            self._state = ConnectionState.CONNECTING
+            try:
+                await self._open_link()
+            except (HandshakeError, OSError) as exc:
+                self._c["connect_failures"] += 1
+                self._breaker.failure(trio.current_time())
+                self._state = ConnectionState.DISCONNECTED
+                log.info("connect attempt failed: %s", exc)
+                raise
+        link = self._link
+        assert link is not None
+        await self._run_link(link)
+        self._link = None
+        if self.closed:
+            return
+        fatal = link.code in FATAL_CLOSE_CODES
+        self._state = ConnectionState.DISCONNECTED
+        self._wake_sub_waiters()
+        self._emit(Disconnected(link.code, link.reason, self.config.reconnect and not fatal))
+        if link.code == CloseCode.SESSION_VIOLATION:  # the session is corrupt: start afresh
+            self._session.sid, self._session.epoch = None, 0
+        raise _LinkLost(link.code, link.reason, fatal)
 
     def _wake_sub_waiters(self) -> None:
         for event in self._sub_waiters.values():
@@ -719,6 +736,7 @@ class TranscendentalWebSocket:
             with link.scope:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._writer, link)
+                    nursery.start_soon(self._heartbeat_task, link)
                     await self._reader(link)
                     nursery.cancel_scope.cancel()
         finally:
@@ -819,7 +837,6 @@ class TranscendentalWebSocket:
         codec = self._codec
         wire = self._wire
         send = link.conn.send
-        heartbeat = link.heartbeat
         control = self._control
         max_batch = self.config.max_batch
         half = max(1, link.window // 2)
@@ -828,16 +845,9 @@ class TranscendentalWebSocket:
         while True:
             wake.clear()
             now = trio.current_time()
-            if heartbeat.dead(now):
-                link.fail(CloseCode.HEARTBEAT_TIMEOUT, "no frame from the hub in time")
-                return
             sent = False
             while control:
                 await send(wire(control.popleft()))
-                sent = True
-            ping = heartbeat.ping_due(now)
-            if ping is not None:
-                await send(wire(codec.encode(ping.wire())))
                 sent = True
             room = link.window - out.in_flight
             if out.last_seq > out.sent and room > 0:
@@ -861,7 +871,34 @@ class TranscendentalWebSocket:
                 await send(wire(codec.encode(Ack(inbound.take_ack()).wire())))
                 sent = True
             if not sent:
-                await wake.wait(min(heartbeat.next_wakeup(), self._ack_deadline))
+                await wake.wait(self._ack_deadline)
+
+    async def _heartbeat_task(self, link: _Link) -> None:
+        try:
+            await self._heartbeat(link)
+        except ConnectionClosed as exc:
+            link.fail(exc.code, exc.reason)
+
+    async def _heartbeat(self, link: _Link) -> None:
+        """Ping on schedule; fail the link when the hub falls silent.
+
+        A task of its own so that a send blocked on a dead network cannot
+        hide the silence: every ping is bounded by the dead-peer deadline.
+        """
+        heartbeat = link.heartbeat
+        conn = link.conn
+        encode = self._codec.encode
+        while True:
+            now = trio.current_time()
+            if heartbeat.dead(now):
+                link.fail(CloseCode.HEARTBEAT_TIMEOUT, "no frame from the hub in time")
+                return
+            ping = heartbeat.ping_due(now)
+            if ping is not None:
+                with trio.move_on_at(heartbeat.deadline()):
+                    await conn.send(self._wire(encode(ping.wire())))
+                continue
+            await trio.sleep_until(heartbeat.next_wakeup())
 
     async def _dispatcher(self) -> None:
         inbox = self._inbox

@@ -95,7 +95,9 @@ class ClientConfig:
     breaker_reset: float = attrs.field(default=30.0, validator=_pos_f)
     """Seconds the breaker stays open before one trial attempt."""
     max_reconnect_attempts: int | None = None
-    """Give up after this many consecutive failed attempts (None: never)."""
+    """Give up after this many reconnects within ``reconnect_window`` (None: never)."""
+    reconnect_window: float = attrs.field(default=60.0, validator=_pos_f)
+    """The sliding window, in seconds, for ``max_reconnect_attempts``."""
     close_timeout: float = attrs.field(default=2.0, validator=_pos_f)
     """Bound on flushing and closing in ``aclose()``."""
     inbox_size: int = attrs.field(default=1000, validator=_pos_i)

@@ -45,6 +45,7 @@ from ._hub_session import HubSession, Outgoing, SessionTable
 from ._message import Message
 from ._session import Entry
 from ._stats import HubCounters, HubStatistics, hub_snapshot
+from ._supervisor import NO_RESTART, Supervisor
 
 log = logging.getLogger("genesis_trio.hub")
 
@@ -109,6 +110,16 @@ class TranscendentalExternalWebSocket:
         self._table = SessionTable(self.config)
         self._counters = HubCounters()
         self._handlers: dict[str, HubHandler] = {}
+        self._supervisor = Supervisor(
+            "hub-connections",
+            NO_RESTART,
+            cleanup_timeout=self.config.close_timeout,
+            on_error=self._connection_crashed,
+        )
+
+    def _connection_crashed(self, exc: BaseException) -> None:
+        self._counters.errors_contained += 1
+        log.error("a connection crashed (contained): %r", exc, exc_info=exc)
 
     # -- public API -------------------------------------------------------------
 
@@ -284,15 +295,21 @@ class TranscendentalExternalWebSocket:
             c.messages_replayed += session.outbound.unsent
         c.active_connections += 1
         c.connections_total += 1
+
+        async def serve() -> None:
+            try:
+                await transport.send(codec.encode(welcome.wire()))
+                await connection.run()
+            except ConnectionClosed:
+                connection.peer_closed = True
+            except BaseException:
+                connection.crashed = True
+                raise
+
         try:
-            await transport.send(codec.encode(welcome.wire()))
-            await connection.run()
-        except ConnectionClosed:
-            pass
+            await self._supervisor.run(serve, cleanup=connection.cleanup)
         finally:
             c.active_connections -= 1
-            if connection.attached:
-                session.detach(trio.current_time())
 
     # -- the per-message pipeline -----------------------------------------------
 

@@ -74,6 +74,7 @@ class HubConnection:
         self.close_code: int | None = None
         self.close_reason = ""
         self.peer_closed = False
+        self.crashed = False
         self._scope = trio.CancelScope()
 
     @property
@@ -111,22 +112,24 @@ class HubConnection:
         self._scope.cancel()
 
     async def run(self) -> None:
-        """Run reader and writer until the link ends, then close it (bounded)."""
-        try:
-            with self._scope:
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._write_until_gone)
-                    await self._reader()
-                    nursery.cancel_scope.cancel()
-        finally:
-            with trio.move_on_after(self.hub.config.close_timeout, shield=True):
-                if self.attached:
-                    self.session.detach(trio.current_time())
-                if not self.peer_closed:
-                    await self.transport.close(
-                        self.close_code if self.close_code is not None else CloseCode.NORMAL,
-                        self.close_reason,
-                    )
+        """Run reader and writer until the link ends (call :meth:`cleanup` after)."""
+        with self._scope:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._write_until_gone)
+                await self._reader()
+                nursery.cancel_scope.cancel()
+
+    async def cleanup(self) -> None:
+        """Detach from the session and close the link; the caller bounds the time."""
+        if self.attached:
+            self.session.detach(trio.current_time())
+        if not self.peer_closed:
+            code = self.close_code
+            if code is None and self.crashed:
+                code, self.close_reason = CloseCode.INTERNAL_ERROR, "internal error"
+            await self.transport.close(
+                code if code is not None else CloseCode.NORMAL, self.close_reason
+            )
 
     async def _reader(self) -> None:
         receive = self.transport.receive
