@@ -119,8 +119,8 @@ class FaultyStream(trio.abc.HalfCloseableStream):
         """Close both directions at once (the peer sees EOF / a broken pipe)."""
         self.broken = True
         send, receive = self._inner.send_stream, self._inner.receive_stream
-        send.close()  # type: ignore[attr-defined]
-        receive.close()  # type: ignore[attr-defined]
+        send.close()
+        receive.close()
 
     def _check(self) -> None:
         if self.broken:
@@ -223,7 +223,11 @@ class MemoryHub:
         self._nursery = nursery
         guard_hypercorn()
         self._config = hypercorn_config("127.0.0.1", 0, hub.config)
-        self._app = wrap_app(create_app(hub), self._config.wsgi_max_body_size, None)
+        self._app = wrap_app(
+            create_app(hub),  # type: ignore[arg-type]  # Starlette is an ASGI app
+            self._config.wsgi_max_body_size,
+            None,
+        )
         self._context = WorkerContext(None)
         self._next_port = 40000
         self.connections = 0
