@@ -10,6 +10,7 @@ has arrived (a list, so bursts cost one call) and answers pings inline.
 
 from __future__ import annotations
 
+import contextlib
 import ssl as _ssl
 from collections.abc import Awaitable, Callable, Sequence
 from urllib.parse import urlsplit
@@ -142,15 +143,13 @@ class WebSocketConnection:
                 async with self._send_lock:
                     await self._write(self._ws.send(event.response()))
             elif isinstance(event, CloseConnection):
+                closed = self._fail(event.code, event.reason or "")  # first: the peer's code wins
                 if self._ws.state is ConnectionState.REMOTE_CLOSING:
-                    try:
+                    with contextlib.suppress(ConnectionClosed, trio.BrokenResourceError, OSError):
                         async with self._send_lock:
-                            await self._write(self._ws.send(event.response()))
-                    except ConnectionClosed:
-                        pass
+                            await self._stream.send_all(self._ws.send(event.response()))
                 if not self._pending:
-                    raise self._fail(event.code, event.reason or "")
-                self._fail(event.code, event.reason or "")
+                    raise closed
                 return
 
     async def _close_quietly(self, code: int, reason: str) -> None:
@@ -247,6 +246,10 @@ async def connect_websocket(
                     if event.body_finished:
                         text = reject_body.decode(errors="replace").strip()
                         raise HandshakeError(f"upgrade refused with HTTP {status}: {text}")
+    except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+        with trio.CancelScope(shield=True):
+            await stream.aclose()
+        raise HandshakeError(f"connection lost during the upgrade: {exc}") from None
     except BaseException:
         with trio.CancelScope(shield=True):
             await stream.aclose()

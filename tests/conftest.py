@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import AsyncIterator, Callable, Generator
+from collections.abc import Callable, Generator
 from typing import Any
 
 import pytest
@@ -62,9 +62,9 @@ async def start_hub(nursery: trio.Nursery, **options: Any) -> RunningHub:
 
 
 @pytest.fixture
-async def hub(nursery: trio.Nursery) -> AsyncIterator[RunningHub]:
+async def hub(nursery: trio.Nursery) -> RunningHub:
     """A hub with default settings, on a free port."""
-    yield await start_hub(nursery)
+    return await start_hub(nursery)
 
 
 @pytest.fixture
