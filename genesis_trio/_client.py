@@ -52,6 +52,7 @@ from ._frames import (
     Msgs,
     Ping,
     Pong,
+    Rejected,
     Subscribe,
     Welcome,
     check_body,
@@ -780,6 +781,7 @@ class TranscendentalWebSocket:
             pending = self._pending
             for i in range(skip, len(frame.bodies)):
                 body = frame.bodies[i]
+                assert not isinstance(body, Rejected)
                 re = body.get("re")
                 if re is not None:
                     waiter = pending.get(re)

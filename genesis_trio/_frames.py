@@ -113,11 +113,22 @@ class Welcome:
 
 
 @attrs.frozen
+class Rejected:
+    """Stands in a ``Msgs`` for a client body that failed validation.
+
+    Its sequence number is still consumed (the stream goes on); the hub
+    answers it with an error frame naming that number.
+    """
+
+    error: RemoteProtocolError
+
+
+@attrs.frozen
 class Msgs:
     """``msg`` (one body) or ``batch`` (several) with consecutive sequence numbers."""
 
     seq: int
-    bodies: list[Body]
+    bodies: list[Body | Rejected]
     ack: int | None = None
 
 
@@ -239,16 +250,21 @@ def parse_frame(obj: object, *, sender: Side) -> Frame:
         if ack is not None and (type(ack) is not int or ack < 0):
             raise _bad("field 'ack' must be an integer >= 0", seq=seq)
         m = obj.get("m")
-        try:
-            if t == "msg":
-                bodies = [check_body(m, from_client=from_client)]
-            else:
-                if not isinstance(m, list) or not m:
-                    raise _bad("field 'm' of a batch must be a non-empty list")
-                bodies = [check_body(b, from_client=from_client) for b in m]
-        except RemoteProtocolError as exc:
-            exc.seq = seq
-            raise
+        if t == "msg":
+            items = [m]
+        elif isinstance(m, list) and m:
+            items = m
+        else:
+            raise _bad("field 'm' of a batch must be a non-empty list", seq=seq)
+        bodies: list[Body | Rejected] = []
+        for i, item in enumerate(items):
+            try:
+                bodies.append(check_body(item, from_client=from_client))
+            except RemoteProtocolError as exc:
+                exc.seq = seq + i
+                if not from_client:
+                    raise
+                bodies.append(Rejected(exc))
         return Msgs(seq, bodies, ack)
     if t == "ack":
         return Ack(_int(obj, "seq"))

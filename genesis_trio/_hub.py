@@ -34,6 +34,7 @@ from ._frames import (
     Msgs,
     Ping,
     Pong,
+    Rejected,
     Subscribe,
     Welcome,
     check_body,
@@ -116,6 +117,11 @@ class TranscendentalExternalWebSocket:
             cleanup_timeout=self.config.close_timeout,
             on_error=self._connection_crashed,
         )
+
+    def _message_too_large(self) -> None:
+        """Hypercorn closed a link with 1009 (message too big, maybe after inflation)."""
+        self._counters.errors_contained += 1
+        self._counters.messages_too_large += 1
 
     def _connection_crashed(self, exc: BaseException) -> None:
         self._counters.errors_contained += 1
@@ -402,6 +408,16 @@ class TranscendentalExternalWebSocket:
             if n <= inbound.received:
                 c.duplicates_dropped += 1
                 continue
+            if type(body) is Rejected:
+                error = body.error
+                c.errors_contained += 1
+                conn.report(Error(error.code, str(error), n))
+                inbound.received = n
+                if conn.count_bad_frame(trio.current_time()):
+                    conn.close_soon(CloseCode.TOO_MANY_ERRORS, "too many malformed frames")
+                    return
+                continue
+            assert not isinstance(body, Rejected)
             if not await self._route_one(conn, body, n):
                 return
         self._release(session, inbound.received)

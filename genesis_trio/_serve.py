@@ -12,7 +12,7 @@ from hypercorn.trio import serve as hypercorn_serve
 
 from ._app import create_app
 from ._config import HubConfig
-from ._deflate import guard_hypercorn, inflate_limit
+from ._deflate import guard_hypercorn, inflate_limit, oversize_hook
 from ._hub import TranscendentalExternalWebSocket
 
 log = logging.getLogger("genesis_trio.serve")
@@ -69,6 +69,7 @@ async def serve_hub(
     """
     guard_hypercorn()
     inflate_limit.set(hub.config.max_message_size)
+    oversize_hook.set(hub._message_too_large)
     asgi = app if app is not None else create_app(hub)
     config = hypercorn_config(host, port, hub.config)
     stop = shutdown if shutdown is not None else trio.Event()

@@ -25,6 +25,7 @@ class HubCounters:
     messages_evicted: int = 0
     slow_consumers_closed: int = 0
     heartbeat_timeouts: int = 0
+    messages_too_large: int = 0
     handshake_failures: int = 0
     replaced_connections: int = 0
     sessions_expired: int = 0
@@ -67,6 +68,8 @@ class HubStatistics:
     """Connections closed with 4004 because their buffer stayed full."""
     heartbeat_timeouts: int
     """Connections closed with 4003 because the client fell silent."""
+    messages_too_large: int
+    """Connections closed with 1009: a message over ``max_message_size`` (after inflation)."""
     handshake_failures: int
     """Connections refused or dropped before a completed hello/welcome."""
     replaced_connections: int
@@ -103,6 +106,7 @@ def hub_snapshot(node_id: str, c: HubCounters, sessions: int) -> HubStatistics:
         messages_evicted=c.messages_evicted,
         slow_consumers_closed=c.slow_consumers_closed,
         heartbeat_timeouts=c.heartbeat_timeouts,
+        messages_too_large=c.messages_too_large,
         handshake_failures=c.handshake_failures,
         replaced_connections=c.replaced_connections,
         sessions_expired=c.sessions_expired,

@@ -36,7 +36,7 @@ from hypercorn.utils import wrap_app
 from ._app import create_app
 from ._client import TranscendentalWebSocket
 from ._config import HubConfig
-from ._deflate import guard_hypercorn, inflate_limit
+from ._deflate import guard_hypercorn, inflate_limit, oversize_hook
 from ._hub import TranscendentalExternalWebSocket
 from ._serve import ServeInfo, hypercorn_config, serve_hub
 
@@ -255,9 +255,11 @@ class MemoryHub:
             server_side,  # type: ignore[arg-type]
         )
         token = inflate_limit.set(self.hub.config.max_message_size)
+        hook = oversize_hook.set(self.hub._message_too_large)
         try:
             self._nursery.start_soon(tcp.run)
         finally:
+            oversize_hook.reset(hook)
             inflate_limit.reset(token)
         await trio.lowlevel.checkpoint()
         if faults is None:
