@@ -10,7 +10,9 @@ function of the seed.
 from __future__ import annotations
 
 import contextlib
+import functools
 import random
+from collections.abc import Iterable
 from typing import Any
 
 import attrs
@@ -34,6 +36,11 @@ class ChaosResult:
     hub_stats: dict[str, Any]
     virtual_seconds: float
     fingerprint: tuple[Any, ...]
+
+
+def schedule(seed: int) -> Iterable[float]:
+    """A seeded reconnect schedule: 50 ms doubling to 2 s, full jitter."""
+    return backoff(0.05, 2.0, 2.0, rng=random.Random(seed))
 
 
 def seed_trio_scheduler(seed: int) -> None:
@@ -67,9 +74,7 @@ async def run_chaos(
                 names[i],
                 faults=faults[i],
                 on_link_event=on_event,
-                backoff_factory=lambda i=i: backoff(
-                    0.05, 2.0, 2.0, rng=random.Random(seed * 1000 + i)
-                ),
+                backoff_factory=functools.partial(schedule, seed * 1000 + i),
             )
             for i in range(clients)
         ]
