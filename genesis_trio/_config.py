@@ -52,6 +52,8 @@ class HubConfig:
     """Origins accepted in the upgrade request (None: any, or none sent)."""
     close_timeout: float = attrs.field(default=2.0, validator=_pos_f)
     """Bound on the shielded cleanup of one connection."""
+    store_outage_timeout: float = attrs.field(default=10.0, validator=_pos_f)
+    """A session store failing this long closes every link with 4006 until it recovers."""
 
 
 @attrs.frozen(kw_only=True)

@@ -43,9 +43,11 @@ from ._frames import (
 )
 from ._hub_connection import HubConnection, ServerTransport
 from ._hub_session import HubSession, Outgoing, SessionTable
+from ._journal import Journal
 from ._message import Message
 from ._session import Entry
 from ._stats import HubCounters, HubStatistics, hub_snapshot
+from ._store import SessionStore
 from ._supervisor import NO_RESTART, Supervisor
 
 log = logging.getLogger("genesis_trio.hub")
@@ -105,11 +107,27 @@ class TranscendentalExternalWebSocket:
     background housekeeping (session expiry).
     """
 
-    def __init__(self, config: HubConfig | None = None, **options: Any) -> None:
+    def __init__(
+        self,
+        config: HubConfig | None = None,
+        *,
+        store: SessionStore | None = None,
+        **options: Any,
+    ) -> None:
         base = config if config is not None else HubConfig()
         self.config: HubConfig = base if not options else _evolve(base, options)
-        self._table = SessionTable(self.config)
+        self.store = store
+        self._journal: Journal | None = None
+        if store is not None:
+            self._journal = Journal(
+                store,
+                on_released=self._on_released,
+                on_outage=self._on_store_outage,
+                outage_after=self.config.store_outage_timeout,
+            )
+        self._table = SessionTable(self.config, self._journal)
         self._counters = HubCounters()
+        self._running = False
         self._handlers: dict[str, HubHandler] = {}
         self._supervisor = Supervisor(
             "hub-connections",
@@ -117,6 +135,18 @@ class TranscendentalExternalWebSocket:
             cleanup_timeout=self.config.close_timeout,
             on_error=self._connection_crashed,
         )
+
+    def _on_released(self, session: HubSession) -> None:
+        """The journal committed: new entries are sendable, received ones acknowledgeable."""
+        if session.connection is None:
+            return
+        inbound = session.inbound
+        if inbound.released > inbound.acked and session.ack_deadline == math.inf:
+            session.ack_deadline = trio.current_time() + self.config.ack_delay
+        session.wake.set()
+
+    def _on_store_outage(self) -> None:
+        self.close_all(CloseCode.STORE_UNAVAILABLE, "session store unavailable")
 
     def _message_too_large(self) -> None:
         """Hypercorn closed a link with 1009 (message too big, maybe after inflation)."""
@@ -164,6 +194,8 @@ class TranscendentalExternalWebSocket:
             return (target,) if target is not None else ()
 
         await self._deliver(resolve, Outgoing(body), None, _always)
+        if self._journal is not None:
+            await self._journal.wait_committed()
         return True
 
     async def publish(self, topic: str, message: Message | Mapping[str, Any]) -> int:
@@ -175,9 +207,12 @@ class TranscendentalExternalWebSocket:
         body.pop("to", None)
         check_body(body, from_client=False)
         subscribers = self._table.subscribers
-        return await self._deliver(
+        count = await self._deliver(
             lambda: tuple(subscribers.get(topic, ())), Outgoing(body), None, _always
         )
+        if self._journal is not None:
+            await self._journal.wait_committed()
+        return count
 
     def components(self) -> list[dict[str, Any]]:
         """One row per session: id, connected, topics, unacknowledged count."""
@@ -194,7 +229,7 @@ class TranscendentalExternalWebSocket:
 
     def statistics(self) -> HubStatistics:
         """A frozen snapshot of the metrics."""
-        return hub_snapshot(self.config.node_id, self._counters, len(self._table))
+        return hub_snapshot(self.config.node_id, self._counters, len(self._table), self._journal)
 
     def get_stats(self) -> dict[str, Any]:
         """The metrics as a plain dict (names documented in docs/metrics.md)."""
@@ -210,15 +245,43 @@ class TranscendentalExternalWebSocket:
         return closed
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Housekeeping until cancelled: expire abandoned sessions and old messages."""
+        """Run until cancelled: load and journal the session store, expire sessions.
+
+        With a store, the sessions it holds are loaded before ``started()``;
+        a store that cannot be opened raises :class:`StoreError`.
+        """
         cfg = self.config
         interval = max(0.05, min(30.0, cfg.retention_seconds / 4, cfg.session_expiry / 4))
-        task_status.started()
-        while True:
-            await trio.sleep(interval)
-            expired, dropped = self._table.expire(trio.current_time())
-            self._counters.sessions_expired += expired
-            self._counters.messages_evicted += dropped
+        journal = self._journal
+        async with trio.open_nursery() as nursery:
+            if journal is not None:
+                assert self.store is not None
+                state = await self.store.open()
+                loaded = self._table.load(state, trio.current_time())
+                log.info("session store %s: %d sessions loaded", self.store.name, loaded)
+                await nursery.start(journal.run)
+            self._running = True
+            task_status.started()
+            try:
+                sweeps = 0
+                while True:
+                    await trio.sleep(interval)
+                    expired, dropped = self._table.expire(trio.current_time())
+                    self._counters.sessions_expired += expired
+                    self._counters.messages_evicted += dropped
+                    sweeps += 1
+                    if journal is not None and sweeps * interval >= 60.0:
+                        sweeps = 0
+                        await journal.compact()
+            finally:
+                self._running = False
+                nursery.cancel_scope.cancel()
+                if self.store is not None:
+                    with trio.CancelScope(shield=True):
+                        if journal is not None:
+                            with trio.move_on_after(cfg.close_timeout):
+                                await journal.wait_committed()
+                        await self.store.aclose()
 
     # -- connection handling ----------------------------------------------------
 
@@ -251,6 +314,12 @@ class TranscendentalExternalWebSocket:
         """Serve one accepted link: handshake, attach to its session, run it."""
         cfg = self.config
         c = self._counters
+        journal = self._journal
+        if journal is not None and not (self._running and journal.healthy):
+            c.handshake_failures += 1
+            why = "session store unavailable" if self._running else "hub not running"
+            await transport.close(CloseCode.STORE_UNAVAILABLE, why)
+            return
         hello: Hello | None = None
         with trio.move_on_after(cfg.handshake_timeout):
             data = await transport.receive()
@@ -308,7 +377,12 @@ class TranscendentalExternalWebSocket:
                 await connection.run()
             except ConnectionClosed:
                 connection.peer_closed = True
-            except BaseException:
+            except trio.Cancelled:
+                if connection.close_code is None:  # the hub is going away, not this link
+                    connection.close_code = CloseCode.GOING_AWAY
+                    connection.close_reason = "hub shutting down"
+                raise
+            except Exception:
                 connection.crashed = True
                 raise
 
@@ -388,6 +462,8 @@ class TranscendentalExternalWebSocket:
         if session.outbound.ack(seq):
             session.room.unpark_all()
             session.wake.set()
+            if self._journal is not None:
+                self._journal.acked(session)
 
     async def _route_frame(self, conn: HubConnection, frame: Msgs) -> None:
         session = conn.session
@@ -423,7 +499,10 @@ class TranscendentalExternalWebSocket:
         self._release(session, inbound.received)
 
     def _release(self, session: HubSession, seq: int) -> None:
-        """``seq`` is safely stored: it may be acknowledged."""
+        """Everything up to ``seq`` was processed: acknowledge it once it is stored."""
+        if self._journal is not None:
+            self._journal.touched(session)  # released when the journal commits
+            return
         inbound = session.inbound
         inbound.release(seq)
         if inbound.released > inbound.acked:
@@ -529,17 +608,21 @@ class TranscendentalExternalWebSocket:
             return -1
         now = trio.current_time()
         evicted = 0
+        journal = self._journal
         for target in targets:
             log_ = target.outbound
-            if target.connection is not None:
-                if log_.has_room or target is sender:
-                    log_.last_seq += 1
-                    log_.entries.append(Entry(log_.last_seq, out, now))
-                else:  # pragma: no cover - excluded by the loop above
-                    evicted += log_.append_evicting(out, now)[1]
+            if target.connection is not None and (log_.has_room or target is sender):
+                log_.last_seq += 1
+                log_.entries.append(Entry(log_.last_seq, out, now))
                 target.wake.set()
+                dropped = 0
             else:
-                evicted += log_.append_evicting(out, now)[1]
+                dropped = log_.append_evicting(out, now)[1]
+                evicted += dropped
+            if journal is not None:
+                journal.appended(target, log_.last_seq, out, now)
+                if dropped:
+                    journal.acked(target)
         if evicted:
             self._counters.messages_evicted += evicted
         return len(targets)

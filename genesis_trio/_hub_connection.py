@@ -183,7 +183,7 @@ class HubConnection:
                 await send(codec.encode(ping.wire()))
                 sent = True
             room = window - out.in_flight
-            if out.last_seq > out.sent and room > 0:
+            if min(out.last_seq, out.durable) > out.sent and room > 0:
                 entries = out.take(min(room, max_batch))
                 ack = None
                 if inbound.released > inbound.acked:

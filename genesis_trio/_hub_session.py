@@ -18,25 +18,44 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import trio
 
-from ._codec import Codec
+from ._codec import MSGPACK, Codec
 from ._config import HubConfig
 from ._frames import Body, Hello
-from ._session import InboundTracker, OutboundLog, new_session_id
+from ._session import Entry, InboundTracker, OutboundLog, new_session_id
 from ._signal import Signal
+from ._store import StoredState
 
 if TYPE_CHECKING:
     from ._hub_connection import HubConnection
+    from ._journal import Journal
 
 
 class Outgoing:
     """A message body, encoded at most once per codec however many receive it."""
 
-    __slots__ = ("body", "json", "msgpack")
+    __slots__ = ("_body", "json", "msg_id", "msgpack")
 
-    def __init__(self, body: Body) -> None:
-        self.body = body
+    def __init__(self, body: Body | None, *, msgpack: bytes | None = None) -> None:
+        self._body = body
         self.json: bytes | None = None
-        self.msgpack: bytes | None = None
+        self.msgpack: bytes | None = msgpack
+        self.msg_id: int | None = None
+        """The id under which the session store keeps the body (once stored)."""
+
+    @classmethod
+    def stored(cls, msg_id: int, msgpack: bytes) -> Outgoing:
+        """A body loaded from the session store (decoded only if a JSON client needs it)."""
+        out = cls(None, msgpack=msgpack)
+        out.msg_id = msg_id
+        return out
+
+    @property
+    def body(self) -> Body:
+        """The body as a map."""
+        if self._body is None:
+            assert self.msgpack is not None
+            self._body = MSGPACK.decode(self.msgpack)
+        return self._body
 
     def encoded(self, codec: Codec) -> bytes:
         """The body in ``codec``'s encoding (cached)."""
@@ -100,6 +119,7 @@ class SessionTable:
     """Sessions by component id and session id, and topic subscriptions."""
 
     config: HubConfig
+    journal: Journal | None = None
     by_id: dict[str, HubSession] = attrs.field(factory=dict)
     by_sid: dict[str, HubSession] = attrs.field(factory=dict)
     subscribers: dict[str, set[HubSession]] = attrs.field(factory=dict)
@@ -107,16 +127,44 @@ class SessionTable:
     def __len__(self) -> int:
         return len(self.by_id)
 
-    def _new(self, component_id: str, epoch: int = 1) -> HubSession:
-        session = HubSession(
-            component_id,
-            new_session_id(),
-            epoch,
-            OutboundLog(capacity=self.config.retention_messages),
-        )
+    def _new(self, component_id: str, epoch: int = 1, sid: str | None = None) -> HubSession:
+        log_: OutboundLog[Outgoing] = OutboundLog(capacity=self.config.retention_messages)
+        if self.journal is not None:
+            log_.durable = 0
+        session = HubSession(component_id, sid or new_session_id(), epoch, log_)
         self.by_id[component_id] = session
         self.by_sid[session.sid] = session
         return session
+
+    def load(self, state: StoredState, now: float) -> int:
+        """Rebuild sessions from the store (all disconnected as of ``now``); return the count."""
+        assert self.journal is not None
+        journal = self.journal
+        shared: dict[int, Outgoing] = {}
+        for stored in state.sessions:
+            row = stored.row
+            session = self._new(row.component_id, row.epoch, row.sid)
+            log_ = session.outbound
+            log_.last_seq, log_.acked, log_.truncated = row.last_seq, row.acked, row.truncated
+            for entry in stored.entries:
+                if entry.seq <= row.acked:
+                    continue
+                out = shared.get(entry.msg_id)
+                if out is None:
+                    body = state.messages.get(entry.msg_id)
+                    if body is None:  # pragma: no cover - the store keeps referenced bodies
+                        log_.truncated = True
+                        continue
+                    out = shared[entry.msg_id] = Outgoing.stored(entry.msg_id, body)
+                log_.entries.append(Entry(entry.seq, out, journal.trio_time(entry.stamp)))
+            log_.sent = log_.acked
+            log_.durable = log_.last_seq
+            session.inbound.received = session.inbound.released = row.received
+            session.inbound.acked = row.received
+            self.subscribe(session, row.topics)
+            session.disconnected_at = now
+        journal.start_ids_after(max(state.messages, default=0))
+        return len(state.sessions)
 
     def open(self, hello: Hello, now: float) -> Opened:
         """Find, resume or create the session a ``hello`` asks for."""
@@ -136,12 +184,15 @@ class SessionTable:
                 and log.acked <= hello.ack <= log.last_seq
             )
             if recovered:
-                log.ack(hello.ack)
+                if log.ack(hello.ack) and self.journal is not None:
+                    self.journal.acked(session)
                 log.rewind()
             else:
                 session.epoch += 1
                 log.renumber()
                 session.inbound.reset()
+                if self.journal is not None:
+                    self.journal.rewritten(session)
             carried = 0
         else:
             replaced = None
@@ -155,6 +206,8 @@ class SessionTable:
                 session.outbound.append_evicting(payload, now)
             carried = len(carried_payloads)
             recovered = False
+            if self.journal is not None:
+                self.journal.rewritten(session)
         if replaced is not None:
             session.detach(now)
         self.set_topics(session, hello.topics)
@@ -168,6 +221,8 @@ class SessionTable:
         self.by_sid.pop(session.sid, None)
         self.set_topics(session, ())
         session.room.unpark_all()
+        if self.journal is not None:
+            self.journal.deleted(session)
 
     def set_topics(self, session: HubSession, topics: Any) -> None:
         """Replace a session's subscriptions with ``topics``."""
@@ -177,19 +232,29 @@ class SessionTable:
 
     def subscribe(self, session: HubSession, topics: Any) -> None:
         """Add subscriptions."""
+        changed = False
         for topic in topics:
             self.subscribers.setdefault(topic, set()).add(session)
-            session.topics.add(topic)
+            if topic not in session.topics:
+                session.topics.add(topic)
+                changed = True
+        if changed and self.journal is not None and session.sid in self.by_sid:
+            self.journal.touched(session)
 
     def unsubscribe(self, session: HubSession, topics: Any) -> None:
         """Remove subscriptions."""
+        changed = False
         for topic in list(topics):
             subs = self.subscribers.get(topic)
             if subs is not None:
                 subs.discard(session)
                 if not subs:
                     del self.subscribers[topic]
-            session.topics.discard(topic)
+            if topic in session.topics:
+                session.topics.discard(topic)
+                changed = True
+        if changed and self.journal is not None and session.sid in self.by_sid:
+            self.journal.touched(session)
 
     def _expire_one(self, session: HubSession, now: float) -> int:
         """Apply retention to a disconnected session; return messages dropped."""
@@ -199,7 +264,10 @@ class SessionTable:
             dropped = len(session.outbound)
             self.remove(session)
             return dropped
-        return session.outbound.expire(now - self.config.retention_seconds)
+        dropped = session.outbound.expire(now - self.config.retention_seconds)
+        if dropped and self.journal is not None:
+            self.journal.acked(session)
+        return dropped
 
     def expire(self, now: float) -> tuple[int, int]:
         """Sweep disconnected sessions; return (sessions forgotten, messages dropped)."""

@@ -28,6 +28,9 @@ from ._frames import Hello, Welcome
 
 T = TypeVar("T")
 
+UNBOUNDED = 1 << 62
+"""``OutboundLog.durable`` when there is no store to wait for."""
+
 
 def new_session_id() -> str:
     """A fresh unguessable session id (128 random bits, URL-safe)."""
@@ -69,6 +72,8 @@ class OutboundLog(Generic[T]):
     """The newest sequence number handed to the current link."""
     truncated: bool = False
     """True once unacknowledged messages were dropped (a gap for the peer)."""
+    durable: int = UNBOUNDED
+    """Highest sequence number safely stored; nothing beyond it may be sent."""
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -77,6 +82,11 @@ class OutboundLog(Generic[T]):
     def has_room(self) -> bool:
         """True when one more message fits within ``capacity``."""
         return len(self.entries) < self.capacity
+
+    @property
+    def sendable(self) -> int:
+        """Highest sequence number that may be sent now (stored, if a store is used)."""
+        return min(self.last_seq, self.durable)
 
     @property
     def unsent(self) -> int:
@@ -136,7 +146,7 @@ class OutboundLog(Generic[T]):
 
     def take(self, limit: int) -> list[Entry[T]]:
         """Take up to ``limit`` unsent messages, in order, and mark them sent."""
-        n = min(limit, self.last_seq - self.sent)
+        n = min(limit, min(self.last_seq, self.durable) - self.sent)
         if n <= 0:
             return []
         start = self.sent - self.entries[0].seq + 1

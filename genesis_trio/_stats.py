@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import attrs
 
 from ._heartbeat import RttEstimator
+
+if TYPE_CHECKING:
+    from ._journal import Journal
 
 
 @attrs.define(eq=False)
@@ -84,11 +89,24 @@ class HubStatistics:
     """Smoothed heartbeat round-trip time over all links, in milliseconds."""
     rtt_p99_ms: float | None
     """99th percentile of recent heartbeat round-trip times, in milliseconds."""
+    store: str
+    """The session store (``none``: sessions live in this process only)."""
+    store_healthy: bool
+    """False while the session store is failing (links are refused with 4006)."""
+    store_commits: int
+    """Batches written to the session store."""
+    store_rows_written: int
+    """Rows those batches wrote (messages/commit = group-commit efficiency)."""
+    store_failures: int
+    """Failed store writes (each retried; nothing unstored is acknowledged)."""
 
 
-def hub_snapshot(node_id: str, c: HubCounters, sessions: int) -> HubStatistics:
+def hub_snapshot(
+    node_id: str, c: HubCounters, sessions: int, journal: Journal | None = None
+) -> HubStatistics:
     """Freeze the counters into a :class:`HubStatistics`."""
     p99 = c.rtt.percentile(0.99)
+    j = journal.counters if journal is not None else None
     return HubStatistics(
         node_id=node_id,
         active_connections=c.active_connections,
@@ -114,4 +132,9 @@ def hub_snapshot(node_id: str, c: HubCounters, sessions: int) -> HubStatistics:
         collapse_factor=(c.messages_out / c.delivery_frames) if c.delivery_frames else 1.0,
         rtt_ewma_ms=None if c.rtt.srtt is None else c.rtt.srtt * 1000,
         rtt_p99_ms=None if p99 is None else p99 * 1000,
+        store="none" if journal is None else journal.store.name,
+        store_healthy=True if journal is None else journal.healthy,
+        store_commits=0 if j is None else j.commits,
+        store_rows_written=0 if j is None else j.rows_written,
+        store_failures=0 if j is None else j.failures,
     )

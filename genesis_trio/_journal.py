@@ -1,0 +1,264 @@
+"""The hub's journal: records session changes, commits them in groups.
+
+Every change the hub makes to a session (a message appended to its log, the
+sequence number it has received, an acknowledgement, a new epoch, a
+deletion) is recorded here. :meth:`Journal.run` writes what accumulated in
+one transaction, then *releases* it: appended messages become sendable
+(``OutboundLog.durable``) and received messages become acknowledgeable
+(``InboundTracker.release``). While one batch is being written the next one
+accumulates, so the commit rate adapts to the load (group commit). On a
+failed write nothing is released; the batch is retried with backoff, and a
+store that stays down closes every link with 4006 until it recovers.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import attrs
+import trio
+
+from ._codec import MSGPACK
+from ._signal import Signal
+from ._store import SessionRow, SessionStore, StoreBatch, StoredEntry, StoreError
+
+if TYPE_CHECKING:
+    from ._hub_session import HubSession, Outgoing
+
+log = logging.getLogger("genesis_trio.journal")
+
+
+@attrs.define(eq=False)
+class JournalCounters:
+    """Mutable counters of the journal."""
+
+    commits: int = 0
+    rows_written: int = 0
+    failures: int = 0
+    outage_closes: int = 0
+    compactions: int = 0
+    last_error: str | None = None
+
+
+@attrs.frozen
+class _Snapshot:
+    session: HubSession
+    epoch: int
+    received: int
+    last_seq: int
+
+
+class Journal:
+    """Records changes to sessions and commits them through a store."""
+
+    def __init__(
+        self,
+        store: SessionStore,
+        *,
+        on_released: Callable[[HubSession], None],
+        on_outage: Callable[[], None],
+        outage_after: float = 10.0,
+        retry_cap: float = 2.0,
+    ) -> None:
+        self.store = store
+        self._on_released = on_released
+        self._on_outage = on_outage
+        self.outage_after = outage_after
+        self.retry_cap = retry_cap
+        self._batch = StoreBatch()
+        self._dirty: dict[str, HubSession] = {}
+        self._wake = Signal()
+        self._committed = trio.lowlevel.ParkingLot()
+        self._ids = itertools.count(1)
+        self._wall_offset = time.time() - trio.current_time()
+        self.generation = 0
+        """Incremented by every change recorded."""
+        self.committed_generation = 0
+        """The generation the last successful commit covered."""
+        self.healthy = True
+        """False while the store is failing."""
+        self.counters = JournalCounters()
+
+    # -- clocks -------------------------------------------------------------------
+
+    def wall(self, trio_time: float) -> float:
+        """Trio clock to wall clock (what the store keeps)."""
+        return trio_time + self._wall_offset
+
+    def trio_time(self, wall: float) -> float:
+        """Wall clock back to this process's Trio clock."""
+        return wall - self._wall_offset
+
+    def start_ids_after(self, highest: int) -> None:
+        """Message ids continue after the highest one loaded."""
+        self._ids = itertools.count(highest + 1)
+
+    # -- recording ----------------------------------------------------------------
+
+    def _touch(self, session: HubSession) -> None:
+        self._dirty[session.sid] = session
+        self.generation += 1
+        self._wake.set()
+
+    def touched(self, session: HubSession) -> None:
+        """The session's header changed (received, topics, epoch, truncation)."""
+        self._touch(session)
+
+    def _msg_id(self, out: Outgoing) -> int:
+        if out.msg_id is None:
+            out.msg_id = next(self._ids)
+            self._batch.message(out.msg_id, out.encoded(MSGPACK))
+        return out.msg_id
+
+    def appended(self, session: HubSession, seq: int, out: Outgoing, stamp: float) -> None:
+        """A message entered the session's log (not sendable until committed)."""
+        self._batch.append(session.sid, StoredEntry(seq, self._msg_id(out), self.wall(stamp)))
+        self._touch(session)
+
+    def acked(self, session: HubSession) -> None:
+        """The log's head moved (acknowledged or evicted): drop stored entries."""
+        self._batch.trim(session.sid, session.outbound.acked)
+        self._touch(session)
+
+    def rewritten(self, session: HubSession) -> None:
+        """The log was renumbered (a new epoch): store it whole, re-release it."""
+        log_ = session.outbound
+        log_.durable = 0
+        self._batch.rewrite(
+            session.sid,
+            [StoredEntry(e.seq, self._msg_id(e.payload), self.wall(e.stamp)) for e in log_.entries],
+        )
+        self._touch(session)
+
+    def deleted(self, session: HubSession) -> None:
+        """The session is gone."""
+        self._batch.delete(session.sid)
+        self._dirty.pop(session.sid, None)
+        self.generation += 1
+        self._wake.set()
+
+    async def wait_committed(self, generation: int | None = None) -> None:
+        """Wait until everything recorded so far (or up to ``generation``) is stored."""
+        target = self.generation if generation is None else generation
+        while self.committed_generation < target:
+            await self._committed.park()
+        await trio.lowlevel.checkpoint()
+
+    # -- committing ---------------------------------------------------------------
+
+    def _row(self, session: HubSession) -> SessionRow:
+        log_ = session.outbound
+        gone = session.disconnected_at
+        return SessionRow(
+            session.sid,
+            session.component_id,
+            session.epoch,
+            session.inbound.received,
+            log_.last_seq,
+            log_.acked,
+            log_.truncated,
+            tuple(sorted(session.topics)),
+            None if gone is None else self.wall(gone),
+        )
+
+    def _take(self) -> tuple[StoreBatch, list[_Snapshot], int]:
+        batch, self._batch = self._batch, StoreBatch()
+        snapshots = []
+        for session in self._dirty.values():
+            batch.upsert(self._row(session))
+            snapshots.append(
+                _Snapshot(
+                    session, session.epoch, session.inbound.received, session.outbound.last_seq
+                )
+            )
+        self._dirty.clear()
+        return batch, snapshots, self.generation
+
+    def _restore(self, batch: StoreBatch, snapshots: list[_Snapshot]) -> None:
+        """Put a failed batch back in front of what was recorded since."""
+        batch.absorb(self._batch)
+        self._batch = batch
+        for snap in snapshots:
+            if snap.session.sid not in batch.deletes:
+                self._dirty.setdefault(snap.session.sid, snap.session)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Commit whatever accumulates, until cancelled (then one last bounded commit)."""
+        task_status.started()
+        try:
+            while True:
+                self._wake.clear()
+                if not self._batch and not self._dirty:
+                    await self._wake.wait()
+                    continue
+                await self._commit_with_retry()
+        finally:
+            with trio.move_on_after(2.0, shield=True):
+                if self._batch or self._dirty:
+                    await self._commit_once()
+
+    async def _commit_once(self) -> bool:
+        batch, snapshots, generation = self._take()
+        try:
+            await self.store.write(batch)
+        except StoreError as exc:
+            self.counters.failures += 1
+            self.counters.last_error = str(exc)
+            self._restore(batch, snapshots)
+            return False
+        self.counters.commits += 1
+        self.counters.rows_written += batch.size
+        self.committed_generation = generation
+        for snap in snapshots:
+            session = snap.session
+            if session.epoch != snap.epoch:
+                continue
+            log_ = session.outbound
+            if snap.last_seq > log_.durable:
+                log_.durable = snap.last_seq
+            inbound = session.inbound
+            if snap.received > inbound.released:
+                inbound.release(min(snap.received, inbound.received))
+            self._on_released(session)
+        self._committed.unpark_all()
+        return True
+
+    async def _commit_with_retry(self) -> None:
+        if await self._commit_once():
+            if not self.healthy:
+                log.warning("session store recovered")
+            self.healthy = True
+            return
+        log.error("session store write failed: %s", self.counters.last_error)
+        self.healthy = False
+        failing_since = trio.current_time()
+        delay = 0.05
+        closed = False
+        while True:
+            await trio.sleep(delay)
+            if await self._commit_once():
+                log.warning(
+                    "session store recovered after %.1f s", trio.current_time() - failing_since
+                )
+                self.healthy = True
+                return
+            delay = min(self.retry_cap, delay * 2)
+            if not closed and trio.current_time() - failing_since >= self.outage_after:
+                closed = True
+                self.counters.outage_closes += 1
+                log.error(
+                    "session store down for %.0f s: closing links with 4006", self.outage_after
+                )
+                self._on_outage()
+
+    async def compact(self) -> None:
+        """Ask the store to drop unreferenced message bodies (housekeeping)."""
+        try:
+            await self.store.compact()
+            self.counters.compactions += 1
+        except StoreError as exc:
+            log.warning("compaction failed: %s", exc)

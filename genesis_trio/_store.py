@@ -1,0 +1,243 @@
+"""The session store: what the hub writes so that sessions survive a restart.
+
+The hub keeps its working state in memory and journals every change into a
+:class:`StoreBatch`; a committer writes batches atomically (group commit)
+through a :class:`SessionStore`, and only then does the hub acknowledge the
+messages and deliver them (docs/operations.md). Implementations:
+:class:`MemoryStore` (a process-local store, for tests: a new hub given the
+same object sees the old hub's sessions), ``SQLiteStore`` (the embedded
+default), and later Redis. A store is plain data in, plain data out.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import attrs
+
+from ._errors import GenesisError
+
+
+class StoreError(GenesisError):
+    """The session store failed; nothing in the failed batch was acknowledged."""
+
+
+@attrs.frozen
+class SessionRow:
+    """A session's persistent header."""
+
+    sid: str
+    component_id: str
+    epoch: int
+    received: int
+    """Highest client sequence number stored (what the next welcome acknowledges)."""
+    last_seq: int
+    """Highest sequence number given to an outbound message."""
+    acked: int
+    """The client's cumulative acknowledgement of outbound messages."""
+    truncated: bool
+    """Retention dropped unacknowledged messages: the next resume is not exact."""
+    topics: tuple[str, ...]
+    disconnected_at: float | None
+    """Wall-clock time the session lost its link (None: connected when written)."""
+
+
+@attrs.frozen
+class StoredEntry:
+    """One retained outbound message of a session."""
+
+    seq: int
+    msg_id: int
+    stamp: float
+    """Wall-clock time it was appended."""
+
+
+@attrs.frozen
+class StoredSession:
+    """A session as loaded at start-up."""
+
+    row: SessionRow
+    entries: tuple[StoredEntry, ...]
+
+
+@attrs.frozen
+class StoredState:
+    """Everything a store holds."""
+
+    sessions: tuple[StoredSession, ...]
+    messages: dict[int, bytes]
+    """Message bodies (MessagePack) by id."""
+
+
+@attrs.define(eq=False)
+class StoreBatch:
+    """Changes to apply atomically, kept normalised so their order never matters.
+
+    Applying a batch means, for each session: delete it (``deletes``), or
+    replace its whole log (``rewrites``), then add ``appends``, then drop
+    entries up to ``trims``, then write its header (``sessions``). Recording
+    a delete or a rewrite discards what the batch held for that session.
+    """
+
+    sessions: dict[str, SessionRow] = attrs.field(factory=dict)
+    messages: dict[int, bytes] = attrs.field(factory=dict)
+    appends: dict[str, list[StoredEntry]] = attrs.field(factory=dict)
+    trims: dict[str, int] = attrs.field(factory=dict)
+    deletes: set[str] = attrs.field(factory=set)
+    rewrites: dict[str, list[StoredEntry]] = attrs.field(factory=dict)
+
+    def __bool__(self) -> bool:
+        return bool(
+            self.sessions
+            or self.messages
+            or self.appends
+            or self.trims
+            or self.deletes
+            or self.rewrites
+        )
+
+    def upsert(self, row: SessionRow) -> None:
+        """Write (or overwrite) a session header."""
+        self.deletes.discard(row.sid)
+        self.sessions[row.sid] = row
+
+    def message(self, msg_id: int, body: bytes) -> None:
+        """Store a message body (shared by every log that references it)."""
+        self.messages[msg_id] = body
+
+    def append(self, sid: str, entry: StoredEntry) -> None:
+        """Add an entry to a session's log."""
+        self.appends.setdefault(sid, []).append(entry)
+
+    def trim(self, sid: str, seq: int) -> None:
+        """Drop a session's entries numbered ``seq`` or lower."""
+        if seq > self.trims.get(sid, 0):
+            self.trims[sid] = seq
+
+    def rewrite(self, sid: str, entries: list[StoredEntry]) -> None:
+        """Replace a session's whole log (a new epoch renumbers it)."""
+        self.appends.pop(sid, None)
+        self.trims.pop(sid, None)
+        self.rewrites[sid] = list(entries)
+
+    def delete(self, sid: str) -> None:
+        """Forget a session and its log."""
+        self.sessions.pop(sid, None)
+        self.appends.pop(sid, None)
+        self.trims.pop(sid, None)
+        self.rewrites.pop(sid, None)
+        self.deletes.add(sid)
+
+    def absorb(self, later: StoreBatch) -> None:
+        """Fold a batch recorded after this one into this one (for a retry)."""
+        for sid in later.deletes:
+            self.delete(sid)
+        for sid, entries in later.rewrites.items():
+            self.rewrite(sid, entries)
+        for sid, entries in later.appends.items():
+            for entry in entries:
+                self.append(sid, entry)
+        for sid, seq in later.trims.items():
+            self.trim(sid, seq)
+        for row in later.sessions.values():
+            self.upsert(row)
+        self.messages.update(later.messages)
+
+    @property
+    def size(self) -> int:
+        """Rows this batch writes (for statistics)."""
+        return (
+            len(self.sessions)
+            + len(self.messages)
+            + sum(map(len, self.appends.values()))
+            + len(self.trims)
+            + len(self.deletes)
+            + sum(map(len, self.rewrites.values()))
+        )
+
+
+class SessionStore(Protocol):
+    """Where sessions live between hub processes."""
+
+    name: str
+    """A short description (``"memory"``, ``"sqlite:/path"``)."""
+
+    async def open(self) -> StoredState:
+        """Open (creating if needed) and load everything; raise :class:`StoreError`."""
+        ...
+
+    async def write(self, batch: StoreBatch) -> None:
+        """Apply ``batch`` atomically; raise :class:`StoreError` and apply nothing on failure."""
+        ...
+
+    async def compact(self) -> int:
+        """Drop message bodies no log references any more; return how many."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release resources; idempotent."""
+        ...
+
+
+@attrs.define(eq=False)
+class MemoryStore:
+    """A store in this process's memory: survives a hub object, not the process.
+
+    Tests use it to restart a hub on the mock clock; ``fail_writes`` makes the
+    next writes fail (as a full disk would).
+    """
+
+    name: str = "memory"
+    rows: dict[str, SessionRow] = attrs.field(factory=dict)
+    logs: dict[str, dict[int, StoredEntry]] = attrs.field(factory=dict)
+    bodies: dict[int, bytes] = attrs.field(factory=dict)
+    fail_writes: int = 0
+    writes: int = 0
+
+    async def open(self) -> StoredState:
+        """The current content."""
+        return StoredState(
+            tuple(
+                StoredSession(row, tuple(sorted(self.logs.get(sid, {}).values(), key=_seq)))
+                for sid, row in self.rows.items()
+            ),
+            dict(self.bodies),
+        )
+
+    async def write(self, batch: StoreBatch) -> None:
+        """Apply the batch (or fail, if asked to)."""
+        if self.fail_writes:
+            self.fail_writes -= 1
+            raise StoreError("simulated store failure (database or disk is full)")
+        self.writes += 1
+        self.bodies.update(batch.messages)
+        for sid in batch.deletes:
+            self.rows.pop(sid, None)
+            self.logs.pop(sid, None)
+        for sid, entries in batch.rewrites.items():
+            self.logs[sid] = {e.seq: e for e in entries}
+        for sid, entries in batch.appends.items():
+            log = self.logs.setdefault(sid, {})
+            for entry in entries:
+                log[entry.seq] = entry
+        for sid, seq in batch.trims.items():
+            kept = self.logs.get(sid)
+            if kept:
+                for key in [k for k in kept if k <= seq]:
+                    del kept[key]
+        self.rows.update(batch.sessions)
+
+    async def compact(self) -> int:
+        """Drop unreferenced bodies."""
+        used = {e.msg_id for log in self.logs.values() for e in log.values()}
+        dead = [k for k in self.bodies if k not in used]
+        for key in dead:
+            del self.bodies[key]
+        return len(dead)
+
+    async def aclose(self) -> None:
+        """Nothing to release."""
+
+
+def _seq(entry: StoredEntry) -> int:
+    return entry.seq
