@@ -14,6 +14,8 @@ import trio
 from ._config import HubConfig
 from ._hub import TranscendentalExternalWebSocket
 from ._serve import GenesisHybridSystem, ServeInfo
+from ._sqlite_store import SQLiteStore
+from ._store import SessionStore, StoreError
 
 ENV_PREFIX = "GENESIS_TRIO_"
 
@@ -85,6 +87,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="accept browser connections only from this Origin (repeatable; default: any)",
     )
     serve.add_argument(
+        "--store",
+        default=_env("STORE", "sqlite:genesis_trio.sqlite3"),
+        help=(
+            "where sessions live between restarts: sqlite:PATH (a file, created if missing) "
+            "or none (in this process only: a restart loses them)"
+        ),
+    )
+    serve.add_argument(
+        "--store-sync",
+        default=_env("STORE_SYNC", "normal"),
+        choices=["normal", "full"],
+        help="SQLite durability: normal survives a killed hub; full also survives power loss",
+    )
+    serve.add_argument(
         "--log-level",
         default=_env("LOG_LEVEL", "info"),
         choices=["debug", "info", "warning", "error"],
@@ -108,8 +124,18 @@ def hub_config_from_args(args: argparse.Namespace) -> HubConfig:
     return HubConfig(**options)  # type: ignore[arg-type]
 
 
+def store_from_args(args: argparse.Namespace) -> SessionStore | None:
+    """The session store a ``--store`` value names (None for ``none``)."""
+    spec: str = args.store
+    if spec == "none":
+        return None
+    if spec.startswith("sqlite:") and len(spec) > len("sqlite:"):
+        return SQLiteStore(spec[len("sqlite:") :], synchronous=args.store_sync.upper())
+    raise SystemExit(f"genesis-trio: --store must be sqlite:PATH or none, not {spec!r}")
+
+
 async def _serve(args: argparse.Namespace) -> None:
-    hub = TranscendentalExternalWebSocket(hub_config_from_args(args))
+    hub = TranscendentalExternalWebSocket(hub_config_from_args(args), store=store_from_args(args))
     system = GenesisHybridSystem(hub, host=args.host, port=args.port)
     log = logging.getLogger("genesis_trio")
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -120,7 +146,12 @@ async def _serve(args: argparse.Namespace) -> None:
                 nursery.cancel_scope.cancel()  # finished: stop watching signals
 
             info: ServeInfo = await nursery.start(run_system)
-            log.info("hub %s listening on %s", hub.config.node_id, info.ws_url)
+            log.info(
+                "hub %s listening on %s (session store: %s)",
+                hub.config.node_id,
+                info.ws_url,
+                hub.store.name if hub.store is not None else "none",
+            )
             print(
                 f"genesis-trio: hub ready at {info.ws_url} (health: {info.http_url}/health)",
                 flush=True,
@@ -136,6 +167,14 @@ async def _serve(args: argparse.Namespace) -> None:
     log.info("stopped")
 
 
+def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The first leaf exception of a (nested) exception group."""
+    exc: BaseException = group
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``genesis-trio`` command."""
     args = build_parser().parse_args(argv)
@@ -144,8 +183,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     if args.command == "serve":
-        trio.run(_serve, args)
-        return 0
+        status = 0
+        try:
+            trio.run(_serve, args)
+        except* StoreError as group:
+            print(f"genesis-trio: cannot start: {_first(group)}", file=sys.stderr)
+            status = 3
+        except* OSError as group:
+            print(f"genesis-trio: cannot start: {_first(group)}", file=sys.stderr)
+            status = 4
+        return status
     return 2  # pragma: no cover - argparse enforces the subcommand
 
 

@@ -603,6 +603,8 @@ class TranscendentalWebSocket:
         self._state = ConnectionState.CONNECTED
         self._breaker.success()
         self._link_lot.unpark_all()
+        self._acked.unpark_all()  # the welcome may have acknowledged messages
+        self._room.unpark_all()
         self._writer_wake.set()
         self._emit(
             Connected(welcome.sid, welcome.epoch, not had_session, result.recovered, result.replay)

@@ -92,7 +92,7 @@ class ClientConfig:
     """First reconnect delay ceiling (full jitter below it)."""
     backoff_cap: float = attrs.field(default=10.0, validator=_pos_f)
     """Largest reconnect delay."""
-    breaker_threshold: int = attrs.field(default=5, validator=_pos_i)
+    breaker_threshold: int = attrs.field(default=10, validator=_pos_i)
     """Consecutive failed handshakes that open the circuit breaker."""
     breaker_reset: float = attrs.field(default=30.0, validator=_pos_f)
     """Seconds the breaker stays open before one trial attempt."""

@@ -174,10 +174,11 @@ class SQLiteStore:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 self._apply(conn, batch)
+                conn.execute("COMMIT")
             except BaseException:
-                conn.execute("ROLLBACK")
+                if conn.in_transaction:  # SQLite rolls back by itself on SQLITE_FULL
+                    conn.execute("ROLLBACK")
                 raise
-            conn.execute("COMMIT")
         except sqlite3.Error as exc:
             raise StoreError(f"session store write failed: {exc}") from None
 

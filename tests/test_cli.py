@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 
 import pytest
 import trio
 
 from genesis_trio import CloseCode, Disconnected, LinkEvent, TranscendentalWebSocket
 from genesis_trio._cli import build_parser
+
+from .processes import start_cli_hub
 
 
 def test_help_explains_every_flag() -> None:
@@ -34,54 +33,11 @@ def test_help_explains_every_flag() -> None:
     assert "GENESIS_TRIO_" in out
 
 
-class HubProcess:
-    def __init__(self, process: trio.Process, url: str) -> None:
-        self.process = process
-        self.url = url
-
-
-async def _read_line(stream: trio.abc.ReceiveStream, buffer: bytearray) -> bytes:
-    while b"\n" not in buffer:
-        chunk = await stream.receive_some(4096)
-        if not chunk:
-            raise EOFError(bytes(buffer))
-        buffer += chunk
-    line, _, rest = bytes(buffer).partition(b"\n")
-    buffer[:] = rest
-    return line
-
-
-@contextlib.asynccontextmanager
-async def start_cli_hub(*args: str) -> AsyncIterator[HubProcess]:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    process = await trio.lowlevel.open_process(
-        [sys.executable, "-m", "genesis_trio", "serve", "--port", "0", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        env=env,
-    )
-    try:
-        assert process.stdout is not None
-        buffer = bytearray()
-        with trio.fail_after(15):
-            while True:
-                line = (await _read_line(process.stdout, buffer)).decode()
-                if "hub ready at" in line:
-                    url = line.split("hub ready at ", 1)[1].split()[0]
-                    break
-        yield HubProcess(process, url)
-    finally:
-        if process.returncode is None:
-            process.kill()
-        with trio.move_on_after(5, shield=True):
-            await process.wait()
-
-
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 async def test_serve_runs_a_hub_and_stops_gracefully(signum: signal.Signals) -> None:
     events: list[LinkEvent] = []
     async with (
-        start_cli_hub("--node-id", "cli-test") as hub,
+        start_cli_hub("--node-id", "cli-test", "--store", "none") as hub,
         TranscendentalWebSocket(hub.url, "a", on_link_event=events.append) as a,
         TranscendentalWebSocket(hub.url, "b") as b,
     ):
@@ -100,7 +56,7 @@ async def test_serve_runs_a_hub_and_stops_gracefully(signum: signal.Signals) -> 
 
 async def test_flags_reach_the_hub() -> None:
     async with (
-        start_cli_hub("--max-message-size", "2048", "--node-id", "flagged") as hub,
+        start_cli_hub("--max-message-size", "2048", "--store", "none") as hub,
         TranscendentalWebSocket(hub.url, "a") as a,
     ):
         with pytest.raises(ValueError, match="exceeds the limit of 2048"):

@@ -1,0 +1,326 @@
+"""Durable sessions: the store, the journal's ack-after-commit rule, restarts, faults."""
+
+from __future__ import annotations
+
+import functools
+import os
+import pathlib
+import sqlite3
+import sys
+
+import pytest
+import trio
+import trio.testing
+
+from genesis_trio import (
+    CloseCode,
+    Connected,
+    Disconnected,
+    LinkEvent,
+    TranscendentalExternalWebSocket,
+    TranscendentalWebSocket,
+    serve_hub,
+)
+from genesis_trio._sqlite_store import SQLiteStore
+from genesis_trio._store import (
+    MemoryStore,
+    SessionRow,
+    StoreBatch,
+    StoredEntry,
+    StoreError,
+)
+from genesis_trio.testing import DeliveryChecker, MemoryHub, start_memory_hub
+
+
+def row(sid: str, **changes: object) -> SessionRow:
+    fields: dict[str, object] = {
+        "sid": sid,
+        "component_id": "c-" + sid,
+        "epoch": 1,
+        "received": 0,
+        "last_seq": 0,
+        "acked": 0,
+        "truncated": False,
+        "topics": (),
+        "disconnected_at": None,
+    }
+    fields.update(changes)
+    return SessionRow(**fields)  # type: ignore[arg-type]
+
+
+# -- the batch and the stores ----------------------------------------------------------
+
+
+def test_batch_delete_and_rewrite_discard_earlier_changes() -> None:
+    batch = StoreBatch()
+    batch.upsert(row("a"))
+    batch.append("a", StoredEntry(1, 10, 0.0))
+    batch.trim("a", 1)
+    batch.delete("a")
+    assert batch.deletes == {"a"}
+    assert not batch.sessions
+    assert not batch.appends
+    assert not batch.trims
+    batch.append("b", StoredEntry(1, 11, 0.0))
+    batch.rewrite("b", [StoredEntry(1, 12, 0.0)])
+    batch.append("b", StoredEntry(2, 13, 0.0))
+    assert batch.rewrites == {"b": [StoredEntry(1, 12, 0.0)]}
+    assert batch.appends == {"b": [StoredEntry(2, 13, 0.0)]}
+    later = StoreBatch()
+    later.delete("b")
+    later.upsert(row("c", received=5))
+    batch.absorb(later)
+    assert "b" not in batch.rewrites
+    assert "b" not in batch.appends
+    assert batch.sessions["c"].received == 5
+    assert batch.deletes == {"a", "b"}
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+async def test_store_round_trip(kind: str, tmp_path: pathlib.Path) -> None:
+    def make() -> MemoryStore | SQLiteStore:
+        return memory if kind == "memory" else SQLiteStore(tmp_path / "s.sqlite3")
+
+    memory = MemoryStore()
+    store = make()
+    assert (await store.open()).sessions == ()
+    batch = StoreBatch()
+    batch.upsert(row("a", received=3, last_seq=3, topics=("t1", "t2")))
+    for seq in (1, 2, 3):
+        batch.message(100 + seq, b"\x81\xa4type\xa1x")
+        batch.append("a", StoredEntry(seq, 100 + seq, 1000.0 + seq))
+    batch.upsert(row("b"))
+    await store.write(batch)
+    trim = StoreBatch()
+    trim.trim("a", 1)
+    trim.delete("b")
+    await store.write(trim)
+    await store.aclose()
+    again = make()
+    state = await again.open()
+    assert len(state.sessions) == 1
+    loaded = state.sessions[0]
+    assert loaded.row == row("a", received=3, last_seq=3, topics=("t1", "t2"))
+    assert [e.seq for e in loaded.entries] == [2, 3]
+    assert set(state.messages) >= {102, 103}
+    assert await again.compact() >= 0
+    await again.aclose()
+    await again.aclose()  # idempotent
+
+
+async def test_sqlite_refuses_corrupt_and_unwritable_files(tmp_path: pathlib.Path) -> None:
+    corrupt = tmp_path / "corrupt.sqlite3"
+    corrupt.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(StoreError, match="not a database"):
+        await SQLiteStore(corrupt).open()
+    with pytest.raises(StoreError, match="does not exist"):
+        await SQLiteStore(tmp_path / "missing" / "x.sqlite3").open()
+    if os.geteuid() != 0:  # root ignores permissions
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        with pytest.raises(StoreError):
+            await SQLiteStore(locked / "x.sqlite3").open()
+
+
+async def test_sqlite_full_disk_applies_nothing(tmp_path: pathlib.Path) -> None:
+    store = SQLiteStore(tmp_path / "small.sqlite3", max_pages=40)
+    await store.open()
+    batch = StoreBatch()
+    batch.upsert(row("a", last_seq=2000))
+    for seq in range(1, 2001):
+        batch.message(seq, os.urandom(200))
+        batch.append("a", StoredEntry(seq, seq, 0.0))
+    with pytest.raises(StoreError, match="full"):
+        await store.write(batch)
+    await store.aclose()
+    state = await SQLiteStore(tmp_path / "small.sqlite3").open()
+    assert state.sessions == ()  # the failed transaction left nothing behind
+
+
+# -- the hub with a store, on the mock clock ------------------------------------------
+
+
+class Switch:
+    """A stream factory whose target hub can be swapped (a restart)."""
+
+    def __init__(self, hub: MemoryHub) -> None:
+        self.hub = hub
+
+    async def __call__(self, host: str, port: int) -> trio.abc.Stream:
+        return await self.hub.open_stream()
+
+
+async def test_sessions_survive_a_hub_restart(autojump_clock: trio.testing.MockClock) -> None:
+    store = MemoryStore()
+    checker = DeliveryChecker()
+    events: list[LinkEvent] = []
+    async with trio.open_nursery() as outer:
+        first = trio.open_nursery()
+        n1 = await first.__aenter__()
+        hub1 = await start_memory_hub(n1, store=store)
+        switch = Switch(hub1)
+        a = TranscendentalWebSocket(
+            "ws://x/ws", "a", stream_factory=switch, on_link_event=events.append
+        )
+        b = TranscendentalWebSocket("ws://x/ws", "b", stream_factory=switch)
+        await outer.start(_run_client, a)
+        await outer.start(_run_client, b)
+        for n in range(100):
+            await a.send("b", "n", n)
+            checker.sent("a>b", n)
+        for _ in range(40):
+            checker.delivered("a>b", (await b.receive()).data)
+        await a.flush()  # acknowledged by hub 1 = stored by hub 1
+        n1.cancel_scope.cancel()
+        await first.__aexit__(None, None, None)
+        async with trio.open_nursery() as n2:
+            hub2 = await start_memory_hub(n2, store=store)
+            switch.hub = hub2
+            assert hub2.hub.statistics().sessions == 2
+            for n in range(100, 150):
+                await a.send("b", "n", n)
+                checker.sent("a>b", n)
+            for _ in range(110):
+                checker.delivered("a>b", (await b.receive()).data)
+            resumed = [e for e in events if isinstance(e, Connected) and not e.first]
+            assert resumed
+            assert all(e.recovered for e in resumed)
+            await a.aclose()
+            await b.aclose()
+            n2.cancel_scope.cancel()
+        outer.cancel_scope.cancel()
+    report = checker.report()
+    assert report.ok, report
+    assert report.delivered == 150
+
+
+async def _run_client(ws: TranscendentalWebSocket, *, task_status: trio.TaskStatus[None]) -> None:
+    await ws.connect()
+    task_status.started()
+    await ws.run()
+
+
+async def test_nothing_unstored_is_acknowledged_and_outage_closes_4006(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    store = MemoryStore()
+    mhub = await start_memory_hub(nursery, store=store, store_outage_timeout=10.0)
+    events: list[LinkEvent] = []
+    store_down = trio.Event()
+
+    def on_event(event: LinkEvent) -> None:
+        events.append(event)
+        if isinstance(event, Disconnected) and event.code == CloseCode.STORE_UNAVAILABLE:
+            store_down.set()
+
+    async with (
+        mhub.client("a", on_link_event=on_event) as a,
+        mhub.client("b") as b,
+    ):
+        await a.send("b", "n", 0)
+        await a.flush()
+        assert (await b.receive()).data == 0
+        store.fail_writes = 10**9  # the disk is full from now on
+        await a.send("b", "n", 1)
+        with trio.move_on_after(8):
+            await a.flush()
+        assert a.statistics().pending == 1  # not acknowledged: it was not stored
+        assert b.statistics().messages_received == 1  # nor delivered
+        assert mhub.hub.statistics().store_healthy is False
+        with trio.fail_after(30):
+            await store_down.wait()
+        assert mhub.hub.statistics().store_failures > 0
+        store.fail_writes = 0  # space freed
+        with trio.fail_after(60):
+            await a.flush()
+        assert (await b.receive()).data == 1
+        assert mhub.hub.statistics().store_healthy is True
+    assert any(isinstance(e, Connected) and not e.first and e.recovered for e in events)
+
+
+async def test_abandoned_session_expires_even_across_restarts(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    store = MemoryStore()
+    async with trio.open_nursery() as n1:
+        hub1 = await start_memory_hub(n1, store=store, session_expiry=60.0)
+        async with hub1.client("gone") as gone:
+            await gone.send("gone", "x", 1)
+            await gone.flush()
+            sid = gone.session_id
+            await gone.aclose(end_session=False)
+        n1.cancel_scope.cancel()
+    assert len(store.rows) == 1
+    async with trio.open_nursery() as n2:
+        hub2 = await start_memory_hub(n2, store=store, session_expiry=60.0)
+        await trio.sleep(120)  # virtual time: the session is abandoned past its expiry
+        assert hub2.hub.statistics().sessions_expired == 1
+        assert store.rows == {}  # forgotten in the store too
+        events: list[LinkEvent] = []
+        async with hub2.client("gone", on_link_event=events.append) as back:
+            assert back.session_id != sid
+        n2.cancel_scope.cancel()
+
+
+async def test_hub_with_store_refuses_to_start_on_a_bad_file(
+    nursery: trio.Nursery, tmp_path: pathlib.Path
+) -> None:
+    bad = tmp_path / "bad.sqlite3"
+    bad.write_bytes(b"garbage" * 1000)
+    hub = TranscendentalExternalWebSocket(store=SQLiteStore(bad))
+    with pytest.raises(BaseExceptionGroup) as info:
+        await nursery.start(functools.partial(serve_hub, hub, port=0))
+    assert info.group_contains(StoreError)
+
+
+async def test_cli_refuses_to_start_on_corrupt_or_unwritable_store(tmp_path: pathlib.Path) -> None:
+    bad = tmp_path / "bad.sqlite3"
+    bad.write_bytes(b"garbage" * 1000)
+    for spec in (f"sqlite:{bad}", f"sqlite:{tmp_path / 'nope' / 'x.sqlite3'}"):
+        result = await trio.run_process(
+            [sys.executable, "-m", "genesis_trio", "serve", "--port", "0", "--store", spec],
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+        )
+        assert result.returncode == 3
+        assert b"cannot start" in result.stderr
+        assert b"Traceback" not in result.stderr
+
+
+def test_sqlite_file_is_wal(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "w.sqlite3"
+
+    async def open_it() -> None:
+        store = SQLiteStore(path)
+        await store.open()
+        await store.aclose()
+
+    trio.run(open_it)
+    mode = sqlite3.connect(path).execute("PRAGMA journal_mode").fetchone()[0]
+    assert mode == "wal"
+
+
+async def test_acks_wait_for_the_sqlite_commit(
+    nursery: trio.Nursery, tmp_path: pathlib.Path
+) -> None:
+    path = tmp_path / "hub.sqlite3"
+    hub = TranscendentalExternalWebSocket(store=SQLiteStore(path))
+    info = await nursery.start(functools.partial(serve_hub, hub, port=0))
+    async with (
+        TranscendentalWebSocket(info.ws_url, "a") as a,
+        TranscendentalWebSocket(info.ws_url, "b") as b,
+    ):
+        for n in range(500):
+            await a.send("b", "n", n)
+        await a.flush()
+        # Everything acknowledged is in the file, readable by another connection now.
+        db = sqlite3.connect(path)
+        (received,) = db.execute("SELECT received FROM sessions WHERE component_id='a'").fetchone()
+        assert received == 500
+        got = [(await b.receive()).data for _ in range(500)]
+        assert got == list(range(500))
+        stats = hub.statistics()
+        assert stats.store == f"sqlite:{path}"
+        assert stats.store_commits >= 1
+        assert stats.store_rows_written >= 1000
