@@ -335,3 +335,31 @@ async def test_hub_restart_without_durable_store_is_reported(
         assert up.recovered is False
         assert a.session_id != old_sid
         assert events.disconnects[0].code == CloseCode.GOING_AWAY
+
+
+async def test_pings_are_answered_while_the_application_is_stalled(
+    mhub: MemoryHub, autojump_clock: trio.testing.MockClock
+) -> None:
+    events = Events()
+    release = trio.Event()
+    async with (
+        mhub.client("sender") as sender,
+        mhub.client("stuck", on_link_event=events, inbox_size=2) as stuck,
+    ):
+
+        @stuck.on("work")
+        async def work(message: Message) -> None:
+            await release.wait()  # the application stalls for ten minutes
+
+        for n in range(5):
+            await sender.send("stuck", "work", n)
+        await trio.sleep(600)
+        # The reader kept answering the hub's pings (and the heartbeat kept
+        # pinging) although the dispatcher never returned: no link was lost.
+        assert events.disconnects == []
+        assert mhub.hub.statistics().heartbeat_timeouts == 0
+        assert stuck.statistics().rtt_ewma_ms is not None
+        assert stuck.statistics().inbox == 4  # the first message is in the handler
+        release.set()
+        await sender.send("stuck", "work", 5)
+        await sender.flush()
