@@ -101,6 +101,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="SQLite durability: normal survives a killed hub; full also survives power loss",
     )
     serve.add_argument(
+        "--gc-tuning",
+        default=_env("GC_TUNING", "on"),
+        choices=["on", "off"],
+        help="freeze start-up objects and collect garbage less often (faster under load)",
+    )
+    serve.add_argument(
         "--log-level",
         default=_env("LOG_LEVEL", "info"),
         choices=["debug", "info", "warning", "error"],
@@ -136,7 +142,9 @@ def store_from_args(args: argparse.Namespace) -> SessionStore | None:
 
 async def _serve(args: argparse.Namespace) -> None:
     hub = TranscendentalExternalWebSocket(hub_config_from_args(args), store=store_from_args(args))
-    system = GenesisHybridSystem(hub, host=args.host, port=args.port)
+    system = GenesisHybridSystem(
+        hub, host=args.host, port=args.port, gc_tuning=args.gc_tuning == "on"
+    )
     log = logging.getLogger("genesis_trio")
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
