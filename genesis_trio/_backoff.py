@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import attrs
 
@@ -25,9 +25,14 @@ def backoff(
 
     The sequence never ends; the caller decides when to give up.
     """
-    if initial <= 0 or factor < 1 or cap < initial:
+    if not (initial > 0 and factor >= 1 and cap >= initial):  # also rejects NaN
         raise ValueError("need initial > 0, factor >= 1 and cap >= initial")
-    draw = (rng or random.Random()).uniform
+    return _schedule(initial, factor, cap, (rng or random.Random()).uniform)
+
+
+def _schedule(
+    initial: float, factor: float, cap: float, draw: Callable[[float, float], float]
+) -> Iterator[float]:
     ceiling = initial
     while True:
         yield draw(0.0, ceiling)

@@ -29,6 +29,7 @@ import attrs
 import trio
 
 from ._backoff import BreakerState, CircuitBreaker, backoff
+from ._coalesce import Coalescer
 from ._codec import CODECS_BY_NAME
 from ._config import ClientConfig
 from ._errors import (
@@ -241,6 +242,7 @@ class TranscendentalWebSocket:
         self._handlers: dict[str, Handler] = {}
         self._default_handler: Handler | None = None
         self._inbox: deque[tuple[int, int, Body]] = deque()
+        self._generation = 0  # bumped whenever sequence numbers restart (a new session or epoch)
         self._inbox_wake = Signal()
         self._app_send, self._app_recv = trio.open_memory_channel[Message](self.config.inbox_size)
         self._writer_wake = Signal()
@@ -582,6 +584,8 @@ class TranscendentalWebSocket:
             raise HandshakeError(f"hub closed the link during the handshake: {exc}") from None
         had_session = self._session.sid is not None
         result = self._session.welcome(welcome)
+        if not result.recovered:
+            self._generation += 1  # numbering restarted: older inbox entries are not ours to ack
         now = trio.current_time()
         heartbeat = Heartbeat(
             cfg.heartbeat_interval, cfg.heartbeat_floor, cfg.heartbeat_ceiling, now=now
@@ -778,7 +782,7 @@ class TranscendentalWebSocket:
             skip = inbound.accept(seq, len(frame.bodies))
             if skip:
                 self._c["duplicates_dropped"] += skip
-            epoch = session.epoch
+            generation = self._generation
             inbox = self._inbox
             pending = self._pending
             for i in range(skip, len(frame.bodies)):
@@ -796,7 +800,7 @@ class TranscendentalWebSocket:
                         else:
                             waiter.value = body.get("data")
                         waiter.event.set()
-                inbox.append((epoch, seq + i, body))
+                inbox.append((generation, seq + i, body))
             self._c["messages_received"] += len(frame.bodies) - skip
             self._inbox_wake.set()
         elif kind is Ack:
@@ -823,7 +827,7 @@ class TranscendentalWebSocket:
             raise RemoteProtocolError(f"unexpected frame from the hub: {frame!r}")
 
     def _on_ack(self, seq: int) -> None:
-        if self._session.outbound.ack(seq):
+        if self._session.outbound.ack(seq, sent_only=True):
             self._room.unpark_all()
             self._acked.unpark_all()
             self._writer_wake.set()
@@ -846,6 +850,7 @@ class TranscendentalWebSocket:
         half = max(1, link.window // 2)
         c = self._c
         wake = self._writer_wake
+        coalescer = Coalescer(max_delay=self.config.coalesce_max_delay)
         while True:
             wake.clear()
             now = trio.current_time()
@@ -854,7 +859,11 @@ class TranscendentalWebSocket:
                 await send(wire(control.popleft()))
                 sent = True
             room = link.window - out.in_flight
-            if out.last_seq > out.sent and room > 0:
+            pending = out.last_seq - out.sent
+            if pending > 0 and room > 0:
+                if coalescer.should_wait(now, out.last_seq, pending):
+                    await trio.lowlevel.checkpoint()
+                    continue
                 entries = out.take(min(room, max_batch))
                 ack = None
                 if inbound.released > inbound.acked:
@@ -912,7 +921,7 @@ class TranscendentalWebSocket:
                 self._inbox_wake.clear()
                 await self._inbox_wake.wait()
                 continue
-            epoch, seq, body = inbox.popleft()
+            generation, seq, body = inbox.popleft()
             if body.get("re") is None:
                 msg = Message.from_body(body, seq)
                 try:
@@ -925,7 +934,7 @@ class TranscendentalWebSocket:
                 else:
                     if handled and msg.id is not None and msg.sender is not None:
                         await self._reply_quietly(msg, data=result)
-            if epoch == session.epoch and seq > session.inbound.released:
+            if generation == self._generation and seq > session.inbound.released:
                 session.inbound.release(seq)
                 if self._ack_deadline == math.inf:
                     self._ack_deadline = trio.current_time() + self.config.ack_delay

@@ -32,6 +32,8 @@ class HubConfig:
     """Most unacknowledged messages in flight per direction per link."""
     max_batch: int = attrs.field(default=512, validator=_pos_i)
     """Most messages the hub packs into one ``batch`` frame."""
+    coalesce_max_delay: float = attrs.field(default=0.001, validator=_nonneg)
+    """Longest a link's writer waits for a batch to form under high rates (0: never)."""
     retention_messages: int = attrs.field(default=10_000, validator=_pos_i)
     """Most unacknowledged messages kept per session for resume."""
     retention_seconds: float = attrs.field(default=300.0, validator=_pos_f)
@@ -76,6 +78,8 @@ class ClientConfig:
     """Default deadline of ``request()``."""
     max_batch: int = attrs.field(default=512, validator=_pos_i)
     """Most messages packed into one ``batch`` frame."""
+    coalesce_max_delay: float = attrs.field(default=0.001, validator=_nonneg)
+    """Longest the writer waits for a batch to form under high rates (0: never)."""
     connect_timeout: float = attrs.field(default=10.0, validator=_pos_f)
     """Bound on TCP connect + WebSocket upgrade + hello/welcome."""
     heartbeat_interval: float = attrs.field(default=5.0, validator=_pos_f)

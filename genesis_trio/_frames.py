@@ -8,6 +8,7 @@ Every WebSocket message is one frame: a map whose ``t`` field names its type.
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any, Final, Literal
 
@@ -29,14 +30,24 @@ Body = dict[str, Any]
 """An application message as it travels: ``type``, ``data`` and addressing."""
 
 
+@functools.lru_cache(maxsize=4096)
+def _valid_id(value: str) -> bool:
+    return _COMPONENT_ID.fullmatch(value) is not None
+
+
 def valid_component_id(value: object) -> bool:
     """True when ``value`` is a legal component id (1-128 chars, no ``$``)."""
-    return isinstance(value, str) and _COMPONENT_ID.fullmatch(value) is not None
+    return isinstance(value, str) and _valid_id(value)
+
+
+@functools.lru_cache(maxsize=4096)
+def _valid_topic(value: str) -> bool:
+    return _TOPIC.fullmatch(value) is not None
 
 
 def valid_topic(value: object) -> bool:
     """True when ``value`` is a legal topic name (1-256 chars)."""
-    return isinstance(value, str) and _TOPIC.fullmatch(value) is not None
+    return isinstance(value, str) and _valid_topic(value)
 
 
 def _bad(
@@ -225,16 +236,19 @@ def check_body(obj: object, *, from_client: bool) -> Body:
     topic = obj.get("topic")
     if topic is not None and not valid_topic(topic):
         raise _bad(f"field 'topic' is not a valid topic name: {topic!r}")
-    _opt_str(obj, "id")
-    _opt_str(obj, "re")
-    error = obj.get("error")
-    if error is not None and not (isinstance(error, dict) and isinstance(error.get("code"), str)):
-        raise _bad("field 'error' must be a map with a string 'code'")
-    if from_client:
-        if "from" in obj:
+    if from_client and to is not None and topic is not None:
+        raise _bad("a message has 'to' or 'topic', not both")
+    common = 1 + ("data" in obj) + (to is not None) + (topic is not None)
+    if len(obj) > common:  # other fields are present: check them (the common case skips this)
+        _opt_str(obj, "id")
+        _opt_str(obj, "re")
+        error = obj.get("error")
+        if error is not None and not (
+            isinstance(error, dict) and isinstance(error.get("code"), str)
+        ):
+            raise _bad("field 'error' must be a map with a string 'code'")
+        if from_client and "from" in obj:
             raise _bad("field 'from' is set by the hub, not by clients")
-        if to is not None and topic is not None:
-            raise _bad("a message has 'to' or 'topic', not both")
     return obj
 
 

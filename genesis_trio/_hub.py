@@ -459,7 +459,7 @@ class TranscendentalExternalWebSocket:
             )
 
     def _apply_ack(self, session: HubSession, seq: int) -> None:
-        if session.outbound.ack(seq):
+        if session.outbound.ack(seq, sent_only=True):
             session.room.unpark_all()
             session.wake.set()
             if self._journal is not None:
@@ -518,14 +518,15 @@ class TranscendentalExternalWebSocket:
         body["from"] = session.component_id
         to = body.get("to")
         table = self._table
-        resolve: Callable[[], Sequence[HubSession]]
+        targets: Sequence[HubSession]
         if to is not None:
-            if to == HUB_ID:
-                inbound.received = n
-                self._counters.messages_in += 1
-                await self._hub_message(conn, body, n)
-                return conn.attached
-            if to not in table.by_id:
+            target = table.by_id.get(to)
+            if target is None:
+                if to == HUB_ID:
+                    inbound.received = n
+                    self._counters.messages_in += 1
+                    await self._hub_message(conn, body, n)
+                    return conn.attached
                 conn.report(
                     Error(
                         ErrorCode.UNKNOWN_TARGET,
@@ -537,11 +538,7 @@ class TranscendentalExternalWebSocket:
                 inbound.received = n
                 self._counters.messages_in += 1
                 return True
-
-            def resolve() -> Sequence[HubSession]:
-                target = table.by_id.get(to)
-                return (target,) if target is not None else ()
-
+            targets = (target,)
         else:
             topic = body.get("topic")
             if topic is None:
@@ -551,19 +548,36 @@ class TranscendentalExternalWebSocket:
                 inbound.received = n
                 self._counters.messages_in += 1
                 return True
-            subscribers = table.subscribers
-
-            def resolve() -> Sequence[HubSession]:
-                return tuple(subscribers.get(topic, ()))
-
-        def valid() -> bool:
-            return conn.attached and inbound.received == n - 1
-
-        if await self._deliver(resolve, Outgoing(body), session, valid) < 0:
+            targets = tuple(table.subscribers.get(topic, ()))
+        out = Outgoing(body)
+        if self._has_room(targets, session):  # the fast path: nothing to wait for
+            self._append_all(targets, out, session)
+        elif not await self._deliver_waiting(conn, body, out, n):
             return False
         inbound.received = n
         self._counters.messages_in += 1
         return True
+
+    async def _deliver_waiting(
+        self, conn: HubConnection, body: Body, out: Outgoing, n: int
+    ) -> bool:
+        """The slow path: a target's log is full; wait (bounded), re-resolving targets."""
+        session = conn.session
+        inbound = session.inbound
+        table = self._table
+        to: str | None = body.get("to")
+        topic: str = body.get("topic", "")
+
+        def resolve() -> Sequence[HubSession]:
+            if to is not None:
+                target = table.by_id.get(to)
+                return (target,) if target is not None else ()
+            return tuple(table.subscribers.get(topic, ()))
+
+        def valid() -> bool:
+            return conn.attached and inbound.received == n - 1
+
+        return await self._deliver(resolve, out, session, valid) >= 0
 
     async def _deliver(
         self,
@@ -606,6 +620,26 @@ class TranscendentalExternalWebSocket:
                 return -1
         if not valid():
             return -1
+        self._append_all(targets, out, sender)
+        return len(targets)
+
+    @staticmethod
+    def _has_room(targets: Sequence[HubSession], sender: HubSession | None) -> bool:
+        """True when no connected target (other than the sender) has a full log."""
+        for target in targets:
+            log_ = target.outbound
+            if (
+                len(log_.entries) >= log_.capacity
+                and target.connection is not None
+                and target is not sender
+            ):
+                return False
+        return True
+
+    def _append_all(
+        self, targets: Sequence[HubSession], out: Outgoing, sender: HubSession | None
+    ) -> None:
+        """Append ``out`` to every target's log (synchronously: atomic for Trio)."""
         now = trio.current_time()
         evicted = 0
         journal = self._journal
@@ -625,7 +659,6 @@ class TranscendentalExternalWebSocket:
                     journal.acked(target)
         if evicted:
             self._counters.messages_evicted += evicted
-        return len(targets)
 
     async def _hub_message(self, conn: HubConnection, body: Body, n: int) -> None:
         """A message addressed to the hub itself: run its handler, contained."""

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import trio
 
+from ._coalesce import Coalescer
 from ._codec import Codec
 from ._errors import CloseCode, ConnectionClosed
 from ._frames import Ack, Error
@@ -76,6 +77,7 @@ class HubConnection:
         self.peer_closed = False
         self.crashed = False
         self._scope = trio.CancelScope()
+        self.coalescer = Coalescer(max_delay=cfg.coalesce_max_delay)
 
     @property
     def attached(self) -> bool:
@@ -167,6 +169,7 @@ class HubConnection:
         heartbeat = self.heartbeat
         control = self.control
         window, max_batch, half = cfg.window, cfg.max_batch, max(1, cfg.window // 2)
+        coalescer = self.coalescer
         while self.attached:
             self.wake.clear()
             now = trio.current_time()
@@ -183,7 +186,11 @@ class HubConnection:
                 await send(codec.encode(ping.wire()))
                 sent = True
             room = window - out.in_flight
-            if min(out.last_seq, out.durable) > out.sent and room > 0:
+            pending = min(out.last_seq, out.durable) - out.sent
+            if pending > 0 and room > 0:
+                if coalescer.should_wait(now, out.last_seq, pending):
+                    await trio.lowlevel.checkpoint()
+                    continue
                 entries = out.take(min(room, max_batch))
                 ack = None
                 if inbound.released > inbound.acked:

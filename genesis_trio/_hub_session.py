@@ -168,7 +168,10 @@ class SessionTable:
 
     def open(self, hello: Hello, now: float) -> Opened:
         """Find, resume or create the session a ``hello`` asks for."""
-        cid = hello.id if hello.id is not None else "anon-" + secrets.token_hex(6)
+        cid = hello.id
+        if cid is None:  # an anonymous client resumes by session id alone
+            known = self.by_sid.get(hello.sid) if hello.sid is not None else None
+            cid = known.component_id if known is not None else "anon-" + secrets.token_hex(6)
         existing = self.by_id.get(cid)
         if existing is not None and not existing.connected:
             self._expire_one(existing, now)

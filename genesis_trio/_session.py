@@ -128,17 +128,27 @@ class OutboundLog(Generic[T]):
             dropped += 1
         return dropped
 
-    def ack(self, seq: int) -> int:
-        """Apply a cumulative acknowledgement; return how many were released."""
-        if seq > self.last_seq:
-            raise _violation(f"ack {seq} is beyond the newest message sent ({self.last_seq})")
+    def ack(self, seq: int, *, sent_only: bool = False) -> int:
+        """Apply a cumulative acknowledgement; return how many were released.
+
+        ``sent_only``: an ack on a live link may not exceed what this side has
+        sent (resume acks, from ``hello``/``welcome``, may reach ``last_seq``).
+        """
+        limit = self.sent if sent_only else self.last_seq
+        if seq > limit:
+            raise _violation(f"ack {seq} is beyond the newest message sent ({limit})")
         if seq <= self.acked:
             return 0
-        released = 0
         entries = self.entries
-        while entries and entries[0].seq <= seq:
-            entries.popleft()
-            released += 1
+        released = 0
+        if entries:
+            released = min(len(entries), seq - entries[0].seq + 1)
+            if released == len(entries):
+                entries.clear()
+            else:
+                popleft = entries.popleft
+                for _ in range(released):
+                    popleft()
         self.acked = seq
         if self.sent < seq:
             self.sent = seq
