@@ -1,4 +1,4 @@
-"""Adaptive coalescing: how long a writer waits for more messages (sans-IO).
+"""Adaptive coalescing: how long a writer waits for more messages.
 
 A writer that finds messages to send writes them at once while traffic is
 light (no added latency). When the measured arrival rate is high, waiting a
@@ -14,6 +14,7 @@ per message), so it costs nothing per message.
 from __future__ import annotations
 
 import attrs
+import trio
 
 
 @attrs.define(eq=False)
@@ -54,15 +55,18 @@ class Coalescer:
             return 0.0
         return min(self.max_delay, (self.target - pending) / self.rate)
 
-    def should_wait(self, now: float, appended: int, pending: int) -> bool:
+    def should_wait(self, now: float, appended: int, pending: int, busy: bool = False) -> bool:
         """True: yield one scheduler pass and ask again; False: write now.
 
-        Starts waiting only under a high rate; keeps waiting while each pass
-        brings more, up to ``target`` messages or the delay's deadline.
+        Starts waiting under a high arrival rate on this link, or when the
+        whole process is ``busy`` (many tasks runnable: a fan-out burst, or
+        saturation, where a pass costs little and batches form across
+        links); keeps waiting while each pass brings more, up to ``target``
+        messages or ``max_delay``.
         """
         if self._until is None:
             self.observe(now, appended)
-            pause = self.delay(pending)
+            pause = self.max_delay if busy and pending < self.target else self.delay(pending)
             if pause <= 0.0:
                 return False
             self._until, self._grown, self._idle = now + pause, appended, 0
@@ -76,3 +80,12 @@ class Coalescer:
                 return True
         self._until = None
         return False
+
+
+BUSY_TASKS = 32
+"""Runnable Trio tasks at which a process counts as busy."""
+
+
+def scheduler_busy() -> bool:
+    """True when many Trio tasks are runnable right now (cheap: one call)."""
+    return trio.lowlevel.current_statistics().tasks_runnable >= BUSY_TASKS

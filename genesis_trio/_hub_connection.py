@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import trio
 
-from ._coalesce import Coalescer
+from ._coalesce import Coalescer, scheduler_busy
 from ._codec import Codec
 from ._errors import CloseCode, ConnectionClosed
 from ._frames import Ack, Error
@@ -188,7 +188,7 @@ class HubConnection:
             room = window - out.in_flight
             pending = min(out.last_seq, out.durable) - out.sent
             if pending > 0 and room > 0:
-                if coalescer.should_wait(now, out.last_seq, pending):
+                if coalescer.should_wait(now, out.last_seq, pending, scheduler_busy()):
                     await trio.lowlevel.checkpoint()
                     continue
                 entries = out.take(min(room, max_batch))
