@@ -63,7 +63,7 @@ from ._frames import (
 )
 from ._heartbeat import Heartbeat, RttEstimator
 from ._message import Message
-from ._session import ClientSession, OutboundLog
+from ._session import ClientSession, OutboundLog, fit_frame
 from ._signal import Signal
 from ._supervisor import RestartPolicy, Supervisor
 from ._transport import StreamFactory, WebSocketConnection, connect_websocket
@@ -621,7 +621,8 @@ class TranscendentalWebSocket:
         if conn.subprotocol not in (None, codec.subprotocol):
             raise HandshakeError(f"hub chose subprotocol {conn.subprotocol!r}")
         started = trio.current_time()
-        await conn.send(self._wire(codec.encode(self._session.hello(self.config.token).wire())))
+        hello = self._session.hello(self.config.token, self.config.max_message_size)
+        await conn.send(self._wire(codec.encode(hello.wire())))
         messages = await conn.receive_some()
         rtt = trio.current_time() - started
         try:
@@ -865,14 +866,16 @@ class TranscendentalWebSocket:
                     await trio.lowlevel.checkpoint()
                     continue
                 entries = out.take(min(room, max_batch))
+                payloads = [e.payload for e in entries]
+                n = fit_frame([len(p) for p in payloads], link.max_size)
+                if n < len(entries):  # the frame would exceed the hub's max_size
+                    out.untake(len(entries) - n)
+                    del entries[n:], payloads[n:]
                 ack = None
                 if inbound.released > inbound.acked:
                     ack = inbound.take_ack()
                     self._ack_deadline = math.inf
-                n = len(entries)
-                frame = codec.deliver(
-                    "msg" if n == 1 else "batch", entries[0].seq, [e.payload for e in entries], ack
-                )
+                frame = codec.deliver("msg" if n == 1 else "batch", entries[0].seq, payloads, ack)
                 await send(wire(frame))
                 c["frames_sent"] += 1
                 c["messages_framed"] += n

@@ -25,6 +25,8 @@ class ErrorCode(enum.StrEnum):
     """The message was addressed to a component with no session on the hub."""
     NO_TARGET = "no_target"
     """The message has neither ``to`` nor ``topic``."""
+    TOO_LARGE = "too_large"
+    """A message is larger than the receiving client accepts (it got this notice instead)."""
     SEQUENCE = "sequence"
     """A sequence number or acknowledgement is out of range (a gap)."""
     HANDLER_ERROR = "handler_error"

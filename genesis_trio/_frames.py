@@ -92,6 +92,8 @@ class Hello:
     ack: int = 0
     topics: tuple[str, ...] = ()
     token: str | None = None
+    max_size: int | None = None
+    """The largest WebSocket message this client accepts (None: 1 MiB)."""
     v: int = PROTOCOL_VERSION
 
     def wire(self) -> dict[str, Any]:
@@ -100,6 +102,8 @@ class Hello:
         out.update(epoch=self.epoch, ack=self.ack, topics=list(self.topics))
         if self.token is not None:
             out["token"] = self.token
+        if self.max_size is not None:
+            out["max_size"] = self.max_size
         return out
 
 
@@ -312,6 +316,7 @@ def parse_frame(obj: object, *, sender: Side) -> Frame:
                 ack=_int(obj, "ack", default=0),
                 topics=_topics(obj, "topics"),
                 token=_opt_str(obj, "token", limit=8192),
+                max_size=_int(obj, "max_size", minimum=1024) if "max_size" in obj else None,
                 v=v,
             )
         if t == "sub" or t == "unsub":

@@ -352,7 +352,7 @@ class TranscendentalExternalWebSocket:
                 c.resumes_recovered += 1
             else:
                 c.resumes_failed += 1
-        connection = HubConnection(self, session, transport, codec, now)
+        connection = HubConnection(self, session, transport, codec, now, hello.max_size or 1 << 20)
         session.connection = connection
         session.disconnected_at = None
         welcome = Welcome(

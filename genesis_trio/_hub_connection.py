@@ -20,8 +20,10 @@ import trio
 from ._coalesce import Coalescer, scheduler_busy
 from ._codec import Codec
 from ._errors import CloseCode, ConnectionClosed
-from ._frames import Ack, Error
+from ._frames import HUB_ID, Ack, Error
 from ._heartbeat import Heartbeat
+from ._hub_session import Outgoing
+from ._session import FRAME_OVERHEAD, fit_frame
 from ._signal import Signal
 
 if TYPE_CHECKING:
@@ -59,8 +61,11 @@ class HubConnection:
         transport: ServerTransport,
         codec: Codec,
         now: float,
+        max_frame: int = 1 << 20,
     ) -> None:
         cfg = hub.config
+        self.max_frame = min(max_frame, cfg.max_message_size)
+        """Largest frame this client accepts (its hello's max_size, capped by ours)."""
         self.hub = hub
         self.session = session
         self.transport = transport
@@ -83,6 +88,32 @@ class HubConnection:
     def attached(self) -> bool:
         """True while this connection is the session's live link."""
         return self.session.connection is self
+
+    def _too_large_notice(self, out: Outgoing, size: int) -> bytes:
+        """What a client gets, in place of a message larger than it accepts."""
+        self.hub._counters.errors_contained += 1
+        body = out.body
+        notice: dict[str, object] = {
+            "type": body.get("type", "?"),
+            "from": body.get("from", "$hub"),
+            "error": {
+                "code": "too_large",
+                "msg": f"a message of {size} bytes exceeds this client's max_size "
+                f"({self.max_frame}); it was not delivered",
+            },
+        }
+        rid, sender_id = body.get("id"), body.get("from")
+        requester = self.hub._table.by_id.get(sender_id) if sender_id else None
+        if rid is not None and requester is not None:  # the requester learns it at once
+            reply = {
+                "type": notice["type"],
+                "from": HUB_ID,
+                "to": sender_id,
+                "re": rid,
+                "error": notice["error"],
+            }
+            self.hub._append_all((requester,), Outgoing(reply), requester)
+        return self.codec.encode(notice)
 
     def queue_control(self, frame: bytes) -> bool:
         """Queue a control frame for the writer; False when the queue is full."""
@@ -169,6 +200,7 @@ class HubConnection:
         heartbeat = self.heartbeat
         control = self.control
         window, max_batch, half = cfg.window, cfg.max_batch, max(1, cfg.window // 2)
+        max_frame = self.max_frame
         coalescer = self.coalescer
         while self.attached:
             self.wake.clear()
@@ -192,12 +224,17 @@ class HubConnection:
                     await trio.lowlevel.checkpoint()
                     continue
                 entries = out.take(min(room, max_batch))
+                bodies = [e.payload.encoded(codec) for e in entries]
+                n = fit_frame([len(b) for b in bodies], max_frame)
+                if n < len(entries):  # the frame would exceed what the client accepts
+                    out.untake(len(entries) - n)
+                    del entries[n:], bodies[n:]
+                if len(bodies[0]) > max_frame - FRAME_OVERHEAD:
+                    bodies[0] = self._too_large_notice(entries[0].payload, len(bodies[0]))
                 ack = None
                 if inbound.released > inbound.acked:
                     ack = inbound.take_ack()
                     session.ack_deadline = math.inf
-                n = len(entries)
-                bodies = [e.payload.encoded(codec) for e in entries]
                 await send(codec.deliver("msg" if n == 1 else "batch", entries[0].seq, bodies, ack))
                 stats.messages_out += n
                 stats.delivery_frames += 1

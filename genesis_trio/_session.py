@@ -167,6 +167,10 @@ class OutboundLog(Generic[T]):
         self.sent += n
         return out
 
+    def untake(self, count: int) -> None:
+        """Give back the last ``count`` taken messages (they did not fit the frame)."""
+        self.sent -= count
+
     def rewind(self) -> None:
         """A new link starts: everything unacknowledged is to be sent again."""
         self.sent = self.acked
@@ -252,7 +256,7 @@ class ClientSession(Generic[T]):
     epoch: int = 0
     topics: set[str] = attrs.field(factory=set)
 
-    def hello(self, token: str | None = None) -> Hello:
+    def hello(self, token: str | None = None, max_size: int | None = None) -> Hello:
         """The hello frame for a new link: who we are and what we have."""
         return Hello(
             id=self.component_id,
@@ -261,6 +265,7 @@ class ClientSession(Generic[T]):
             ack=self.inbound.received,
             topics=tuple(sorted(self.topics)),
             token=token,
+            max_size=max_size,
         )
 
     def welcome(self, w: Welcome) -> ResumeResult:
@@ -280,3 +285,20 @@ class ClientSession(Generic[T]):
             self.inbound.reset()
             self.outbound.renumber()
         return ResumeResult(w.recovered, self.outbound.unsent, first)
+
+
+FRAME_OVERHEAD = 64
+"""Bytes a ``msg``/``batch`` frame adds around its bodies, rounded up."""
+
+
+def fit_frame(sizes: list[int], budget: int) -> int:
+    """How many leading bodies of these sizes fit in one frame of ``budget`` bytes.
+
+    Always at least one: a body too large on its own is the caller's problem.
+    """
+    total = FRAME_OVERHEAD
+    for i, size in enumerate(sizes):
+        total += size + 1
+        if total > budget and i > 0:
+            return i
+    return len(sizes)

@@ -282,3 +282,41 @@ async def test_close_is_idempotent_and_ends_session(hub: RunningHub) -> None:
     async with TranscendentalWebSocket(hub.url, "other") as other:
         with pytest.raises(RemoteError):
             await other.request("leaver", "are-you-there", timeout=5)
+
+
+async def test_batches_never_exceed_the_frame_limit(hub: RunningHub) -> None:
+    big = "x" * 4096
+    async with TranscendentalWebSocket(hub.url, "bulk", max_message_size=64 * 1024) as ws:
+        async with trio.open_nursery() as nursery:
+
+            async def sender() -> None:
+                for i in range(600):
+                    await ws.send("bulk", "blob", [i, big])
+
+            nursery.start_soon(sender)
+            got = [(await ws.receive()).data[0] for _ in range(600)]
+        assert got == list(range(600))
+        stats = ws.statistics()
+        assert stats.connects == 1  # no 1009 and no reconnect along the way
+        assert stats.collapse_factor <= 64 * 1024 / 4096 + 1
+
+
+async def test_a_message_too_large_for_a_client_becomes_a_notice(hub: RunningHub) -> None:
+    async with (
+        TranscendentalWebSocket(hub.url, "roomy") as roomy,
+        TranscendentalWebSocket(hub.url, "tiny", max_message_size=2048) as tiny,
+    ):
+        await roomy.send("tiny", "small", 1)
+        await roomy.send("tiny", "huge", "y" * 10_000)
+        await roomy.send("tiny", "small", 2)
+        first, notice, last = [await tiny.receive() for _ in range(3)]
+        assert (first.data, last.data) == (1, 2)
+        assert notice.type == "huge"
+        assert notice.data is None
+        assert notice.error is not None
+        assert notice.error["code"] == "too_large"
+        assert (notice.seq, last.seq) == (2, 3)
+        assert tiny.statistics().connects == 1
+        with pytest.raises(RemoteError) as info:
+            await roomy.request("tiny", "huge-request", "z" * 10_000, timeout=5)
+        assert info.value.code == "too_large"
