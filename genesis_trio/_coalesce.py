@@ -1,4 +1,4 @@
-"""Adaptive coalescing: how long a writer waits for more messages.
+"""Adaptive coalescing: how long a writer waits for more messages (sans-IO).
 
 A writer that finds messages to send writes them at once while traffic is
 light (no added latency). When the measured arrival rate is high, waiting a
@@ -14,7 +14,6 @@ per message), so it costs nothing per message.
 from __future__ import annotations
 
 import attrs
-import trio
 
 
 @attrs.define(eq=False)
@@ -82,10 +81,21 @@ class Coalescer:
         return False
 
 
-BUSY_TASKS = 32
-"""Runnable Trio tasks at which a process counts as busy."""
 
+@attrs.define(eq=False)
+class WriterLoad:
+    """How many writers of a process have messages waiting to go out (O(1)).
 
-def scheduler_busy() -> bool:
-    """True when many Trio tasks are runnable right now (cheap: one call)."""
-    return trio.lowlevel.current_statistics().tasks_runnable >= BUSY_TASKS
+    Many at once means a fan-out burst or saturation: waiting one more
+    scheduler pass then costs little and lets batches form across links.
+    """
+
+    busy_at: int = 32
+    """Writers with pending messages at which the process counts as busy."""
+    pending: int = 0
+    """Writers that currently have messages waiting."""
+
+    @property
+    def busy(self) -> bool:
+        """True when at least ``busy_at`` writers have messages waiting."""
+        return self.pending >= self.busy_at

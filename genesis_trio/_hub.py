@@ -21,6 +21,7 @@ import trio
 from starlette.responses import PlainTextResponse
 from starlette.websockets import WebSocket
 
+from ._coalesce import WriterLoad
 from ._codec import Codec, negotiate
 from ._config import HubConfig
 from ._errors import CloseCode, ConnectionClosed, ErrorCode, RemoteProtocolError
@@ -127,6 +128,7 @@ class TranscendentalExternalWebSocket:
             )
         self._table = SessionTable(self.config, self._journal)
         self._counters = HubCounters()
+        self._writer_load = WriterLoad()
         self._running = False
         self._handlers: dict[str, HubHandler] = {}
         self._supervisor = Supervisor(

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import trio
 
-from ._coalesce import Coalescer, scheduler_busy
+from ._coalesce import Coalescer
 from ._codec import Codec
 from ._errors import CloseCode, ConnectionClosed
 from ._frames import HUB_ID, Ack, Error
@@ -83,6 +83,7 @@ class HubConnection:
         self.crashed = False
         self._scope = trio.CancelScope()
         self.coalescer = Coalescer(max_delay=cfg.coalesce_max_delay)
+        self._waiting = False
 
     @property
     def attached(self) -> bool:
@@ -187,6 +188,10 @@ class HubConnection:
         except ConnectionClosed:
             self.peer_closed = True
             self._scope.cancel()
+        finally:
+            if self._waiting:  # leaving while counted as a writer with pending messages
+                self._waiting = False
+                self.hub._writer_load.pending -= 1
 
     async def _writer(self) -> None:
         hub = self.hub
@@ -202,6 +207,7 @@ class HubConnection:
         window, max_batch, half = cfg.window, cfg.max_batch, max(1, cfg.window // 2)
         max_frame = self.max_frame
         coalescer = self.coalescer
+        load = hub._writer_load
         while self.attached:
             self.wake.clear()
             now = trio.current_time()
@@ -220,9 +226,14 @@ class HubConnection:
             room = window - out.in_flight
             pending = min(out.last_seq, out.durable) - out.sent
             if pending > 0 and room > 0:
-                if coalescer.should_wait(now, out.last_seq, pending, scheduler_busy()):
+                if not self._waiting:
+                    self._waiting = True
+                    load.pending += 1
+                if coalescer.should_wait(now, out.last_seq, pending, load.busy):
                     await trio.lowlevel.checkpoint()
                     continue
+                self._waiting = False
+                load.pending -= 1
                 entries = out.take(min(room, max_batch))
                 bodies = [e.payload.encoded(codec) for e in entries]
                 n = fit_frame([len(b) for b in bodies], max_frame)

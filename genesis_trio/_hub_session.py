@@ -145,7 +145,10 @@ class SessionTable:
             row = stored.row
             session = self._new(row.component_id, row.epoch, row.sid)
             log_ = session.outbound
-            log_.last_seq, log_.acked, log_.truncated = row.last_seq, row.acked, row.truncated
+            # Appends do not rewrite the header: the newest seq is in the log itself.
+            newest = stored.entries[-1].seq if stored.entries else 0
+            log_.last_seq = max(row.last_seq, row.acked, newest)
+            log_.acked, log_.truncated = row.acked, row.truncated
             for entry in stored.entries:
                 if entry.seq <= row.acked:
                     continue

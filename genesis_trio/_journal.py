@@ -71,6 +71,7 @@ class Journal:
         self.retry_cap = retry_cap
         self._batch = StoreBatch()
         self._dirty: dict[str, HubSession] = {}
+        self._appended: dict[str, HubSession] = {}
         self._wake = Signal()
         self._committed = trio.lowlevel.ParkingLot()
         self._ids = itertools.count(1)
@@ -115,9 +116,15 @@ class Journal:
         return out.msg_id
 
     def appended(self, session: HubSession, seq: int, out: Outgoing, stamp: float) -> None:
-        """A message entered the session's log (not sendable until committed)."""
+        """A message entered the session's log (not sendable until committed).
+
+        The session's header is not rewritten for this: its ``last_seq`` is
+        recovered at load time from the log itself (docs/operations.md).
+        """
         self._batch.append(session.sid, StoredEntry(seq, self._msg_id(out), self.wall(stamp)))
-        self._touch(session)
+        self._appended[session.sid] = session
+        self.generation += 1
+        self._wake.set()
 
     def acked(self, session: HubSession) -> None:
         """The log's head moved (acknowledged or evicted): drop stored entries."""
@@ -138,6 +145,7 @@ class Journal:
         """The session is gone."""
         self._batch.delete(session.sid)
         self._dirty.pop(session.sid, None)
+        self._appended.pop(session.sid, None)
         self.generation += 1
         self._wake.set()
 
@@ -168,14 +176,18 @@ class Journal:
     def _take(self) -> tuple[StoreBatch, list[_Snapshot], int]:
         batch, self._batch = self._batch, StoreBatch()
         snapshots = []
-        for session in self._dirty.values():
+        dirty, appended = self._dirty, self._appended
+        for session in dirty.values():
             batch.upsert(self._row(session))
+        for sid, session in appended.items():
+            dirty.setdefault(sid, session)
+        for session in dirty.values():
             snapshots.append(
                 _Snapshot(
                     session, session.epoch, session.inbound.received, session.outbound.last_seq
                 )
             )
-        self._dirty.clear()
+        self._dirty, self._appended = {}, {}
         return batch, snapshots, self.generation
 
     def _restore(self, batch: StoreBatch, snapshots: list[_Snapshot]) -> None:
@@ -183,8 +195,12 @@ class Journal:
         batch.absorb(self._batch)
         self._batch = batch
         for snap in snapshots:
-            if snap.session.sid not in batch.deletes:
-                self._dirty.setdefault(snap.session.sid, snap.session)
+            sid = snap.session.sid
+            if sid not in batch.deletes:
+                if sid in batch.sessions:
+                    self._dirty.setdefault(sid, snap.session)
+                else:
+                    self._appended.setdefault(sid, snap.session)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Commit whatever accumulates, until cancelled (then one last bounded commit)."""
@@ -192,13 +208,13 @@ class Journal:
         try:
             while True:
                 self._wake.clear()
-                if not self._batch and not self._dirty:
+                if not self._batch and not self._dirty and not self._appended:
                     await self._wake.wait()
                     continue
                 await self._commit_with_retry()
         finally:
             with trio.move_on_after(2.0, shield=True):
-                if self._batch or self._dirty:
+                if self._batch or self._dirty or self._appended:
                     await self._commit_once()
 
     async def _commit_once(self) -> bool:
