@@ -5,6 +5,7 @@ talking through dropped links and hub restarts: every message is delivered
 exactly once and in order, per session and direction (docs/guarantees.md).
 """
 
+from ._app import GenesisApp as GenesisApp
 from ._app import create_app as create_app
 from ._backoff import CircuitBreaker as CircuitBreaker
 from ._backoff import backoff as backoff
@@ -53,6 +54,7 @@ __all__ = [
     "ConnectionState",
     "Disconnected",
     "ErrorCode",
+    "GenesisApp",
     "GenesisError",
     "GenesisHybridSystem",
     "HandshakeError",

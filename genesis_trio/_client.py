@@ -587,8 +587,11 @@ class TranscendentalWebSocket:
         if not result.recovered:
             self._generation += 1  # numbering restarted: older inbox entries are not ours to ack
         now = trio.current_time()
+        # The hub pings every welcome.hb ms; we ping only when it has been silent
+        # for longer than that (half again), so idle links carry half the frames.
+        interval = max(cfg.heartbeat_interval, 1.5 * welcome.hb / 1000)
         heartbeat = Heartbeat(
-            cfg.heartbeat_interval, cfg.heartbeat_floor, cfg.heartbeat_ceiling, now=now
+            interval, cfg.heartbeat_floor, cfg.heartbeat_ceiling, now=now, when_silent=True
         )
         heartbeat.rtt = self._last_rtt
         heartbeat.rtt.add(rtt)

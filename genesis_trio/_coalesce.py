@@ -81,7 +81,6 @@ class Coalescer:
         return False
 
 
-
 @attrs.define(eq=False)
 class WriterLoad:
     """How many writers of a process have messages waiting to go out (O(1)).

@@ -1,9 +1,12 @@
 """Heartbeat decisions: when to ping, RTT estimation, dead-peer timeout (sans-IO).
 
-Any frame from the peer proves it alive. We ping every ``interval``; the peer
-is declared dead when nothing has arrived for ``interval + grace``, where
-``grace`` follows the measured round-trip time (4 x the 99th percentile of
-recent samples, or SRTT + 4 RTTVAR while samples are few), clamped between
+Any frame from the peer proves it alive. The hub pings every ``interval``
+(``when_silent=False``); a client pings only when it has heard nothing for
+``interval`` (``when_silent=True``), so an idle link carries one ping and one
+pong per interval, not two of each. The peer is declared dead when nothing
+has arrived for ``interval + grace``, where ``grace`` follows the measured
+round-trip time (4 x the 99th percentile of recent samples, or SRTT + 4
+RTTVAR while samples are few; one interval before any), clamped between
 ``floor`` and ``ceiling``.
 """
 
@@ -23,7 +26,8 @@ class RttEstimator:
     window: int = 64
     srtt: float | None = None
     rttvar: float = 0.0
-    samples: deque[float] = attrs.field(factory=deque)
+    samples: deque[float] | None = None
+    """Recent samples (made on the first one: idle links carry no buffer)."""
     count: int = 0
 
     def add(self, rtt: float) -> None:
@@ -34,9 +38,10 @@ class RttEstimator:
         else:
             self.rttvar = 0.75 * self.rttvar + 0.25 * abs(self.srtt - rtt)
             self.srtt = 0.875 * self.srtt + 0.125 * rtt
-        self.samples.append(rtt)
-        if len(self.samples) > self.window:
-            self.samples.popleft()
+        samples = self.samples
+        if samples is None:
+            samples = self.samples = deque(maxlen=self.window)
+        samples.append(rtt)
         self.count += 1
 
     def percentile(self, q: float) -> float | None:
@@ -56,6 +61,8 @@ class Heartbeat:
     ceiling: float
     now: float = attrs.field(alias="now")
     rtt: RttEstimator = attrs.field(factory=RttEstimator)
+    when_silent: bool = False
+    """Ping only after ``interval`` without hearing from the peer."""
     last_received: float = attrs.field(init=False)
     next_ping: float = attrs.field(init=False)
     _next_id: int = 0
@@ -68,6 +75,8 @@ class Heartbeat:
     def received(self, now: float) -> None:
         """Something arrived from the peer."""
         self.last_received = now
+        if self.when_silent and now + self.interval > self.next_ping:
+            self.next_ping = now + self.interval
 
     def grace(self) -> float:
         """Extra silence tolerated beyond one interval, derived from RTT."""
@@ -77,7 +86,7 @@ class Heartbeat:
         elif self.rtt.srtt is not None:
             estimate = self.rtt.srtt + 4 * self.rtt.rttvar
         else:
-            estimate = self.ceiling
+            estimate = self.interval
         return min(self.ceiling, max(self.floor, estimate))
 
     def timeout(self) -> float:

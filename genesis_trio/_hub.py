@@ -10,7 +10,6 @@ waiting (bounded) for room; the target's writer does the rest.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -18,11 +17,11 @@ from typing import Any
 
 import attrs
 import trio
-from starlette.responses import PlainTextResponse
 from starlette.websockets import WebSocket
 
+from ._asgi import Receive, Scope, Send, serve_websocket
 from ._coalesce import WriterLoad
-from ._codec import Codec, negotiate
+from ._codec import Codec
 from ._config import HubConfig
 from ._errors import CloseCode, ConnectionClosed, ErrorCode, RemoteProtocolError
 from ._frames import (
@@ -55,49 +54,6 @@ log = logging.getLogger("genesis_trio.hub")
 
 HubHandler = Callable[[Message], Awaitable[Any]]
 """A hub-side handler for messages addressed ``to: "$hub"``."""
-
-
-class AsgiTransport:
-    """:class:`ServerTransport` over an accepted Starlette/ASGI WebSocket."""
-
-    def __init__(self, websocket: WebSocket, binary: bool) -> None:
-        self._ws = websocket
-        self._binary = binary
-        self._closed = False
-
-    async def receive(self) -> str | bytes | None:
-        """Next text/bytes message; None once the client disconnected."""
-        message = await self._ws.receive()
-        if message["type"] == "websocket.receive":
-            text = message.get("text")
-            if text is not None:
-                data: str | bytes = text
-                return data
-            raw: bytes = message.get("bytes") or b""
-            return raw
-        self._closed = True
-        return None
-
-    async def send(self, data: bytes) -> None:
-        """Send one frame; raise ConnectionClosed(1006) if the link is gone."""
-        if self._closed:
-            raise ConnectionClosed(1006, "link gone")
-        try:
-            if self._binary:
-                await self._ws.send({"type": "websocket.send", "bytes": data})
-            else:
-                await self._ws.send({"type": "websocket.send", "text": data.decode()})
-        except (OSError, RuntimeError) as exc:
-            self._closed = True
-            raise ConnectionClosed(1006, "link gone") from exc
-
-    async def close(self, code: int, reason: str) -> None:
-        """Send a close frame (ignored when the link is already gone)."""
-        if self._closed:
-            return
-        self._closed = True
-        with contextlib.suppress(OSError, RuntimeError):
-            await self._ws.send({"type": "websocket.close", "code": int(code), "reason": reason})
 
 
 class TranscendentalExternalWebSocket:
@@ -288,29 +244,16 @@ class TranscendentalExternalWebSocket:
     # -- connection handling ----------------------------------------------------
 
     async def handle_connection(self, websocket: WebSocket) -> None:
-        """The ASGI WebSocket endpoint: check Origin and subprotocol, then serve."""
-        cfg = self.config
-        origin = websocket.headers.get("origin")
-        allowed = cfg.allowed_origins
-        if allowed is not None and origin is not None and origin not in allowed:
-            self._counters.handshake_failures += 1
-            await websocket.send_denial_response(
-                PlainTextResponse(f"origin {origin!r} is not allowed", status_code=403)
-            )
-            return
-        offered: list[str] = list(websocket.scope.get("subprotocols") or [])
-        codec = negotiate(offered)
-        if codec is None:
-            self._counters.handshake_failures += 1
-            await websocket.send_denial_response(
-                PlainTextResponse(
-                    "unsupported subprotocol: offer genesis.v1.json or genesis.v1.msgpack",
-                    status_code=400,
-                )
-            )
-            return
-        await websocket.accept(subprotocol=codec.subprotocol if offered else None)
-        await self.serve_transport(AsgiTransport(websocket, codec.binary), codec)
+        """The WebSocket endpoint for Starlette (``WebSocketRoute("/ws", hub.handle_connection)``).
+
+        Checks Origin and subprotocol (refusing with HTTP 403/400 and a
+        reason), accepts, and serves the link.
+        """
+        await serve_websocket(self, websocket.scope, websocket.receive, websocket.send)
+
+    async def asgi(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The same endpoint as a raw ASGI app (what :func:`create_app` mounts at ``/ws``)."""
+        await serve_websocket(self, scope, receive, send)
 
     async def serve_transport(self, transport: ServerTransport, codec: Codec) -> None:
         """Serve one accepted link: handshake, attach to its session, run it."""

@@ -140,8 +140,8 @@ class Supervisor:
         restart budget is exceeded, and any failure ``restart_on`` rejects.
         """
         policy = self.policy
-        delays: Iterator[float] = iter(policy.backoff_factory())
-        recent: deque[float] = deque()
+        delays: Iterator[float] | None = None  # made on the first restart (most never need one)
+        recent: deque[float] | None = None
         while True:
             started = trio.current_time()
             self._starts += 1
@@ -172,8 +172,10 @@ class Supervisor:
                 log.debug("%s: contained %r", self.name, failure)
                 return
             now = trio.current_time()
-            if now - started >= policy.healthy_after:
+            if delays is None or now - started >= policy.healthy_after:
                 delays = iter(policy.backoff_factory())
+            if recent is None:
+                recent = deque()
             while recent and recent[0] <= now - policy.window:
                 recent.popleft()
             if policy.max_restarts is not None and len(recent) >= policy.max_restarts:

@@ -263,17 +263,28 @@ def test_ping_schedule() -> None:
     assert h.ping_due(117.0) == Ping(3)
 
 
-def test_deadline_without_rtt_samples_uses_the_ceiling() -> None:
+def test_deadline_without_rtt_samples_allows_one_interval_of_grace() -> None:
     h = hb(100.0)
-    assert h.grace() == 30.0
-    assert h.timeout() == 35.0
-    assert h.deadline() == 135.0
-    assert not h.dead(134.999)
-    assert h.dead(135.0)
-    h.received(120.0)
-    assert h.deadline() == 155.0
-    assert not h.dead(150.0)
+    assert h.grace() == 5.0
+    assert h.timeout() == 10.0
+    assert h.deadline() == 110.0
+    assert not h.dead(109.999)
+    assert h.dead(110.0)
+    h.received(108.0)
+    assert h.deadline() == 118.0
+    assert not h.dead(117.0)
     assert h.next_wakeup() == 105.0
+
+
+def test_a_silent_only_heartbeat_pings_after_silence() -> None:
+    h = Heartbeat(5.0, 2.0, 30.0, now=0.0, when_silent=True)
+    h.received(4.0)
+    assert h.ping_due(5.0) is None  # heard from the peer 1 s ago
+    assert h.ping_due(8.999) is None
+    assert h.ping_due(9.0) is not None  # 5 s of silence
+    assert h.ping_due(10.0) is None  # one ping per interval
+    h.received(9.5)
+    assert h.next_ping == 14.5
 
 
 def test_grace_follows_srtt_while_samples_are_few_clamped() -> None:
