@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import pathlib
 import signal
 import sys
 from collections.abc import Sequence
@@ -88,10 +89,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--store",
-        default=_env("STORE", "sqlite:genesis_trio.sqlite3"),
+        default=_env("STORE", "auto"),
         help=(
-            "where sessions live between restarts: sqlite:PATH (a file, created if missing) "
-            "or none (in this process only: a restart loses them)"
+            "where sessions live between restarts: sqlite:PATH (a file, created if missing), "
+            "auto (sqlite:$XDG_DATA_HOME/genesis_trio/hub-PORT.sqlite3, default "
+            "~/.local/share/...) or none (in this process only: a restart loses them)"
         ),
     )
     serve.add_argument(
@@ -130,11 +132,23 @@ def hub_config_from_args(args: argparse.Namespace) -> HubConfig:
     return HubConfig(**options)  # type: ignore[arg-type]
 
 
+def default_store_path(port: int) -> pathlib.Path:
+    """Where ``--store auto`` keeps sessions: a per-user data directory, one file per port."""
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(
+        os.path.expanduser("~"), ".local", "share"
+    )
+    return pathlib.Path(base) / "genesis_trio" / f"hub-{port}.sqlite3"
+
+
 def store_from_args(args: argparse.Namespace) -> SessionStore | None:
     """The session store a ``--store`` value names (None for ``none``)."""
     spec: str = args.store
     if spec == "none":
         return None
+    if spec == "auto":
+        path = default_store_path(args.port)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return SQLiteStore(path, synchronous=args.store_sync.upper())
     if spec.startswith("sqlite:") and len(spec) > len("sqlite:"):
         return SQLiteStore(spec[len("sqlite:") :], synchronous=args.store_sync.upper())
     raise SystemExit(f"genesis-trio: --store must be sqlite:PATH or none, not {spec!r}")

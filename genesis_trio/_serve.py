@@ -48,6 +48,7 @@ def hypercorn_config(
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")
     config.graceful_timeout = 3.0
+    config.backlog = 4096  # a reconnect storm after a restart arrives all at once
     for key, value in overrides.items():
         setattr(config, key, value)
     return config
