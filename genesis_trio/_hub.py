@@ -599,7 +599,7 @@ class TranscendentalExternalWebSocket:
                 dropped = log_.append_evicting(out, now)[1]
                 evicted += dropped
             if journal is not None:
-                journal.appended(target, log_.last_seq, out, now)
+                journal.appended(target, log_.last_seq, out, now, len(targets) > 1)
                 if dropped:
                     journal.acked(target)
         if evicted:

@@ -152,6 +152,10 @@ class SessionTable:
             for entry in stored.entries:
                 if entry.seq <= row.acked:
                     continue
+                if entry.body is not None:  # stored inline: this session's alone
+                    mine = Outgoing(None, msgpack=entry.body)
+                    log_.entries.append(Entry(entry.seq, mine, journal.trio_time(entry.stamp)))
+                    continue
                 out = shared.get(entry.msg_id)
                 if out is None:
                     body = state.messages.get(entry.msg_id)

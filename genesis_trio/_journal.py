@@ -115,13 +115,21 @@ class Journal:
             self._batch.message(out.msg_id, out.encoded(MSGPACK))
         return out.msg_id
 
-    def appended(self, session: HubSession, seq: int, out: Outgoing, stamp: float) -> None:
+    def _entry(self, seq: int, out: Outgoing, stamp: float, shared: bool) -> StoredEntry:
+        if shared or out.msg_id is not None:
+            return StoredEntry(seq, self._msg_id(out), stamp + self._wall_offset)
+        return StoredEntry(seq, 0, stamp + self._wall_offset, out.encoded(MSGPACK))
+
+    def appended(
+        self, session: HubSession, seq: int, out: Outgoing, stamp: float, shared: bool = False
+    ) -> None:
         """A message entered the session's log (not sendable until committed).
 
+        ``shared``: the same message goes to several sessions (stored once).
         The session's header is not rewritten for this: its ``last_seq`` is
         recovered at load time from the log itself (docs/operations.md).
         """
-        self._batch.append(session.sid, StoredEntry(seq, self._msg_id(out), self.wall(stamp)))
+        self._batch.append(session.sid, self._entry(seq, out, stamp, shared))
         self._appended[session.sid] = session
         self.generation += 1
         self._wake.set()
@@ -136,8 +144,7 @@ class Journal:
         log_ = session.outbound
         log_.durable = 0
         self._batch.rewrite(
-            session.sid,
-            [StoredEntry(e.seq, self._msg_id(e.payload), self.wall(e.stamp)) for e in log_.entries],
+            session.sid, [self._entry(e.seq, e.payload, e.stamp, False) for e in log_.entries]
         )
         self._touch(session)
 

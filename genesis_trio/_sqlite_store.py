@@ -27,13 +27,18 @@ from ._store import (
     StoreError,
 )
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 T = TypeVar("T")
 
+# Sessions get a small integer key: log rows are keyed (key, seq), so the
+# index stays narrow. A message for one session is stored inline in its log
+# row; one fanned out to several is stored once in ``messages`` and the log
+# rows reference it (the partial index serves compaction only).
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS sessions (
-    sid TEXT PRIMARY KEY,
+    key INTEGER PRIMARY KEY,
+    sid TEXT NOT NULL UNIQUE,
     component_id TEXT NOT NULL,
     epoch INTEGER NOT NULL,
     received INTEGER NOT NULL,
@@ -45,13 +50,14 @@ CREATE TABLE IF NOT EXISTS sessions (
 );
 CREATE TABLE IF NOT EXISTS messages (id INTEGER PRIMARY KEY, body BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS log (
-    sid TEXT NOT NULL,
+    key INTEGER NOT NULL,
     seq INTEGER NOT NULL,
     msg_id INTEGER NOT NULL,
+    body BLOB,
     stamp REAL NOT NULL,
-    PRIMARY KEY (sid, seq)
+    PRIMARY KEY (key, seq)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS log_msg ON log (msg_id);
+CREATE INDEX IF NOT EXISTS log_msg ON log (msg_id) WHERE msg_id > 0;
 """
 
 
@@ -80,6 +86,8 @@ class SQLiteStore:
         self._check_integrity = check_integrity
         self._conn: sqlite3.Connection | None = None
         self._limiter = trio.CapacityLimiter(1)
+        self._keys: dict[str, int] = {}  # sid -> key; touched only on the store's thread
+        self._next_key = 1
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)
@@ -128,16 +136,28 @@ class SQLiteStore:
         self._conn = conn
         return state
 
-    @staticmethod
-    def _load(conn: sqlite3.Connection) -> StoredState:
-        entries: dict[str, list[StoredEntry]] = {}
-        for sid, seq, msg_id, stamp in conn.execute(
-            "SELECT sid, seq, msg_id, stamp FROM log ORDER BY sid, seq"
+    def _load(self, conn: sqlite3.Connection) -> StoredState:
+        entries: dict[int, list[StoredEntry]] = {}
+        for key, seq, msg_id, body, stamp in conn.execute(
+            "SELECT key, seq, msg_id, body, stamp FROM log ORDER BY key, seq"
         ):
-            entries.setdefault(sid, []).append(StoredEntry(seq, msg_id, stamp))
+            entries.setdefault(key, []).append(
+                StoredEntry(seq, msg_id, stamp, None if body is None else bytes(body))
+            )
         sessions = []
-        for sid, cid, epoch, received, last_seq, acked, truncated, topics, gone in conn.execute(
-            "SELECT sid, component_id, epoch, received, last_seq, acked, truncated, topics,"
+        for (
+            key,
+            sid,
+            cid,
+            epoch,
+            received,
+            last_seq,
+            acked,
+            truncated,
+            topics,
+            gone,
+        ) in conn.execute(
+            "SELECT key, sid, component_id, epoch, received, last_seq, acked, truncated, topics,"
             " disconnected_at FROM sessions"
         ):
             row = SessionRow(
@@ -151,14 +171,24 @@ class SQLiteStore:
                 tuple(orjson.loads(topics)),
                 gone,
             )
-            sessions.append(StoredSession(row, tuple(entries.get(sid, ()))))
+            self._keys[sid] = key
+            self._next_key = max(self._next_key, key + 1)
+            sessions.append(StoredSession(row, tuple(entries.get(key, ()))))
         messages = {
             msg_id: bytes(body)
             for msg_id, body in conn.execute(
-                "SELECT id, body FROM messages WHERE id IN (SELECT msg_id FROM log)"
+                "SELECT id, body FROM messages"
+                " WHERE id IN (SELECT msg_id FROM log WHERE msg_id > 0)"
             )
         }
         return StoredState(tuple(sessions), messages)
+
+    def _key(self, sid: str) -> int:
+        key = self._keys.get(sid)
+        if key is None:
+            key = self._keys[sid] = self._next_key
+            self._next_key += 1
+        return key
 
     # -- writing ------------------------------------------------------------------
 
@@ -182,37 +212,40 @@ class SQLiteStore:
         except sqlite3.Error as exc:
             raise StoreError(f"session store write failed: {exc}") from None
 
-    @staticmethod
-    def _apply(conn: sqlite3.Connection, batch: StoreBatch) -> None:
+    def _apply(self, conn: sqlite3.Connection, batch: StoreBatch) -> None:
+        key = self._key
         if batch.deletes:
-            gone = [(sid,) for sid in batch.deletes]
-            conn.executemany("DELETE FROM sessions WHERE sid = ?", gone)
-            conn.executemany("DELETE FROM log WHERE sid = ?", gone)
+            gone = [(k,) for k in (self._keys.pop(sid, None) for sid in batch.deletes) if k]
+            conn.executemany("DELETE FROM sessions WHERE key = ?", gone)
+            conn.executemany("DELETE FROM log WHERE key = ?", gone)
         if batch.messages:
             conn.executemany(
                 "INSERT OR REPLACE INTO messages (id, body) VALUES (?, ?)", batch.messages.items()
             )
-        insert = "INSERT OR REPLACE INTO log (sid, seq, msg_id, stamp) VALUES (?, ?, ?, ?)"
+        insert = "INSERT OR REPLACE INTO log (key, seq, msg_id, body, stamp) VALUES (?, ?, ?, ?, ?)"
         for sid, entries in batch.rewrites.items():
-            conn.execute("DELETE FROM log WHERE sid = ?", (sid,))
-            conn.executemany(insert, [(sid, e.seq, e.msg_id, e.stamp) for e in entries])
+            k = key(sid)
+            conn.execute("DELETE FROM log WHERE key = ?", (k,))
+            conn.executemany(insert, [(k, e.seq, e.msg_id, e.body, e.stamp) for e in entries])
         if batch.appends:
-            conn.executemany(
-                insert,
-                [
-                    (sid, e.seq, e.msg_id, e.stamp)
-                    for sid, entries in batch.appends.items()
-                    for e in entries
-                ],
-            )
+            rows = []
+            for sid, entries in batch.appends.items():
+                k = key(sid)
+                rows += [(k, seq, msg_id, body, stamp) for seq, msg_id, stamp, body in entries]
+            conn.executemany(insert, rows)
         if batch.trims:
-            conn.executemany("DELETE FROM log WHERE sid = ? AND seq <= ?", batch.trims.items())
+            conn.executemany(
+                "DELETE FROM log WHERE key = ? AND seq <= ?",
+                [(key(sid), seq) for sid, seq in batch.trims.items()],
+            )
         if batch.sessions:
             conn.executemany(
-                "INSERT OR REPLACE INTO sessions (sid, component_id, epoch, received, last_seq,"
-                " acked, truncated, topics, disconnected_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT OR REPLACE INTO sessions (key, sid, component_id, epoch, received,"
+                " last_seq, acked, truncated, topics, disconnected_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
                     (
+                        key(r.sid),
                         r.sid,
                         r.component_id,
                         r.epoch,
@@ -238,7 +271,7 @@ class SQLiteStore:
         try:
             cursor = conn.execute(
                 "DELETE FROM messages WHERE NOT EXISTS"
-                " (SELECT 1 FROM log WHERE log.msg_id = messages.id)"
+                " (SELECT 1 FROM log WHERE log.msg_id = messages.id AND log.msg_id > 0)"
             )
             conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
         except sqlite3.Error as exc:

@@ -11,7 +11,7 @@ default), and later Redis. A store is plain data in, plain data out.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import attrs
 
@@ -42,14 +42,20 @@ class SessionRow:
     """Wall-clock time the session lost its link (None: connected when written)."""
 
 
-@attrs.frozen
-class StoredEntry:
-    """One retained outbound message of a session."""
+class StoredEntry(NamedTuple):
+    """One retained outbound message of a session.
+
+    A message sent to one session carries its ``body`` inline (``msg_id``
+    0); one fanned out to several is stored once and referenced by
+    ``msg_id``.
+    """
 
     seq: int
     msg_id: int
     stamp: float
     """Wall-clock time it was appended."""
+    body: bytes | None = None
+    """The MessagePack body, when stored inline."""
 
 
 @attrs.frozen

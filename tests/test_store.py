@@ -323,4 +323,4 @@ async def test_acks_wait_for_the_sqlite_commit(
         stats = hub.statistics()
         assert stats.store == f"sqlite:{path}"
         assert stats.store_commits >= 1
-        assert stats.store_rows_written >= 1000
+        assert stats.store_rows_written >= 500  # one log row per message (bodies inline)
