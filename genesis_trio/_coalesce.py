@@ -82,19 +82,26 @@ class Coalescer:
 
 
 @attrs.define(eq=False)
-class WriterLoad:
-    """How many writers of a process have messages waiting to go out (O(1)).
+class FanoutWindow:
+    """Marks a short period after a wide fan-out (O(1) to check).
 
-    Many at once means a fan-out burst or saturation: waiting one more
-    scheduler pass then costs little and lets batches form across links.
+    When one message was just appended to many links at once, more usually
+    follows (a publisher streaming to a topic): their writers then sleep
+    ``hold`` once so batches form. Independent links with one message each
+    (request/response) are not slowed down.
     """
 
-    busy_at: int = 32
-    """Writers with pending messages at which the process counts as busy."""
-    pending: int = 0
-    """Writers that currently have messages waiting."""
+    wide: int = 32
+    """Targets in one append that count as a wide fan-out."""
+    hold: float = 0.005
+    """How long after a wide fan-out writers keep coalescing, in seconds."""
+    until: float = -1.0
 
-    @property
-    def busy(self) -> bool:
-        """True when at least ``busy_at`` writers have messages waiting."""
-        return self.pending >= self.busy_at
+    def appended(self, targets: int, now: float) -> None:
+        """One message was appended to ``targets`` links at ``now``."""
+        if targets >= self.wide:
+            self.until = now + self.hold
+
+    def active(self, now: float) -> bool:
+        """True shortly after a wide fan-out."""
+        return now < self.until

@@ -20,7 +20,7 @@ import trio
 from starlette.websockets import WebSocket
 
 from ._asgi import Receive, Scope, Send, serve_websocket
-from ._coalesce import WriterLoad
+from ._coalesce import FanoutWindow
 from ._codec import Codec
 from ._config import HubConfig
 from ._errors import CloseCode, ConnectionClosed, ErrorCode, RemoteProtocolError
@@ -84,7 +84,7 @@ class TranscendentalExternalWebSocket:
             )
         self._table = SessionTable(self.config, self._journal)
         self._counters = HubCounters()
-        self._writer_load = WriterLoad()
+        self._fanout = FanoutWindow()
         self._running = False
         self._handlers: dict[str, HubHandler] = {}
         self._supervisor = Supervisor(
@@ -588,6 +588,8 @@ class TranscendentalExternalWebSocket:
         now = trio.current_time()
         evicted = 0
         journal = self._journal
+        if len(targets) > 1:
+            self._fanout.appended(len(targets), now)
         for target in targets:
             log_ = target.outbound
             if target.connection is not None and (log_.has_room or target is sender):

@@ -55,7 +55,6 @@ class HubConnection:
 
     __slots__ = (
         "_scope",
-        "_waiting",
         "bad_frames",
         "close_code",
         "close_reason",
@@ -101,7 +100,6 @@ class HubConnection:
         self.crashed = False
         self._scope = trio.CancelScope()
         self.coalescer = Coalescer(max_delay=cfg.coalesce_max_delay)
-        self._waiting = False
 
     @property
     def attached(self) -> bool:
@@ -209,10 +207,6 @@ class HubConnection:
         except ConnectionClosed:
             self.peer_closed = True
             self._scope.cancel()
-        finally:
-            if self._waiting:  # leaving while counted as a writer with pending messages
-                self._waiting = False
-                self.hub._writer_load.pending -= 1
 
     async def _writer(self) -> None:
         hub = self.hub
@@ -228,7 +222,8 @@ class HubConnection:
         window, max_batch, half = cfg.window, cfg.max_batch, max(1, cfg.window // 2)
         max_frame = self.max_frame
         coalescer = self.coalescer
-        load = hub._writer_load
+        fanout = hub._fanout
+        fanout_slept = False
         while self.attached:
             self.wake.clear()
             now = trio.current_time()
@@ -247,14 +242,16 @@ class HubConnection:
             room = window - out.in_flight
             pending = min(out.last_seq, out.durable) - out.sent
             if pending > 0 and room > 0:
-                if not self._waiting:
-                    self._waiting = True
-                    load.pending += 1
-                if coalescer.should_wait(now, out.last_seq, pending, load.busy):
+                if pending < max_batch and fanout.active(now) and not fanout_slept:
+                    # Right after a wide fan-out: sleep once (bounded) while the
+                    # publisher's task processes more, then send them together.
+                    fanout_slept = True
+                    await trio.sleep(fanout.hold)
+                    continue
+                fanout_slept = False
+                if coalescer.should_wait(now, out.last_seq, pending):
                     await trio.lowlevel.checkpoint()
                     continue
-                self._waiting = False
-                load.pending -= 1
                 entries = out.take(min(room, max_batch))
                 bodies = [e.payload.encoded(codec) for e in entries]
                 n = fit_frame([len(b) for b in bodies], max_frame)
