@@ -930,21 +930,40 @@ class TranscendentalWebSocket:
             generation, seq, body = inbox.popleft()
             if body.get("re") is None:
                 msg = Message.from_body(body, seq)
-                try:
-                    handled, result = await self._dispatch(msg)
-                except Exception as exc:
-                    self._c["errors_contained"] += 1
-                    log.exception("handler for %r failed (contained)", msg.type)
-                    if msg.id is not None and msg.sender is not None:
-                        await self._reply_quietly(msg, error=f"{type(exc).__name__}: {exc}"[:200])
+                if (
+                    inbox
+                    and self._default_handler is None
+                    and msg.type not in self._handlers
+                    and self._queue_nowait(msg)
+                ):
+                    pass  # queued for receive() without a checkpoint: more are waiting
                 else:
-                    if handled and msg.id is not None and msg.sender is not None:
-                        await self._reply_quietly(msg, data=result)
+                    await self._dispatch_contained(msg)
             if generation == self._generation and seq > session.inbound.released:
                 session.inbound.release(seq)
                 if self._ack_deadline == math.inf:
                     self._ack_deadline = trio.current_time() + self.config.ack_delay
                     self._writer_wake.set()
+
+    def _queue_nowait(self, msg: Message) -> bool:
+        try:
+            self._app_send.send_nowait(msg)
+        except trio.WouldBlock:
+            return False
+        return True
+
+    async def _dispatch_contained(self, msg: Message) -> None:
+        """Run one message's handler (or queue it), containing any failure."""
+        try:
+            handled, result = await self._dispatch(msg)
+        except Exception as exc:
+            self._c["errors_contained"] += 1
+            log.exception("handler for %r failed (contained)", msg.type)
+            if msg.id is not None and msg.sender is not None:
+                await self._reply_quietly(msg, error=f"{type(exc).__name__}: {exc}"[:200])
+        else:
+            if handled and msg.id is not None and msg.sender is not None:
+                await self._reply_quietly(msg, data=result)
 
     async def _reply_quietly(
         self, msg: Message, *, data: Any = None, error: str | None = None
