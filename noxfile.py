@@ -24,8 +24,9 @@ def tests(session: nox.Session) -> None:
 def lint(session: nox.Session) -> None:
     """ruff (with the ASYNC rules) and the formatter check."""
     session.install("ruff>=0.6")
-    session.run("ruff", "check", "genesis_trio", "tests", "examples", "noxfile.py")
-    session.run("ruff", "format", "--check", "genesis_trio", "tests", "examples", "noxfile.py")
+    paths = ["genesis_trio", "tests", "bench", "tools", "noxfile.py"]
+    session.run("ruff", "check", *paths)
+    session.run("ruff", "format", "--check", *paths)
 
 
 @nox.session(python=PYTHON)
