@@ -24,7 +24,7 @@ def tests(session: nox.Session) -> None:
 def lint(session: nox.Session) -> None:
     """ruff (with the ASYNC rules) and the formatter check."""
     session.install("ruff>=0.6")
-    paths = ["genesis_trio", "tests", "bench", "tools", "noxfile.py"]
+    paths = ["genesis_trio", "tests", "examples", "bench", "tools", "noxfile.py"]
     session.run("ruff", "check", *paths)
     session.run("ruff", "format", "--check", *paths)
 
