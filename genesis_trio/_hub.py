@@ -424,6 +424,7 @@ class TranscendentalExternalWebSocket:
                 seq=seq,
             )
         c = self._counters
+        route_now = self._route_now
         for i, body in enumerate(frame.bodies):
             n = seq + i
             if n <= inbound.received:
@@ -439,7 +440,7 @@ class TranscendentalExternalWebSocket:
                     return
                 continue
             assert not isinstance(body, Rejected)
-            if not await self._route_one(conn, body, n):
+            if not route_now(conn, body, n) and not await self._route_later(conn, body, n):
                 return
         self._release(session, inbound.received)
 
@@ -457,10 +458,14 @@ class TranscendentalExternalWebSocket:
             elif inbound.released - inbound.acked >= max(1, self.config.window // 2):
                 session.wake.set()
 
-    async def _route_one(self, conn: HubConnection, body: Body, n: int) -> bool:
+    def _route_now(self, conn: HubConnection, body: Body, n: int) -> bool:
+        """Route message ``n`` without waiting, if possible (the common case).
+
+        Returns False when it must wait (a full target, or a handler on the
+        hub): then :meth:`_route_later` does it. Synchronous, so it costs no
+        coroutine per message and is atomic for Trio.
+        """
         session = conn.session
-        inbound = session.inbound
-        body["from"] = session.component_id
         to = body.get("to")
         table = self._table
         targets: Sequence[HubSession]
@@ -468,10 +473,7 @@ class TranscendentalExternalWebSocket:
             target = table.by_id.get(to)
             if target is None:
                 if to == HUB_ID:
-                    inbound.received = n
-                    self._counters.messages_in += 1
-                    await self._hub_message(conn, body, n)
-                    return conn.attached
+                    return False
                 conn.report(
                     Error(
                         ErrorCode.UNKNOWN_TARGET,
@@ -480,24 +482,38 @@ class TranscendentalExternalWebSocket:
                         body.get("id"),
                     )
                 )
-                inbound.received = n
-                self._counters.messages_in += 1
-                return True
-            targets = (target,)
+                targets = ()
+            else:
+                targets = (target,)
         else:
             topic = body.get("topic")
             if topic is None:
                 conn.report(
                     Error(ErrorCode.NO_TARGET, "a message needs 'to' or 'topic'", n, body.get("id"))
                 )
-                inbound.received = n
-                self._counters.messages_in += 1
-                return True
-            targets = tuple(table.subscribers.get(topic, ()))
-        out = Outgoing(body)
-        if self._has_room(targets, session):  # the fast path: nothing to wait for
-            self._append_all(targets, out, session)
-        elif not await self._deliver_waiting(conn, body, out, n):
+                targets = ()
+            else:
+                targets = tuple(table.subscribers.get(topic, ()))
+        if targets:
+            if not self._has_room(targets, session):
+                return False
+            body["from"] = session.component_id
+            self._append_all(targets, Outgoing(body), session)
+        session.inbound.received = n
+        self._counters.messages_in += 1
+        return True
+
+    async def _route_later(self, conn: HubConnection, body: Body, n: int) -> bool:
+        """The slow path of :meth:`_route_now`; False if the link went away meanwhile."""
+        session = conn.session
+        inbound = session.inbound
+        body["from"] = session.component_id
+        if body.get("to") == HUB_ID:
+            inbound.received = n
+            self._counters.messages_in += 1
+            await self._hub_message(conn, body, n)
+            return conn.attached
+        if not await self._deliver_waiting(conn, body, Outgoing(body), n):
             return False
         inbound.received = n
         self._counters.messages_in += 1
