@@ -746,8 +746,8 @@ class TranscendentalWebSocket:
         try:
             with link.scope:
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._writer, link)
-                    nursery.start_soon(self._heartbeat_task, link)
+                    nursery.start_soon(self._link_task, link, self._write_loop)
+                    nursery.start_soon(self._link_task, link, self._heartbeat)
                     await self._reader(link)
                     nursery.cancel_scope.cancel()
         finally:
@@ -836,9 +836,11 @@ class TranscendentalWebSocket:
             self._acked.unpark_all()
             self._writer_wake.set()
 
-    async def _writer(self, link: _Link) -> None:
+    @staticmethod
+    async def _link_task(link: _Link, body: Callable[[_Link], Awaitable[None]]) -> None:
+        """Run one of a link's tasks; a closed connection fails the whole link."""
         try:
-            await self._write_loop(link)
+            await body(link)
         except ConnectionClosed as exc:
             link.fail(exc.code, exc.reason)
 
@@ -891,12 +893,6 @@ class TranscendentalWebSocket:
                 sent = True
             if not sent:
                 await wake.wait(self._ack_deadline)
-
-    async def _heartbeat_task(self, link: _Link) -> None:
-        try:
-            await self._heartbeat(link)
-        except ConnectionClosed as exc:
-            link.fail(exc.code, exc.reason)
 
     async def _heartbeat(self, link: _Link) -> None:
         """Ping on schedule; fail the link when the hub falls silent.

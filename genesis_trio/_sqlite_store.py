@@ -145,31 +145,21 @@ class SQLiteStore:
                 StoredEntry(seq, msg_id, stamp, None if body is None else bytes(body))
             )
         sessions = []
-        for (
-            key,
-            sid,
-            cid,
-            epoch,
-            received,
-            last_seq,
-            acked,
-            truncated,
-            topics,
-            gone,
-        ) in conn.execute(
+        for record in conn.execute(
             "SELECT key, sid, component_id, epoch, received, last_seq, acked, truncated, topics,"
             " disconnected_at FROM sessions"
         ):
+            key, sid, cid, epoch, received, last_seq, acked, truncated, topics, gone = record
             row = SessionRow(
-                sid,
-                cid,
-                epoch,
-                received,
-                last_seq,
-                acked,
-                bool(truncated),
-                tuple(orjson.loads(topics)),
-                gone,
+                sid=sid,
+                component_id=cid,
+                epoch=epoch,
+                received=received,
+                last_seq=last_seq,
+                acked=acked,
+                truncated=bool(truncated),
+                topics=tuple(orjson.loads(topics)),
+                disconnected_at=gone,
             )
             self._keys[sid] = key
             self._next_key = max(self._next_key, key + 1)
