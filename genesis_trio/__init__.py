@@ -9,12 +9,12 @@ from ._app import GenesisApp as GenesisApp
 from ._app import create_app as create_app
 from ._backoff import CircuitBreaker as CircuitBreaker
 from ._backoff import backoff as backoff
-from ._client import ClientStatistics as ClientStatistics
-from ._client import Connected as Connected
-from ._client import ConnectionState as ConnectionState
-from ._client import Disconnected as Disconnected
-from ._client import LinkEvent as LinkEvent
 from ._client import TranscendentalWebSocket as TranscendentalWebSocket
+from ._client_types import ClientStatistics as ClientStatistics
+from ._client_types import Connected as Connected
+from ._client_types import ConnectionState as ConnectionState
+from ._client_types import Disconnected as Disconnected
+from ._client_types import LinkEvent as LinkEvent
 from ._codec import JSON_SUBPROTOCOL as JSON_SUBPROTOCOL
 from ._codec import MSGPACK_SUBPROTOCOL as MSGPACK_SUBPROTOCOL
 from ._config import ClientConfig as ClientConfig

@@ -28,12 +28,24 @@ from typing import Any
 import attrs
 import trio
 
-from ._backoff import BreakerState, CircuitBreaker, backoff
+from ._backoff import CircuitBreaker, backoff
+from ._client_types import (
+    FATAL_CLOSE_CODES,
+    SUB_PING_BASE,
+    ClientStatistics,
+    Connected,
+    ConnectionState,
+    Disconnected,
+    Handler,
+    Link,
+    LinkEvent,
+    LinkLost,
+    Pending,
+)
 from ._coalesce import Coalescer
 from ._codec import CODECS_BY_NAME
 from ._config import ClientConfig
 from ._errors import (
-    CircuitOpenError,
     CloseCode,
     ClosedError,
     ConnectionClosed,
@@ -69,132 +81,6 @@ from ._supervisor import RestartPolicy, Supervisor
 from ._transport import StreamFactory, WebSocketConnection, connect_websocket
 
 log = logging.getLogger("genesis_trio.client")
-
-Handler = Callable[[Message], Awaitable[Any]]
-"""An async function handling one message; its return value answers requests."""
-
-FATAL_CLOSE_CODES = frozenset(
-    {
-        CloseCode.POLICY_VIOLATION,
-        CloseCode.BAD_HANDSHAKE,
-        CloseCode.REPLACED,
-        CloseCode.UNSUPPORTED_VERSION,
-    }
-)
-"""Close codes after which reconnecting cannot help: ``run()`` raises instead."""
-
-_SUB_PING_BASE = 1 << 40
-
-
-@attrs.frozen
-class Connected:
-    """A link came up. ``first`` for the session's first; ``recovered`` for exact resumes."""
-
-    sid: str
-    epoch: int
-    first: bool
-    recovered: bool
-    replayed: int
-    """Our unacknowledged messages sent again on this link."""
-
-
-@attrs.frozen
-class Disconnected:
-    """A link went down with a WebSocket close code and reason."""
-
-    code: int
-    reason: str
-    will_retry: bool
-
-
-LinkEvent = Connected | Disconnected
-
-
-class _LinkLost(ConnectionClosed):
-    """A link ended; ``fatal`` when its close code forbids reconnecting."""
-
-    def __init__(self, code: int, reason: str, fatal: bool) -> None:
-        super().__init__(code, reason)
-        self.fatal = fatal
-
-
-class ConnectionState:
-    """Names of :attr:`TranscendentalWebSocket.state`."""
-
-    IDLE = "idle"
-    CONNECTING = "connecting"
-    CONNECTED = "connected"
-    DISCONNECTED = "disconnected"
-    CLOSED = "closed"
-
-
-@attrs.frozen
-class ClientStatistics:
-    """A snapshot of one client's metrics."""
-
-    component_id: str | None
-    """Our component id."""
-    state: str
-    """idle, connecting, connected, disconnected or closed."""
-    connects: int
-    """Successful handshakes (the first one included)."""
-    reconnects: int
-    """Successful handshakes after the first."""
-    resumes_recovered: int
-    """Reconnects that continued the session exactly."""
-    resumes_failed: int
-    """Reconnects that started a new epoch (a gap we were told about)."""
-    connect_failures: int
-    """Failed connection attempts."""
-    messages_sent: int
-    """Messages accepted by ``send``/``publish``/``request``/replies."""
-    messages_received: int
-    """Messages received from the hub (duplicates excluded)."""
-    messages_replayed: int
-    """Messages we sent again after a reconnect."""
-    duplicates_dropped: int
-    """Messages received twice and dropped."""
-    errors_contained: int
-    """Handler exceptions caught by the dispatcher."""
-    error_frames: int
-    """Error frames received from the hub."""
-    pending: int
-    """Outbound messages not yet acknowledged by the hub."""
-    inbox: int
-    """Received messages waiting for the dispatcher."""
-    frames_sent: int
-    """``msg``/``batch`` frames written."""
-    collapse_factor: float
-    """Messages per data frame written (1.0 when idle)."""
-    rtt_ewma_ms: float | None
-    """Smoothed heartbeat round-trip time, in milliseconds."""
-    rtt_p99_ms: float | None
-    """99th percentile of recent round-trip times, in milliseconds."""
-    breaker: str
-    """Circuit breaker state: closed, open or half_open."""
-
-
-@attrs.define(eq=False)
-class _Link:
-    conn: WebSocketConnection
-    heartbeat: Heartbeat
-    window: int
-    max_size: int
-    scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
-    code: int = 1006
-    reason: str = "connection lost"
-
-    def fail(self, code: int, reason: str) -> None:
-        if self.code == 1006 and self.reason == "connection lost":
-            self.code, self.reason = code, reason
-        self.scope.cancel()
-
-
-@attrs.define(eq=False)
-class _Pending:
-    event: trio.Event = attrs.field(factory=trio.Event)
-    value: Any = None
-    error: RemoteError | None = None
 
 
 class TranscendentalWebSocket:
@@ -250,11 +136,11 @@ class TranscendentalWebSocket:
         self._acked = trio.lowlevel.ParkingLot()
         self._link_lot = trio.lowlevel.ParkingLot()
         self._control: deque[bytes] = deque()
-        self._pending: dict[str, _Pending] = {}
+        self._pending: dict[str, Pending] = {}
         self._sub_waiters: dict[int, trio.Event] = {}
         self._ids = itertools.count(1)
-        self._sub_ids = itertools.count(_SUB_PING_BASE)
-        self._link: _Link | None = None
+        self._sub_ids = itertools.count(SUB_PING_BASE)
+        self._link: Link | None = None
         self._ack_deadline = math.inf
         self._state = ConnectionState.IDLE
         self._closed = False
@@ -372,7 +258,7 @@ class TranscendentalWebSocket:
         (default ``request_timeout``).
         """
         rid = f"{self.component_id}.{next(self._ids)}"
-        pending = _Pending()
+        pending = Pending()
         self._pending[rid] = pending
         limit = self.config.request_timeout if timeout is None else timeout
         try:
@@ -595,7 +481,7 @@ class TranscendentalWebSocket:
         )
         heartbeat.rtt = self._last_rtt
         heartbeat.rtt.add(rtt)
-        link = _Link(conn, heartbeat, welcome.window, welcome.max_size)
+        link = Link(conn, heartbeat, welcome.window, welcome.max_size)
         self._link = link
         self._pending_frames = rest
         self._ack_deadline = math.inf
@@ -692,7 +578,7 @@ class TranscendentalWebSocket:
         def restart_on(exc: BaseException) -> bool:
             if not cfg.reconnect:
                 return False
-            if isinstance(exc, _LinkLost):
+            if isinstance(exc, LinkLost):
                 return not exc.fatal
             return isinstance(exc, HandshakeError | OSError)
 
@@ -736,13 +622,13 @@ class TranscendentalWebSocket:
         self._emit(Disconnected(link.code, link.reason, self.config.reconnect and not fatal))
         if link.code == CloseCode.SESSION_VIOLATION:  # the session is corrupt: start afresh
             self._session.sid, self._session.epoch = None, 0
-        raise _LinkLost(link.code, link.reason, fatal)
+        raise LinkLost(link.code, link.reason, fatal)
 
     def _wake_sub_waiters(self) -> None:
         for event in self._sub_waiters.values():
             event.set()
 
-    async def _run_link(self, link: _Link) -> None:
+    async def _run_link(self, link: Link) -> None:
         try:
             with link.scope:
                 async with trio.open_nursery() as nursery:
@@ -756,7 +642,7 @@ class TranscendentalWebSocket:
                     link.code if link.code != 1006 else CloseCode.NORMAL, link.reason[:120]
                 )
 
-    async def _reader(self, link: _Link) -> None:
+    async def _reader(self, link: Link) -> None:
         conn = link.conn
         decode = self._codec.decode
         try:
@@ -775,7 +661,7 @@ class TranscendentalWebSocket:
             log.warning("hub broke the protocol: %s", exc)
             link.fail(exc.close_code or CloseCode.PROTOCOL_ERROR, str(exc)[:120])
 
-    def _handle_frame(self, link: _Link, frame: Any) -> None:
+    def _handle_frame(self, link: Link, frame: Any) -> None:
         kind = type(frame)
         session = self._session
         if kind is Msgs:
@@ -837,14 +723,14 @@ class TranscendentalWebSocket:
             self._writer_wake.set()
 
     @staticmethod
-    async def _link_task(link: _Link, body: Callable[[_Link], Awaitable[None]]) -> None:
+    async def _link_task(link: Link, body: Callable[[Link], Awaitable[None]]) -> None:
         """Run one of a link's tasks; a closed connection fails the whole link."""
         try:
             await body(link)
         except ConnectionClosed as exc:
             link.fail(exc.code, exc.reason)
 
-    async def _write_loop(self, link: _Link) -> None:
+    async def _write_loop(self, link: Link) -> None:
         session = self._session
         out = session.outbound
         inbound = session.inbound
@@ -894,7 +780,7 @@ class TranscendentalWebSocket:
             if not sent:
                 await wake.wait(self._ack_deadline)
 
-    async def _heartbeat(self, link: _Link) -> None:
+    async def _heartbeat(self, link: Link) -> None:
         """Ping on schedule; fail the link when the hub falls silent.
 
         A task of its own so that a send blocked on a dead network cannot
@@ -1038,14 +924,4 @@ class TranscendentalWebSocket:
         return attrs.asdict(self.statistics())
 
 
-__all__ = [
-    "BreakerState",
-    "CircuitOpenError",
-    "ClientStatistics",
-    "Connected",
-    "ConnectionState",
-    "Disconnected",
-    "Handler",
-    "LinkEvent",
-    "TranscendentalWebSocket",
-]
+__all__ = ["TranscendentalWebSocket"]

@@ -34,7 +34,7 @@ def field_docs(path: pathlib.Path, cls: str) -> dict[str, str]:
 
 def main() -> None:
     hub = field_docs(ROOT / "genesis_trio" / "_stats.py", "HubStatistics")
-    client = field_docs(ROOT / "genesis_trio" / "_client.py", "ClientStatistics")
+    client = field_docs(ROOT / "genesis_trio" / "_client_types.py", "ClientStatistics")
     lines = [
         "# Metrics",
         "",

@@ -1,0 +1,145 @@
+"""The client's data types: link events, states, statistics, per-link state."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import attrs
+import trio
+
+from ._errors import CloseCode, ConnectionClosed, RemoteError
+from ._heartbeat import Heartbeat
+from ._message import Message
+from ._transport import WebSocketConnection
+
+Handler = Callable[[Message], Awaitable[Any]]
+"""An async function handling one message; its return value answers requests."""
+
+FATAL_CLOSE_CODES = frozenset(
+    {
+        CloseCode.POLICY_VIOLATION,
+        CloseCode.BAD_HANDSHAKE,
+        CloseCode.REPLACED,
+        CloseCode.UNSUPPORTED_VERSION,
+    }
+)
+"""Close codes after which reconnecting cannot help: ``run()`` raises instead."""
+
+SUB_PING_BASE = 1 << 40
+"""Ping ids from here up confirm subscriptions, below they are heartbeats."""
+
+
+@attrs.frozen
+class Connected:
+    """A link came up. ``first`` for the session's first; ``recovered`` for exact resumes."""
+
+    sid: str
+    epoch: int
+    first: bool
+    recovered: bool
+    replayed: int
+    """Our unacknowledged messages sent again on this link."""
+
+
+@attrs.frozen
+class Disconnected:
+    """A link went down with a WebSocket close code and reason."""
+
+    code: int
+    reason: str
+    will_retry: bool
+
+
+LinkEvent = Connected | Disconnected
+
+
+class LinkLost(ConnectionClosed):
+    """A link ended; ``fatal`` when its close code forbids reconnecting."""
+
+    def __init__(self, code: int, reason: str, fatal: bool) -> None:
+        super().__init__(code, reason)
+        self.fatal = fatal
+
+
+class ConnectionState:
+    """Names of :attr:`TranscendentalWebSocket.state`."""
+
+    IDLE = "idle"
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    DISCONNECTED = "disconnected"
+    CLOSED = "closed"
+
+
+@attrs.frozen
+class ClientStatistics:
+    """A snapshot of one client's metrics."""
+
+    component_id: str | None
+    """Our component id."""
+    state: str
+    """idle, connecting, connected, disconnected or closed."""
+    connects: int
+    """Successful handshakes (the first one included)."""
+    reconnects: int
+    """Successful handshakes after the first."""
+    resumes_recovered: int
+    """Reconnects that continued the session exactly."""
+    resumes_failed: int
+    """Reconnects that started a new epoch (a gap we were told about)."""
+    connect_failures: int
+    """Failed connection attempts."""
+    messages_sent: int
+    """Messages accepted by ``send``/``publish``/``request``/replies."""
+    messages_received: int
+    """Messages received from the hub (duplicates excluded)."""
+    messages_replayed: int
+    """Messages we sent again after a reconnect."""
+    duplicates_dropped: int
+    """Messages received twice and dropped."""
+    errors_contained: int
+    """Handler exceptions caught by the dispatcher."""
+    error_frames: int
+    """Error frames received from the hub."""
+    pending: int
+    """Outbound messages not yet acknowledged by the hub."""
+    inbox: int
+    """Received messages waiting for the dispatcher."""
+    frames_sent: int
+    """``msg``/``batch`` frames written."""
+    collapse_factor: float
+    """Messages per data frame written (1.0 when idle)."""
+    rtt_ewma_ms: float | None
+    """Smoothed heartbeat round-trip time, in milliseconds."""
+    rtt_p99_ms: float | None
+    """99th percentile of recent round-trip times, in milliseconds."""
+    breaker: str
+    """Circuit breaker state: closed, open or half_open."""
+
+
+@attrs.define(eq=False)
+class Link:
+    """One WebSocket link of a client: its connection, heartbeat and limits."""
+
+    conn: WebSocketConnection
+    heartbeat: Heartbeat
+    window: int
+    max_size: int
+    scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
+    code: int = 1006
+    reason: str = "connection lost"
+
+    def fail(self, code: int, reason: str) -> None:
+        if self.code == 1006 and self.reason == "connection lost":
+            self.code, self.reason = code, reason
+        self.scope.cancel()
+
+
+@attrs.define(eq=False)
+class Pending:
+    """A request waiting for its reply."""
+
+    event: trio.Event = attrs.field(factory=trio.Event)
+    value: Any = None
+    error: RemoteError | None = None
