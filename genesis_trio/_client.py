@@ -147,10 +147,8 @@ class TranscendentalWebSocket:
         self._running = False
         self._run_scope: trio.CancelScope | None = None
         self._exit_stack: AsyncExitStack | None = None
-        self._supervisor: Supervisor | None = None
         self._breaker = CircuitBreaker(self.config.breaker_threshold, self.config.breaker_reset)
         self._last_rtt = RttEstimator()
-        self._pending_frames: list[str | bytes] = []
         self._c = dict.fromkeys(
             (
                 "connects",
@@ -468,7 +466,6 @@ class TranscendentalWebSocket:
             raise HandshakeError(f"no welcome within {cfg.connect_timeout} s") from None
         except ConnectionClosed as exc:
             raise HandshakeError(f"hub closed the link during the handshake: {exc}") from None
-        had_session = self._session.sid is not None
         result = self._session.welcome(welcome)
         if not result.recovered:
             self._generation += 1  # numbering restarted: older inbox entries are not ours to ack
@@ -481,18 +478,17 @@ class TranscendentalWebSocket:
         )
         heartbeat.rtt = self._last_rtt
         heartbeat.rtt.add(rtt)
-        link = Link(conn, heartbeat, welcome.window, welcome.max_size)
+        link = Link(conn, heartbeat, welcome.window, welcome.max_size, rest)
         self._link = link
-        self._pending_frames = rest
         self._ack_deadline = math.inf
         self._control.clear()
         self._session.inbound.acked = self._session.inbound.released
         c = self._c
         c["connects"] += 1
-        if had_session:
+        if not result.first_connect:
             c["reconnects"] += 1
             c["resumes_recovered" if result.recovered else "resumes_failed"] += 1
-        c["messages_replayed"] += result.replay if had_session else 0
+        c["messages_replayed"] += 0 if result.first_connect else result.replay
         self._state = ConnectionState.CONNECTED
         self._breaker.success()
         self._link_lot.unpark_all()
@@ -500,7 +496,9 @@ class TranscendentalWebSocket:
         self._room.unpark_all()
         self._writer_wake.set()
         self._emit(
-            Connected(welcome.sid, welcome.epoch, not had_session, result.recovered, result.replay)
+            Connected(
+                welcome.sid, welcome.epoch, result.first_connect, result.recovered, result.replay
+            )
         )
 
     async def _handshake(
@@ -592,7 +590,6 @@ class TranscendentalWebSocket:
 
     async def _supervise(self) -> None:
         supervisor = Supervisor(f"link:{self.component_id}", self._restart_policy())
-        self._supervisor = supervisor
         await supervisor.run(self._link_once)
 
     async def _link_once(self) -> None:
@@ -646,8 +643,7 @@ class TranscendentalWebSocket:
         conn = link.conn
         decode = self._codec.decode
         try:
-            messages: list[str | bytes] = self._pending_frames
-            self._pending_frames = []
+            messages, link.initial = link.initial, []
             while True:
                 if not messages:
                     messages = await conn.receive_some()

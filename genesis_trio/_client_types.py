@@ -126,6 +126,8 @@ class Link:
     heartbeat: Heartbeat
     window: int
     max_size: int
+    initial: list[str | bytes] = attrs.field(factory=list)
+    """Frames that arrived together with the welcome (read first)."""
     scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
     code: int = 1006
     reason: str = "connection lost"

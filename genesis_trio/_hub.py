@@ -357,7 +357,6 @@ class TranscendentalExternalWebSocket:
             if conn is None:
                 raise KeyError(f"no live connection for component {component_id!r}")
         c = self._counters
-        c.frames_in += 1
         try:
             frame = parse_frame(conn.codec.decode(msg), sender="client")
             kind = type(frame)
@@ -556,15 +555,7 @@ class TranscendentalExternalWebSocket:
         deadline = math.inf
         while True:
             targets = resolve()
-            blocked = None
-            for target in targets:
-                if (
-                    target.connection is not None
-                    and target is not sender
-                    and not target.outbound.has_room
-                ):
-                    blocked = target
-                    break
+            blocked = next((t for t in targets if self._blocks(t, sender)), None)
             if blocked is None:
                 break
             if deadline == math.inf:
@@ -573,10 +564,11 @@ class TranscendentalExternalWebSocket:
                 await blocked.room.park()
             if scope.cancelled_caught:
                 for target in resolve():
-                    conn = target.connection
-                    if conn is not None and target is not sender and not target.outbound.has_room:
+                    if target.connection is not None and self._blocks(target, sender):
                         self._counters.slow_consumers_closed += 1
-                        conn.close_soon(CloseCode.SLOW_CONSUMER, "buffer full: consumer too slow")
+                        target.connection.close_soon(
+                            CloseCode.SLOW_CONSUMER, "buffer full: consumer too slow"
+                        )
             if not valid():
                 return -1
         if not valid():
@@ -585,17 +577,19 @@ class TranscendentalExternalWebSocket:
         return len(targets)
 
     @staticmethod
-    def _has_room(targets: Sequence[HubSession], sender: HubSession | None) -> bool:
-        """True when no connected target (other than the sender) has a full log."""
-        for target in targets:
-            log_ = target.outbound
-            if (
-                len(log_.entries) >= log_.capacity
-                and target.connection is not None
-                and target is not sender
-            ):
-                return False
-        return True
+    def _blocks(target: HubSession, sender: HubSession | None) -> bool:
+        """A connected target (other than the sender) whose log is full: wait for it."""
+        log_ = target.outbound
+        return (
+            len(log_.entries) >= log_.capacity
+            and target.connection is not None
+            and target is not sender
+        )
+
+    @classmethod
+    def _has_room(cls, targets: Sequence[HubSession], sender: HubSession | None) -> bool:
+        """True when no target blocks (see :meth:`_blocks`)."""
+        return not any(cls._blocks(target, sender) for target in targets)
 
     def _append_all(
         self, targets: Sequence[HubSession], out: Outgoing, sender: HubSession | None

@@ -18,7 +18,7 @@ import trio
 
 from ._coalesce import Coalescer
 from ._codec import Codec
-from ._errors import CloseCode, ConnectionClosed
+from ._errors import CloseCode, ConnectionClosed, ErrorCode
 from ._frames import HUB_ID, Ack, Error
 from ._heartbeat import Heartbeat
 from ._hub_session import Outgoing
@@ -114,7 +114,7 @@ class HubConnection:
             "type": body.get("type", "?"),
             "from": body.get("from", "$hub"),
             "error": {
-                "code": "too_large",
+                "code": ErrorCode.TOO_LARGE.value,
                 "msg": f"a message of {size} bytes exceeds this client's max_size "
                 f"({self.max_frame}); it was not delivered",
             },

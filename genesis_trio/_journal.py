@@ -39,8 +39,6 @@ class JournalCounters:
     commits: int = 0
     rows_written: int = 0
     failures: int = 0
-    outage_closes: int = 0
-    compactions: int = 0
     last_error: str | None = None
 
 
@@ -100,14 +98,11 @@ class Journal:
 
     # -- recording ----------------------------------------------------------------
 
-    def _touch(self, session: HubSession) -> None:
+    def touched(self, session: HubSession) -> None:
+        """The session's header changed (received, topics, epoch, truncation)."""
         self._dirty[session.sid] = session
         self.generation += 1
         self._wake.set()
-
-    def touched(self, session: HubSession) -> None:
-        """The session's header changed (received, topics, epoch, truncation)."""
-        self._touch(session)
 
     def _msg_id(self, out: Outgoing) -> int:
         if out.msg_id is None:
@@ -117,8 +112,8 @@ class Journal:
 
     def _entry(self, seq: int, out: Outgoing, stamp: float, shared: bool) -> StoredEntry:
         if shared or out.msg_id is not None:
-            return StoredEntry(seq, self._msg_id(out), stamp + self._wall_offset)
-        return StoredEntry(seq, 0, stamp + self._wall_offset, out.encoded(MSGPACK))
+            return StoredEntry(seq, self._msg_id(out), self.wall(stamp))
+        return StoredEntry(seq, 0, self.wall(stamp), out.encoded(MSGPACK))
 
     def appended(
         self, session: HubSession, seq: int, out: Outgoing, stamp: float, shared: bool = False
@@ -137,7 +132,7 @@ class Journal:
     def acked(self, session: HubSession) -> None:
         """The log's head moved (acknowledged or evicted): drop stored entries."""
         self._batch.trim(session.sid, session.outbound.acked)
-        self._touch(session)
+        self.touched(session)
 
     def rewritten(self, session: HubSession) -> None:
         """The log was renumbered (a new epoch): store it whole, re-release it."""
@@ -146,7 +141,7 @@ class Journal:
         self._batch.rewrite(
             session.sid, [self._entry(e.seq, e.payload, e.stamp, False) for e in log_.entries]
         )
-        self._touch(session)
+        self.touched(session)
 
     def deleted(self, session: HubSession) -> None:
         """The session is gone."""
@@ -156,9 +151,9 @@ class Journal:
         self.generation += 1
         self._wake.set()
 
-    async def wait_committed(self, generation: int | None = None) -> None:
-        """Wait until everything recorded so far (or up to ``generation``) is stored."""
-        target = self.generation if generation is None else generation
+    async def wait_committed(self) -> None:
+        """Wait until everything recorded so far is stored."""
+        target = self.generation
         while self.committed_generation < target:
             await self._committed.park()
         await trio.lowlevel.checkpoint()
@@ -272,7 +267,6 @@ class Journal:
             delay = min(self.retry_cap, delay * 2)
             if not closed and trio.current_time() - failing_since >= self.outage_after:
                 closed = True
-                self.counters.outage_closes += 1
                 log.error(
                     "session store down for %.0f s: closing links with 4006", self.outage_after
                 )
@@ -282,6 +276,5 @@ class Journal:
         """Ask the store to drop unreferenced message bodies (housekeeping)."""
         try:
             await self.store.compact()
-            self.counters.compactions += 1
         except StoreError as exc:
             log.warning("compaction failed: %s", exc)

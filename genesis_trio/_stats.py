@@ -20,7 +20,6 @@ class HubCounters:
     active_connections: int = 0
     messages_in: int = 0
     messages_out: int = 0
-    frames_in: int = 0
     delivery_frames: int = 0
     errors_contained: int = 0
     resumes_recovered: int = 0

@@ -198,7 +198,6 @@ class MemoryStore:
     logs: dict[str, dict[int, StoredEntry]] = attrs.field(factory=dict)
     bodies: dict[int, bytes] = attrs.field(factory=dict)
     fail_writes: int = 0
-    writes: int = 0
 
     async def open(self) -> StoredState:
         """The current content."""
@@ -215,7 +214,6 @@ class MemoryStore:
         if self.fail_writes:
             self.fail_writes -= 1
             raise StoreError("simulated store failure (database or disk is full)")
-        self.writes += 1
         self.bodies.update(batch.messages)
         for sid in batch.deletes:
             self.rows.pop(sid, None)

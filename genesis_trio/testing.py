@@ -235,7 +235,6 @@ class MemoryHub:
         )
         self._context = WorkerContext(None)
         self._next_port = 40000
-        self.connections = 0
 
     async def open_stream(self, faults: LinkFaults | None = None) -> trio.abc.Stream:
         """A new link to the hub: the hub side is served in the hub's nursery."""
@@ -245,7 +244,6 @@ class MemoryHub:
             raise ConnectionRefusedError("connection refused by LinkFaults")
         client, server = trio.testing.memory_stream_pair()
         self._next_port += 1
-        self.connections += 1
         server_side = _ServerSide(server, ("127.0.0.1", self._next_port))
         tcp = TCPServer(
             self._app,
