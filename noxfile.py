@@ -1,4 +1,4 @@
-"""Developer tasks: ``nox -s tests``, ``lint``, ``typecheck``, ``demo``, ``bench``."""
+"""Developer tasks: ``nox -s tests``, ``lint``, ``typecheck``, ``soak``, ``demo``, ``bench``."""
 
 from __future__ import annotations
 
@@ -34,6 +34,13 @@ def typecheck(session: nox.Session) -> None:
     """mypy --strict on the package."""
     session.install("-e", ".", "mypy>=1.11", "msgpack-types>=0.3")
     session.run("mypy")
+
+
+@nox.session(python=PYTHON)
+def soak(session: nox.Session) -> None:
+    """A hub under abusive and normal clients for 120 s (``-- --duration N`` to change)."""
+    session.install("-e", ".[test]")
+    session.run("python", "-m", "tests.soak", *session.posargs)
 
 
 @nox.session(python=PYTHON)

@@ -39,6 +39,7 @@ class Target:
             return [
                 sys.executable, "-m", "genesis_trio", "serve",
                 "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
+                "--max-connections", "50000", "--max-connections-per-address", "50000",
                 "--store", store,
             ]  # fmt: skip
         if self.key == SINK:

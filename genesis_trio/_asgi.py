@@ -11,8 +11,11 @@ import contextlib
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import TYPE_CHECKING, Any
 
+import trio
+
 from ._codec import Codec, negotiate
-from ._errors import ConnectionClosed
+from ._errors import CloseCode, ConnectionClosed
+from ._hypercorn import current_abort
 
 if TYPE_CHECKING:
     from ._hub import TranscendentalExternalWebSocket
@@ -22,19 +25,32 @@ Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 
+Abort = Callable[[], Awaitable[None]]
+
+
 class AsgiTransport:
-    """:class:`ServerTransport` over an accepted ASGI WebSocket."""
+    """:class:`ServerTransport` over an accepted ASGI WebSocket.
 
-    __slots__ = ("_binary", "_closed", "_receive", "_send")
+    ``abort`` closes the socket under the server (see ``_hypercorn``); without
+    it (an ASGI server other than ours) a peer that stops reading can hold a
+    send until the server gives up.
+    """
 
-    def __init__(self, receive: Receive, send: Send, binary: bool) -> None:
+    __slots__ = ("_abort", "_binary", "_closed", "_gone", "_receive", "_send")
+
+    def __init__(self, receive: Receive, send: Send, binary: bool, abort: Abort | None) -> None:
         self._receive = receive
         self._send = send
         self._binary = binary
+        self._abort = abort
         self._closed = False
+        self._gone = False
 
     async def receive(self) -> str | bytes | None:
         """Next text/bytes message; None once the client disconnected."""
+        if self._gone:
+            await trio.lowlevel.checkpoint()
+            return None
         message = await self._receive()
         if message["type"] == "websocket.receive":
             text = message.get("text")
@@ -43,21 +59,21 @@ class AsgiTransport:
                 return data
             raw: bytes = message.get("bytes") or b""
             return raw
-        self._closed = True
+        self._closed = self._gone = True
         return None
 
     async def send(self, data: bytes) -> None:
         """Send one frame; raise ConnectionClosed(1006) if the link is gone."""
         if self._closed:
-            raise ConnectionClosed(1006, "link gone")
+            raise ConnectionClosed(CloseCode.ABNORMAL_CLOSURE, "link gone")
         try:
             if self._binary:
                 await self._send({"type": "websocket.send", "bytes": data})
             else:
                 await self._send({"type": "websocket.send", "text": data.decode()})
-        except (OSError, RuntimeError) as exc:
+        except (OSError, RuntimeError, trio.BusyResourceError) as exc:
             self._closed = True
-            raise ConnectionClosed(1006, "link gone") from exc
+            raise ConnectionClosed(CloseCode.ABNORMAL_CLOSURE, "link gone") from exc
 
     async def close(self, code: int, reason: str) -> None:
         """Send a close frame (ignored when the link is already gone)."""
@@ -66,6 +82,27 @@ class AsgiTransport:
         self._closed = True
         with contextlib.suppress(OSError, RuntimeError):
             await self._send({"type": "websocket.close", "code": int(code), "reason": reason})
+
+    async def abort(self) -> None:
+        """Drop the connection at once (a send blocked on the peer fails)."""
+        self._closed = True
+        if self._abort is not None:
+            await self._abort()
+        else:
+            await trio.lowlevel.checkpoint()
+
+    async def finish(self, grace: float) -> None:
+        """End the link for good: wait (bounded) for the peer's close, else abort.
+
+        Reading until the disconnect also keeps the server's queue towards us
+        drained, so its reading task never blocks on an application that left.
+        """
+        for _ in range(2):
+            with trio.move_on_after(grace):
+                while not self._gone:
+                    await self.receive()
+                return
+            await self.abort()
 
 
 async def deny(scope: Scope, send: Send, status: int, text: str) -> None:
@@ -90,13 +127,35 @@ def _header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
+def client_address(scope: Scope) -> str | None:
+    """The peer's address (host only) from an ASGI scope."""
+    client = scope.get("client")
+    return str(client[0]) if client else None
+
+
 async def serve_websocket(
     hub: TranscendentalExternalWebSocket, scope: Scope, receive: Receive, send: Send
 ) -> None:
-    """Check Origin and subprotocol, accept, and hand the link to the hub."""
+    """Admit, check Origin and subprotocol, accept, hand the link to the hub, finish it."""
     message = await receive()
     if message["type"] != "websocket.connect":
         return
+    counters = hub._counters
+    address = client_address(scope)
+    refusal = hub.admission.admit(address)
+    if refusal is not None:
+        counters.connections_refused += 1
+        await deny(scope, send, refusal.status, refusal.reason)
+        return
+    try:
+        await _serve_admitted(hub, scope, receive, send)
+    finally:
+        hub.admission.release(address)
+
+
+async def _serve_admitted(
+    hub: TranscendentalExternalWebSocket, scope: Scope, receive: Receive, send: Send
+) -> None:
     counters = hub._counters
     allowed = hub.config.allowed_origins
     origin = _header(scope, b"origin")
@@ -116,5 +175,10 @@ async def serve_websocket(
     if offered:
         accept["subprotocol"] = codec.subprotocol
     await send(accept)
-    del message, offered, accept, origin  # not kept alive for the link's lifetime
-    await hub.serve_transport(AsgiTransport(receive, send, codec.binary), codec)
+    del offered, accept, origin  # not kept alive for the link's lifetime
+    transport = AsgiTransport(receive, send, codec.binary, current_abort())
+    try:
+        await hub.serve_transport(transport, codec)
+    finally:
+        with trio.CancelScope(shield=True):
+            await transport.finish(hub.config.close_timeout)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import logging
 import os
 import pathlib
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import trio
 
@@ -20,9 +21,60 @@ from ._store import SessionStore, StoreError
 
 ENV_PREFIX = "GENESIS_TRIO_"
 
+CONFIG_FLAGS: tuple[tuple[str, type, str], ...] = (
+    # (HubConfig field, type, help): each becomes --field-name and GENESIS_TRIO_FIELD_NAME
+    ("max_message_size", int, "largest WebSocket message accepted, in bytes, after decompression"),
+    ("retention_messages", int, "unacknowledged messages kept per session for resume"),
+    (
+        "retention_bytes",
+        int,
+        "bytes of unacknowledged messages kept per session (a full buffer makes senders wait)",
+    ),
+    ("retention_seconds", float, "age limit of unacknowledged messages for a disconnected session"),
+    ("session_expiry", float, "seconds after which a disconnected session is forgotten"),
+    (
+        "anonymous_session_expiry",
+        float,
+        "seconds after which a disconnected session of a client that sent no id is forgotten",
+    ),
+    ("heartbeat_interval", float, "seconds between the hub's pings"),
+    ("handshake_timeout", float, "seconds a new link has to send its hello"),
+    (
+        "slow_consumer_timeout",
+        float,
+        "seconds a client may leave its buffer full, or a send to it blocked, before 4004",
+    ),
+    ("close_timeout", float, "seconds a closing link may take before its socket is dropped"),
+    ("max_connections", int, "WebSocket links held at once; more are refused with HTTP 503"),
+    (
+        "max_connections_per_address",
+        int,
+        "links held at once from one client address; more are refused with HTTP 429",
+    ),
+    (
+        "max_sessions",
+        int,
+        "sessions held; at the limit the longest-disconnected one is forgotten (else 1013)",
+    ),
+)
+
 
 def _env(name: str, default: str) -> str:
     return os.environ.get(ENV_PREFIX + name, default)
+
+
+def env_name(dest: str) -> str:
+    """The environment variable that sets the flag stored in ``dest``."""
+    return ENV_PREFIX + dest.upper()
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows defaults, except empty ones (they are explained in the help text)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default in (None, "", [], argparse.SUPPRESS):
+            return action.help
+        return super()._get_help_string(action)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,54 +90,37 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the hub (WebSocket at /ws, health at /health)",
         description=(
             "Run the hub on Hypercorn's Trio worker. Every flag can also be set with an "
-            "environment variable GENESIS_TRIO_<FLAG> (for example GENESIS_TRIO_PORT=9000). "
-            "SIGINT or SIGTERM shut down gracefully: links are closed with 1001 so clients "
-            "resume elsewhere."
+            "environment variable GENESIS_TRIO_<FLAG> (for example GENESIS_TRIO_PORT=9000, "
+            "GENESIS_TRIO_ALLOWED_ORIGIN=https://a.example,https://b.example); an unknown "
+            "GENESIS_TRIO_ variable is an error. SIGINT or SIGTERM shut down gracefully: links "
+            "are closed with 1001 so clients resume elsewhere; a second signal stops at once."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     serve.add_argument("--host", default=_env("HOST", "127.0.0.1"), help="interface to bind")
     serve.add_argument(
-        "--port", type=int, default=int(_env("PORT", "8000")), help="TCP port (0: any free port)"
+        "--port", type=int, default=_env("PORT", "8000"), help="TCP port (0: any free port)"
     )
     serve.add_argument(
-        "--node-id", default=_env("NODE_ID", ""), help="this hub's name (default: random)"
+        "--node-id",
+        default=_env("NODE_ID", ""),
+        help="this hub's name (default: hub-<random hex>)",
     )
-    serve.add_argument(
-        "--max-message-size",
-        type=int,
-        default=int(_env("MAX_MESSAGE_SIZE", str(defaults.max_message_size))),
-        help="largest WebSocket message accepted, in bytes, after decompression",
-    )
-    serve.add_argument(
-        "--retention-messages",
-        type=int,
-        default=int(_env("RETENTION_MESSAGES", str(defaults.retention_messages))),
-        help="unacknowledged messages kept per session for resume",
-    )
-    serve.add_argument(
-        "--retention-seconds",
-        type=float,
-        default=float(_env("RETENTION_SECONDS", str(defaults.retention_seconds))),
-        help="age limit of unacknowledged messages for a disconnected session",
-    )
-    serve.add_argument(
-        "--session-expiry",
-        type=float,
-        default=float(_env("SESSION_EXPIRY", str(defaults.session_expiry))),
-        help="seconds after which a disconnected session is forgotten",
-    )
-    serve.add_argument(
-        "--heartbeat-interval",
-        type=float,
-        default=float(_env("HEARTBEAT_INTERVAL", str(defaults.heartbeat_interval))),
-        help="seconds between the hub's pings",
-    )
+    for field, kind, text in CONFIG_FLAGS:
+        serve.add_argument(
+            "--" + field.replace("_", "-"),
+            type=kind,
+            default=_env(field.upper(), str(getattr(defaults, field))),
+            help=text,
+        )
     serve.add_argument(
         "--allowed-origin",
         action="append",
-        default=[o for o in _env("ALLOWED_ORIGINS", "").split(",") if o],
-        help="accept browser connections only from this Origin (repeatable; default: any)",
+        default=[o.strip() for o in _env("ALLOWED_ORIGIN", "").split(",") if o.strip()],
+        help=(
+            "accept browser connections only from this Origin (repeatable; in the environment, "
+            "comma-separated; default: any)"
+        ),
     )
     serve.add_argument(
         "--store",
@@ -106,7 +141,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--gc-tuning",
         default=_env("GC_TUNING", "on"),
         choices=["on", "off"],
-        help="freeze start-up objects and collect garbage less often (faster under load)",
+        help=(
+            "freeze start-up objects, collect garbage less often (faster under load) and "
+            "return freed memory to the OS every 10 s"
+        ),
     )
     serve.add_argument(
         "--log-level",
@@ -117,16 +155,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _serve_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    subcommands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    serve: argparse.ArgumentParser = subcommands.choices["serve"]
+    return serve
+
+
+def unknown_env(environ: Mapping[str, str], parser: argparse.ArgumentParser) -> list[str]:
+    """``GENESIS_TRIO_*`` variables that name no flag (each is a mistake: say so)."""
+    known = {env_name(a.dest) for a in _serve_parser(parser)._actions if a.option_strings}
+    return sorted(k for k in environ if k.startswith(ENV_PREFIX) and k not in known)
+
+
 def hub_config_from_args(args: argparse.Namespace) -> HubConfig:
     """Translate parsed flags into a :class:`HubConfig`."""
-    options: dict[str, object] = {
-        "max_message_size": args.max_message_size,
-        "retention_messages": args.retention_messages,
-        "retention_seconds": args.retention_seconds,
-        "session_expiry": args.session_expiry,
-        "heartbeat_interval": args.heartbeat_interval,
-        "allowed_origins": frozenset(args.allowed_origin) if args.allowed_origin else None,
-    }
+    options: dict[str, object] = {field: getattr(args, field) for field, _, _ in CONFIG_FLAGS}
+    options["allowed_origins"] = frozenset(args.allowed_origin) if args.allowed_origin else None
     if args.node_id:
         options["node_id"] = args.node_id
     return HubConfig(**options)  # type: ignore[arg-type]
@@ -199,7 +243,16 @@ def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``genesis-trio`` command."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    stray = unknown_env(os.environ, parser)
+    if stray:
+        known = [env_name(a.dest) for a in _serve_parser(parser)._actions if a.option_strings]
+        for name in stray:
+            hint = difflib.get_close_matches(name, known, n=1)
+            also = f" (did you mean {hint[0]}?)" if hint else ""
+            print(f"genesis-trio: unknown environment variable {name}{also}", file=sys.stderr)
+        return 2
+    args = parser.parse_args(argv)
     logging.basicConfig(
         level=getattr(logging, args.log_level.upper()),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

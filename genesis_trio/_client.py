@@ -144,6 +144,7 @@ class TranscendentalWebSocket:
         self._ack_deadline = math.inf
         self._state = ConnectionState.IDLE
         self._closed = False
+        self._closing = False  # from aclose()'s start: a link ending then means no reconnect
         self._running = False
         self._run_scope: trio.CancelScope | None = None
         self._exit_stack: AsyncExitStack | None = None
@@ -423,7 +424,15 @@ class TranscendentalWebSocket:
         finally:
             stack, self._exit_stack = self._exit_stack, None
             if stack is not None:
-                await stack.__aexit__(exc_type, exc, tb)
+                try:
+                    await stack.__aexit__(exc_type, exc, tb)
+                except BaseExceptionGroup as group:
+                    # The hidden nursery holds at most our body's exception and
+                    # run()'s failure: raise the one exception, not a group.
+                    leaf = _single_leaf(group)
+                    if leaf is None:
+                        raise
+                    raise leaf from None
         return None
 
     async def connect(self) -> None:
@@ -561,7 +570,9 @@ class TranscendentalWebSocket:
                 nursery.start_soon(self._dispatcher)
                 try:
                     await self._supervise()
-                except (GenesisError, OSError) as exc:  # re-raised below, not as a group
+                except LinkLost as exc:  # re-raised below as the public class, not in a group
+                    failure = ConnectionClosed(exc.code, exc.reason)
+                except (GenesisError, OSError) as exc:
                     failure = exc
                 nursery.cancel_scope.cancel()
             if failure is not None:
@@ -611,7 +622,7 @@ class TranscendentalWebSocket:
         assert link is not None
         await self._run_link(link)
         self._link = None
-        if self.closed:
+        if self._closing:
             return
         fatal = link.code in FATAL_CLOSE_CODES
         self._state = ConnectionState.DISCONNECTED
@@ -862,6 +873,7 @@ class TranscendentalWebSocket:
         if self._closed:
             await trio.lowlevel.checkpoint()
             return
+        self._closing = True
         link = self._link
         with trio.move_on_after(self.config.close_timeout, shield=True):
             if link is not None and link.conn.closed is None:
@@ -918,6 +930,16 @@ class TranscendentalWebSocket:
     def get_stats(self) -> dict[str, Any]:
         """The metrics as a plain dict."""
         return attrs.asdict(self.statistics())
+
+
+def _single_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
+    """The only exception inside ``group`` (nested groups included), or None."""
+    exc: BaseException = group
+    while isinstance(exc, BaseExceptionGroup):
+        if len(exc.exceptions) != 1:
+            return None
+        exc = exc.exceptions[0]
+    return exc
 
 
 __all__ = ["TranscendentalWebSocket"]

@@ -36,6 +36,8 @@ class HubConfig:
     """Longest a link's writer waits for a batch to form under high rates (0: never)."""
     retention_messages: int = attrs.field(default=10_000, validator=_pos_i)
     """Most unacknowledged messages kept per session for resume."""
+    retention_bytes: int = attrs.field(default=16 << 20, validator=_pos_i)
+    """Most bytes of unacknowledged messages kept per session (like ``retention_messages``)."""
     retention_seconds: float = attrs.field(default=300.0, validator=_pos_f)
     """Oldest unacknowledged message kept for a disconnected session."""
     session_expiry: float = attrs.field(default=3600.0, validator=_pos_f)
@@ -53,7 +55,17 @@ class HubConfig:
     )
     """Origins accepted in the upgrade request (None: any, or none sent)."""
     close_timeout: float = attrs.field(default=2.0, validator=_pos_f)
-    """Bound on the shielded cleanup of one connection."""
+    """Bound on closing one link: past it the socket is dropped, whatever the peer does."""
+    max_connections: int = attrs.field(default=10_000, validator=_pos_i)
+    """WebSocket links held at once (handshakes included); more are refused with HTTP 503."""
+    max_connections_per_address: int = attrs.field(default=1_000, validator=_pos_i)
+    """Links held at once from one client address; more are refused with HTTP 429."""
+    max_sessions: int = attrs.field(default=100_000, validator=_pos_i)
+    """Sessions held; at the limit the longest-disconnected one is forgotten, or 1013."""
+    anonymous_session_expiry: float = attrs.field(default=60.0, validator=_pos_f)
+    """A disconnected session of a client that sent no id is forgotten after this."""
+    max_backlog_bytes: int = attrs.field(default=4 << 20, validator=_pos_i)
+    """Bytes of a link's messages held while they wait for room; past it the link is not read."""
     store_outage_timeout: float = attrs.field(default=10.0, validator=_pos_f)
     """A session store failing this long closes every link with 4006 until it recovers."""
 

@@ -6,16 +6,14 @@ can become gigabytes in memory. :class:`BoundedPerMessageDeflate` inflates at
 most ``max_message_size + 1`` bytes per message; past that it stops
 inflating and hands on just enough to trip the size check of whoever buffers
 the message (Hypercorn's buffer, or the client transport), which closes the
-link with 1009 (message too big). :func:`guard_hypercorn` makes Hypercorn's
-WebSocket handshake use it, and makes Hypercorn's message buffer report every
-oversized message to the hub (so it is counted).
+link with 1009 (message too big). The hub's Hypercorn negotiates it
+(``_hypercorn.guard_hypercorn``); the client's transport uses it directly.
 """
 
 from __future__ import annotations
 
 import contextvars
 import zlib
-from collections.abc import Callable
 from typing import Any
 
 from wsproto.extensions import PerMessageDeflate
@@ -85,44 +83,18 @@ class BoundedPerMessageDeflate(PerMessageDeflate):
         self._inbound_compressed = None
         return data
 
-
-oversize_hook: contextvars.ContextVar[Callable[[], None] | None] = contextvars.ContextVar(
-    "genesis_trio_oversize_hook", default=None
-)
-"""Called (in Hypercorn connections started in this context) for every oversized message."""
-
-
-def _counting_buffer_class() -> type:
-    from hypercorn.protocol.ws_stream import FrameTooLargeError, WebsocketBuffer
-
-    class CountingWebsocketBuffer(WebsocketBuffer):
-        """Hypercorn's message buffer, reporting oversized messages to the hub."""
-
-        def __init__(self, max_length: int) -> None:
-            super().__init__(max_length)
-            self._hook = oversize_hook.get()
-
-        def extend(self, event: Any) -> None:
-            try:
-                super().extend(event)
-            except FrameTooLargeError:
-                if self._hook is not None:
-                    self._hook()
-                raise
-
-    return CountingWebsocketBuffer
+    def release(self) -> None:
+        """Free the zlib state now (the link has ended)."""
+        self._compressor = None
+        self._decompressor = None
+        self._overflow = True
 
 
-def guard_hypercorn() -> None:
-    """Make Hypercorn's WebSocket handshakes negotiate the bounded extension.
+def release_extensions(extensions: list[BoundedPerMessageDeflate]) -> None:
+    """Drop the zlib state of ended links' extensions (hundreds of KiB each).
 
-    Idempotent. The limit comes from :data:`inflate_limit` in the context of
-    the task that started serving (``serve_hub`` sets it).
+    A closed link's objects form reference cycles; with the cyclic collector
+    tuned to run rarely they would keep their zlib buffers alive for long.
     """
-    from hypercorn.protocol import ws_stream
-
-    if getattr(ws_stream, "_genesis_guarded", False):
-        return
-    setattr(ws_stream, "PerMessageDeflate", BoundedPerMessageDeflate)  # noqa: B010
-    setattr(ws_stream, "WebsocketBuffer", _counting_buffer_class())  # noqa: B010
-    setattr(ws_stream, "_genesis_guarded", True)  # noqa: B010
+    for extension in extensions:
+        extension.release()

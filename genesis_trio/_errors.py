@@ -46,12 +46,16 @@ class CloseCode(enum.IntEnum):
     """The hub is shutting down; reconnect (to another node) and resume."""
     PROTOCOL_ERROR = 1002
     """WebSocket-level protocol violation."""
+    ABNORMAL_CLOSURE = 1006
+    """No close frame: the connection was lost (never sent on the wire)."""
     POLICY_VIOLATION = 1008
     """Refused by policy (Origin, authentication)."""
     MESSAGE_TOO_BIG = 1009
     """A message (after decompression) exceeded the size limit."""
     INTERNAL_ERROR = 1011
     """Unexpected failure on the hub; the session is kept, resume."""
+    TRY_AGAIN_LATER = 1013
+    """The hub is at a limit (sessions); try again after a pause."""
     BAD_HANDSHAKE = 4000
     """The first frame was not a valid ``hello``."""
     REPLACED = 4001

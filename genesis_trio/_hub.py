@@ -41,11 +41,12 @@ from ._frames import (
     parse_frame,
     valid_topic,
 )
-from ._hub_connection import HubConnection, ServerTransport
+from ._hub_connection import Backlogged, HubConnection, ServerTransport
 from ._hub_session import HubSession, Outgoing, SessionTable
+from ._hypercorn import ServingObserver
 from ._journal import Journal
+from ._limits import Admission
 from ._message import Message
-from ._session import Entry
 from ._stats import HubCounters, HubStatistics, hub_snapshot
 from ._store import SessionStore
 from ._supervisor import NO_RESTART, Supervisor
@@ -84,6 +85,12 @@ class TranscendentalExternalWebSocket:
             )
         self._table = SessionTable(self.config, self._journal)
         self._counters = HubCounters()
+        self.admission = Admission(
+            self.config.max_connections, self.config.max_connections_per_address
+        )
+        """Live links in all and per client address (see :mod:`._limits`)."""
+        self.serving_observer: ServingObserver = self._counters
+        """What the serving stack reports to (oversized messages, contained failures)."""
         self._fanout = FanoutWindow()
         self._running = False
         self._handlers: dict[str, HubHandler] = {}
@@ -105,11 +112,6 @@ class TranscendentalExternalWebSocket:
 
     def _on_store_outage(self) -> None:
         self.close_all(CloseCode.STORE_UNAVAILABLE, "session store unavailable")
-
-    def _message_too_large(self) -> None:
-        """Hypercorn closed a link with 1009 (message too big, maybe after inflation)."""
-        self._counters.errors_contained += 1
-        self._counters.messages_too_large += 1
 
     def _connection_crashed(self, exc: BaseException) -> None:
         self._counters.errors_contained += 1
@@ -151,7 +153,7 @@ class TranscendentalExternalWebSocket:
             target = table.by_id.get(component_id)
             return (target,) if target is not None else ()
 
-        await self._deliver(resolve, Outgoing(body), None, _always)
+        await self._deliver(resolve, Outgoing(body), _always)
         if self._journal is not None:
             await self._journal.wait_committed()
         return True
@@ -166,7 +168,7 @@ class TranscendentalExternalWebSocket:
         check_body(body, from_client=False)
         subscribers = self._table.subscribers
         count = await self._deliver(
-            lambda: tuple(subscribers.get(topic, ())), Outgoing(body), None, _always
+            lambda: tuple(subscribers.get(topic, ())), Outgoing(body), _always
         )
         if self._journal is not None:
             await self._journal.wait_committed()
@@ -209,7 +211,15 @@ class TranscendentalExternalWebSocket:
         a store that cannot be opened raises :class:`StoreError`.
         """
         cfg = self.config
-        interval = max(0.05, min(30.0, cfg.retention_seconds / 4, cfg.session_expiry / 4))
+        interval = max(
+            0.05,
+            min(
+                30.0,
+                cfg.retention_seconds / 4,
+                cfg.session_expiry / 4,
+                cfg.anonymous_session_expiry / 4,
+            ),
+        )
         journal = self._journal
         async with trio.open_nursery() as nursery:
             if journal is not None:
@@ -287,6 +297,12 @@ class TranscendentalExternalWebSocket:
             await transport.close(CloseCode.HANDSHAKE_TIMEOUT, "no hello in time")
             return
         now = trio.current_time()
+        evicted = self._table.make_room(hello, now)
+        if evicted is None:
+            c.sessions_refused += 1
+            await transport.close(CloseCode.TRY_AGAIN_LATER, "the hub is at its session limit")
+            return
+        c.sessions_evicted += evicted
         opened = self._table.open(hello, now)
         session = opened.session
         if opened.replaced is not None:
@@ -300,6 +316,7 @@ class TranscendentalExternalWebSocket:
         connection = HubConnection(self, session, transport, codec, now, hello.max_size or 1 << 20)
         session.connection = connection
         session.disconnected_at = None
+        session.inbound.new_link()
         welcome = Welcome(
             id=session.component_id,
             sid=session.sid,
@@ -335,6 +352,10 @@ class TranscendentalExternalWebSocket:
             await self._supervisor.run(serve, cleanup=connection.cleanup)
         finally:
             c.active_connections -= 1
+            code = connection.close_code
+            if code is None:
+                code = CloseCode.ABNORMAL_CLOSURE if connection.peer_closed else CloseCode.NORMAL
+            c.closed(code)
 
     # -- the per-message pipeline -----------------------------------------------
 
@@ -362,7 +383,7 @@ class TranscendentalExternalWebSocket:
             kind = type(frame)
             if kind is Msgs:
                 assert isinstance(frame, Msgs)
-                await self._route_frame(conn, frame)
+                self._admit_frame(conn, frame, len(msg))
             elif kind is Ack:
                 assert isinstance(frame, Ack)
                 self._apply_ack(conn.session, frame.seq)
@@ -381,8 +402,10 @@ class TranscendentalExternalWebSocket:
                 else:
                     self._table.subscribe(conn.session, frame.topics)
             elif kind is Bye:
-                self._table.remove(conn.session)
-                conn.close_soon(CloseCode.NORMAL, "bye")
+                if conn.backlog:  # after the messages sent before it
+                    conn.hold(None, 0, 0)
+                else:
+                    self._say_bye(conn)
             elif kind is Hello:
                 raise RemoteProtocolError("hello was already received on this link")
             elif kind is Error:
@@ -409,39 +432,71 @@ class TranscendentalExternalWebSocket:
             if self._journal is not None:
                 self._journal.acked(session)
 
-    async def _route_frame(self, conn: HubConnection, frame: Msgs) -> None:
+    def _say_bye(self, conn: HubConnection) -> None:
+        self._table.remove(conn.session)
+        conn.close_soon(CloseCode.NORMAL, "bye")
+
+    def _admit_frame(self, conn: HubConnection, frame: Msgs, size: int) -> None:
+        """Take a ``msg``/``batch``: route it now, or hold it behind those waiting."""
         session = conn.session
-        inbound = session.inbound
         if frame.ack is not None:
             self._apply_ack(session, frame.ack)
-        seq = frame.seq
-        if seq > inbound.received + 1:
-            raise RemoteProtocolError(
-                f"sequence gap: expected {inbound.received + 1}, got {seq}",
-                code=ErrorCode.SEQUENCE,
-                close_code=CloseCode.SESSION_VIOLATION,
-                seq=seq,
-            )
-        c = self._counters
+        skip = session.inbound.admit(frame.seq, len(frame.bodies), self.config.window)
+        if skip:
+            self._counters.duplicates_dropped += skip
+            if skip == len(frame.bodies):
+                return
+        if conn.backlog:
+            conn.hold(frame, skip, size)
+            return
+        inbound = session.inbound
         route_now = self._route_now
-        for i, body in enumerate(frame.bodies):
+        bodies = frame.bodies
+        seq = frame.seq
+        for i in range(skip, len(bodies)):
+            body = bodies[i]
             n = seq + i
-            if n <= inbound.received:
-                c.duplicates_dropped += 1
-                continue
             if type(body) is Rejected:
-                error = body.error
-                c.errors_contained += 1
-                conn.report(Error(error.code, str(error), n))
-                inbound.received = n
-                if conn.count_bad_frame(trio.current_time()):
-                    conn.close_soon(CloseCode.TOO_MANY_ERRORS, "too many malformed frames")
+                if not self._reject(conn, body, n):
                     return
                 continue
             assert not isinstance(body, Rejected)
-            if not route_now(conn, body, n) and not await self._route_later(conn, body, n):
-                return
+            if not route_now(conn, body, n):
+                conn.hold(frame, i, size)
+                break
         self._release(session, inbound.received)
+
+    def _reject(self, conn: HubConnection, body: Rejected, n: int) -> bool:
+        """Answer an invalid body (its number is consumed); False if the link must close."""
+        error = body.error
+        self._counters.errors_contained += 1
+        conn.report(Error(error.code, str(error), n))
+        conn.session.inbound.processed(n)
+        if conn.count_bad_frame(trio.current_time()):
+            conn.close_soon(CloseCode.TOO_MANY_ERRORS, "too many malformed frames")
+            return False
+        return True
+
+    async def _route_rest(self, conn: HubConnection, item: Backlogged) -> bool:
+        """Route a held frame's remaining bodies, waiting for room; False if the link ended."""
+        frame = item.frame
+        assert frame is not None
+        session = conn.session
+        bodies = frame.bodies
+        for i in range(item.next, len(bodies)):
+            item.next = i
+            body = bodies[i]
+            n = frame.seq + i
+            if type(body) is Rejected:
+                if not self._reject(conn, body, n):
+                    return False
+                continue
+            assert not isinstance(body, Rejected)
+            if not self._route_now(conn, body, n) and not await self._route_later(conn, body, n):
+                return False
+        item.next = len(bodies)
+        self._release(session, session.inbound.received)
+        return True
 
     def _release(self, session: HubSession, seq: int) -> None:
         """Everything up to ``seq`` was processed: acknowledge it once it is stored."""
@@ -494,11 +549,11 @@ class TranscendentalExternalWebSocket:
             else:
                 targets = tuple(table.subscribers.get(topic, ()))
         if targets:
-            if not self._has_room(targets, session):
+            if not self._has_room(targets):
                 return False
             body["from"] = session.component_id
-            self._append_all(targets, Outgoing(body), session)
-        session.inbound.received = n
+            self._append_all(targets, Outgoing(body))
+        session.inbound.processed(n)
         self._counters.messages_in += 1
         return True
 
@@ -508,13 +563,13 @@ class TranscendentalExternalWebSocket:
         inbound = session.inbound
         body["from"] = session.component_id
         if body.get("to") == HUB_ID:
-            inbound.received = n
+            inbound.processed(n)
             self._counters.messages_in += 1
             await self._hub_message(conn, body, n)
             return conn.attached
         if not await self._deliver_waiting(conn, body, Outgoing(body), n):
             return False
-        inbound.received = n
+        inbound.processed(n)
         self._counters.messages_in += 1
         return True
 
@@ -537,13 +592,12 @@ class TranscendentalExternalWebSocket:
         def valid() -> bool:
             return conn.attached and inbound.received == n - 1
 
-        return await self._deliver(resolve, out, session, valid) >= 0
+        return await self._deliver(resolve, out, valid) >= 0
 
     async def _deliver(
         self,
         resolve: Callable[[], Sequence[HubSession]],
         out: Outgoing,
-        sender: HubSession | None,
         valid: Callable[[], bool],
     ) -> int:
         """Append ``out`` to every target's log, atomically; return the target count.
@@ -555,7 +609,7 @@ class TranscendentalExternalWebSocket:
         deadline = math.inf
         while True:
             targets = resolve()
-            blocked = next((t for t in targets if self._blocks(t, sender)), None)
+            blocked = next((t for t in targets if self._blocks(t)), None)
             if blocked is None:
                 break
             if deadline == math.inf:
@@ -564,7 +618,7 @@ class TranscendentalExternalWebSocket:
                 await blocked.room.park()
             if scope.cancelled_caught:
                 for target in resolve():
-                    if target.connection is not None and self._blocks(target, sender):
+                    if target.connection is not None and self._blocks(target):
                         self._counters.slow_consumers_closed += 1
                         target.connection.close_soon(
                             CloseCode.SLOW_CONSUMER, "buffer full: consumer too slow"
@@ -573,42 +627,46 @@ class TranscendentalExternalWebSocket:
                 return -1
         if not valid():
             return -1
-        self._append_all(targets, out, sender)
+        self._append_all(targets, out)
         return len(targets)
 
     @staticmethod
-    def _blocks(target: HubSession, sender: HubSession | None) -> bool:
-        """A connected target (other than the sender) whose log is full: wait for it."""
-        log_ = target.outbound
-        return (
-            len(log_.entries) >= log_.capacity
-            and target.connection is not None
-            and target is not sender
-        )
+    def _blocks(target: HubSession) -> bool:
+        """A connected target whose log is full: wait for it (the sender itself included).
+
+        A client sending to itself waits for its own acknowledgements, which
+        its reader handles while the message waits.
+        """
+        return not target.outbound.has_room and target.connection is not None
 
     @classmethod
-    def _has_room(cls, targets: Sequence[HubSession], sender: HubSession | None) -> bool:
+    def _has_room(cls, targets: Sequence[HubSession]) -> bool:
         """True when no target blocks (see :meth:`_blocks`)."""
-        return not any(cls._blocks(target, sender) for target in targets)
+        return not any(cls._blocks(target) for target in targets)
 
     def _append_all(
-        self, targets: Sequence[HubSession], out: Outgoing, sender: HubSession | None
+        self, targets: Sequence[HubSession], out: Outgoing, force: HubSession | None = None
     ) -> None:
-        """Append ``out`` to every target's log (synchronously: atomic for Trio)."""
+        """Append ``out`` to every target's log (synchronously: atomic for Trio).
+
+        A connected target with room gets it; one that is away drops its oldest
+        messages to make room (retention). ``force`` is appended to even when
+        full (a notice that must not wait).
+        """
         now = trio.current_time()
         evicted = 0
         journal = self._journal
         if len(targets) > 1:
             self._fanout.appended(len(targets), now)
+        size = out.size
         for target in targets:
             log_ = target.outbound
-            if target.connection is not None and (log_.has_room or target is sender):
-                log_.last_seq += 1
-                log_.entries.append(Entry(log_.last_seq, out, now))
+            if target.connection is not None and (log_.has_room or target is force):
+                log_.append_unchecked(out, now, size)
                 target.wake.set()
                 dropped = 0
             else:
-                dropped = log_.append_evicting(out, now)[1]
+                dropped = log_.append_evicting(out, now, size)[1]
                 evicted += dropped
             if journal is not None:
                 journal.appended(target, log_.last_seq, out, now, len(targets) > 1)
@@ -662,7 +720,7 @@ class TranscendentalExternalWebSocket:
                 live = table.by_sid.get(session.sid)
                 return (live,) if live is not None else ()
 
-            await self._deliver(resolve, Outgoing(reply), session, _always)
+            await self._deliver(resolve, Outgoing(reply), _always)
 
 
 def _always() -> bool:

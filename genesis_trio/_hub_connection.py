@@ -1,25 +1,33 @@
-"""One live link on the hub: its reader, its writer and its heartbeat.
+"""One live link on the hub: its reader, router, writer and watchdog.
 
-The reader hands every WebSocket message to the hub's per-message pipeline.
-The writer owns everything that goes out: control frames (pongs, errors),
-pings on the heartbeat schedule, deliveries from the session's outbound log
-(as many as have piled up, in one ``batch`` frame, within the flow-control
-window) and acknowledgements (riding on deliveries, or alone after
-``ack_delay``). Both run in the connection's own nursery.
+* The reader hands every WebSocket message to the hub's per-message
+  pipeline, which never waits: control frames (ack, ping, pong, sub, unsub)
+  take effect at once, and messages are routed at once unless a target is
+  full. Then they join the link's *backlog*, in order, and a router task
+  (started on demand) routes them as room appears, while the reader goes on
+  reading. The reader also owns the dead-peer clock (it counts every frame
+  that arrives) and notices a writer stuck on a peer that does not read.
+* The writer owns everything that goes out: control frames (pongs, errors),
+  pings, deliveries from the session's outbound log (batched, within the
+  window) and acknowledgements.
+* The watchdog bounds the end: once the link is asked to close (or its task
+  is cancelled), it waits ``close_timeout`` and then drops the socket, which
+  frees a send that Hypercorn shields from cancellation.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from typing import TYPE_CHECKING, Protocol
+from collections import deque
+from typing import TYPE_CHECKING, Final, Protocol
 
 import trio
 
 from ._coalesce import Coalescer
 from ._codec import Codec
 from ._errors import CloseCode, ConnectionClosed, ErrorCode
-from ._frames import HUB_ID, Ack, Error
+from ._frames import HUB_ID, Ack, Error, Msgs
 from ._heartbeat import Heartbeat
 from ._hub_session import Outgoing
 from ._session import FRAME_OVERHEAD, fit_frame
@@ -49,12 +57,38 @@ class ServerTransport(Protocol):
         """Close with a WebSocket close code; never raises."""
         ...
 
+    async def abort(self) -> None:
+        """Drop the connection at once, without a close frame; never raises."""
+        ...
+
+
+class Backlogged:
+    """A ``msg``/``batch`` frame (or ``bye``) waiting in a link's backlog."""
+
+    __slots__ = ("frame", "next", "size")
+
+    def __init__(self, frame: Msgs | None, start: int, size: int) -> None:
+        self.frame = frame
+        """The frame; None stands for ``bye``."""
+        self.next = start
+        """Index of the next body to route."""
+        self.size = size
+        """Bytes the frame took on the wire (bounded per link)."""
+
+
+BYE: Final = None
+
 
 class HubConnection:
     """The tasks and per-link state of one attached session."""
 
     __slots__ = (
+        "_closing",
+        "_ended",
+        "_nursery",
         "_scope",
+        "backlog",
+        "backlog_bytes",
         "bad_frames",
         "close_code",
         "close_reason",
@@ -62,11 +96,13 @@ class HubConnection:
         "codec",
         "control",
         "crashed",
+        "drained",
         "heartbeat",
         "hub",
         "max_frame",
         "peer_closed",
-        "reader_busy",
+        "routing",
+        "sending_since",
         "session",
         "transport",
         "wake",
@@ -93,12 +129,22 @@ class HubConnection:
         )
         self.control: list[bytes] = []  # short-lived and small: a list is 10x lighter than a deque
         self.bad_frames: list[float] | None = None
-        self.reader_busy = False
+        self.backlog: deque[Backlogged] = deque()
+        self.backlog_bytes = 0
+        self.routing = False
+        """True while the router task runs."""
+        self.drained = Signal()
+        """Wakes the reader when the backlog shrank (it stops reading past a byte bound)."""
+        self.sending_since = math.inf
+        """When the send in progress began (inf: none); a send blocked too long is a slow peer."""
         self.close_code: int | None = None
         self.close_reason = ""
         self.peer_closed = False
         self.crashed = False
         self._scope = trio.CancelScope()
+        self._nursery: trio.Nursery | None = None
+        self._closing = trio.Event()
+        self._ended = trio.Event()
         self.coalescer = Coalescer(max_delay=cfg.coalesce_max_delay)
 
     @property
@@ -129,7 +175,7 @@ class HubConnection:
                 "re": rid,
                 "error": notice["error"],
             }
-            self.hub._append_all((requester,), Outgoing(reply), requester)
+            self.hub._append_all((requester,), Outgoing(reply), force=requester)
         return self.codec.encode(notice)
 
     def queue_control(self, frame: bytes) -> bool:
@@ -157,20 +203,77 @@ class HubConnection:
         return len(window) > cfg.max_bad_frames
 
     def close_soon(self, code: int, reason: str) -> None:
-        """Detach from the session now and make the link close with ``code``."""
+        """Detach from the session now and make the link close with ``code``.
+
+        The link's tasks are cancelled; if they have not ended within
+        ``close_timeout`` (a send blocked on a peer that does not read), the
+        watchdog drops the socket.
+        """
         if self.close_code is None:
             self.close_code, self.close_reason = code, reason
         if self.attached:
             self.session.detach(trio.current_time())
         self._scope.cancel()
+        self._closing.set()
+
+    # -- the backlog ------------------------------------------------------------
+
+    def hold(self, frame: Msgs | None, start: int, size: int) -> None:
+        """Put a frame (from body ``start`` on; None: ``bye``) behind those waiting."""
+        self.backlog.append(Backlogged(frame, start, size))
+        self.backlog_bytes += size
+        if not self.routing and self._nursery is not None:
+            self.routing = True
+            self._nursery.start_soon(self._router)
+
+    async def _router(self) -> None:
+        """Route the backlog in order, waiting for room; ends when it is empty."""
+        hub = self.hub
+        backlog = self.backlog
+        try:
+            while backlog and self.attached:
+                item = backlog[0]
+                if item.frame is BYE:
+                    hub._say_bye(self)
+                    return
+                if not await hub._route_rest(self, item):
+                    return
+                backlog.popleft()
+                self.backlog_bytes -= item.size
+                self.drained.set()
+        finally:
+            self.routing = False
+
+    # -- the link's tasks -------------------------------------------------------
 
     async def run(self) -> None:
-        """Run reader and writer until the link ends (call :meth:`cleanup` after)."""
-        with self._scope:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._write_until_gone)
-                await self._reader()
-                nursery.cancel_scope.cancel()
+        """Run the link's tasks until it ends (call :meth:`cleanup` after)."""
+        async with trio.open_nursery() as outer:
+            outer.start_soon(self._watchdog)
+            try:
+                with self._scope:
+                    async with trio.open_nursery() as nursery:
+                        self._nursery = nursery
+                        nursery.start_soon(self._write_until_gone)
+                        await self._reader()
+                        nursery.cancel_scope.cancel()
+            finally:
+                self._nursery = None
+                self._ended.set()
+                outer.cancel_scope.cancel()  # the watchdog is no longer needed
+
+    async def _watchdog(self) -> None:
+        """Drop the socket if the link has not ended ``close_timeout`` after it had to."""
+        try:
+            await self._closing.wait()
+        finally:
+            with trio.CancelScope(shield=True):
+                with trio.move_on_after(self.hub.config.close_timeout):
+                    await self._ended.wait()
+                if not self._ended.is_set():
+                    log.info("link of %s did not end in time: aborted", self.session.component_id)
+                    self.peer_closed = True
+                    await self.transport.abort()
 
     async def cleanup(self) -> None:
         """Detach from the session and close the link; the caller bounds the time."""
@@ -180,6 +283,7 @@ class HubConnection:
             code = self.close_code
             if code is None and self.crashed:
                 code, self.close_reason = CloseCode.INTERNAL_ERROR, "internal error"
+                self.close_code = code
             await self.transport.close(
                 code if code is not None else CloseCode.NORMAL, self.close_reason
             )
@@ -188,16 +292,36 @@ class HubConnection:
         receive = self.transport.receive
         process = self.hub._process_message_transcendentally
         heartbeat = self.heartbeat
+        cfg = self.hub.config
+        limit = cfg.max_backlog_bytes
+        stall = cfg.slow_consumer_timeout
         cid = self.session.component_id
         while True:
-            data = await receive()
+            if self.backlog_bytes > limit:
+                # Backpressure: read nothing more until the router catches up. The
+                # dead-peer clock stops meanwhile (nothing we do not read can count).
+                self.drained.clear()
+                await self.drained.wait()
+                heartbeat.received(trio.current_time())
+                continue
+            with trio.move_on_at(min(heartbeat.deadline(), self.sending_since + stall)) as timer:
+                data = await receive()
+            if timer.cancelled_caught:
+                now = trio.current_time()
+                if heartbeat.dead(now):
+                    self.hub._counters.heartbeat_timeouts += 1
+                    self.close_soon(CloseCode.HEARTBEAT_TIMEOUT, "no frame from the client in time")
+                    return
+                if now >= self.sending_since + stall:
+                    self.hub._counters.slow_consumers_closed += 1
+                    self.close_soon(CloseCode.SLOW_CONSUMER, "the client does not read")
+                    return
+                continue
             if data is None:
                 self.peer_closed = True
                 return
             heartbeat.received(trio.current_time())
-            self.reader_busy = True
             await process(data, cid, connection=self)
-            self.reader_busy = False
             if not self.attached:
                 return
 
@@ -208,6 +332,11 @@ class HubConnection:
             self.peer_closed = True
             self._scope.cancel()
 
+    async def _send(self, data: bytes) -> None:
+        self.sending_since = trio.current_time()
+        await self.transport.send(data)
+        self.sending_since = math.inf
+
     async def _writer(self) -> None:
         hub = self.hub
         cfg = hub.config
@@ -216,7 +345,7 @@ class HubConnection:
         out = session.outbound
         inbound = session.inbound
         codec = self.codec
-        send = self.transport.send
+        send = self._send
         heartbeat = self.heartbeat
         control = self.control
         window, max_batch, half = cfg.window, cfg.max_batch, max(1, cfg.window // 2)
@@ -227,10 +356,6 @@ class HubConnection:
         while self.attached:
             self.wake.clear()
             now = trio.current_time()
-            if not self.reader_busy and heartbeat.dead(now):
-                stats.heartbeat_timeouts += 1
-                self.close_soon(CloseCode.HEARTBEAT_TIMEOUT, "no frame from the client in time")
-                return
             sent = False
             while control:
                 await send(control.pop(0))
@@ -275,5 +400,5 @@ class HubConnection:
                 await send(codec.encode(Ack(inbound.take_ack()).wire()))
                 sent = True
             if not sent:
-                deadline = min(heartbeat.next_wakeup(), session.ack_deadline)
+                deadline = min(heartbeat.next_ping, session.ack_deadline)
                 await self.wake.wait(deadline)

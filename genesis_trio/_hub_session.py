@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import math
 import secrets
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 import trio
@@ -29,11 +30,14 @@ if TYPE_CHECKING:
     from ._hub_connection import HubConnection
     from ._journal import Journal
 
+ANONYMOUS_PREFIX: Final = "anon-"
+"""Component ids the hub assigns to clients that send none (reserved: clients may not use it)."""
+
 
 class Outgoing:
     """A message body, encoded at most once per codec however many receive it."""
 
-    __slots__ = ("_body", "json", "msg_id", "msgpack")
+    __slots__ = ("_body", "_size", "json", "msg_id", "msgpack")
 
     def __init__(self, body: Body | None, *, msgpack: bytes | None = None) -> None:
         self._body = body
@@ -41,6 +45,14 @@ class Outgoing:
         self.msgpack: bytes | None = msgpack
         self.msg_id: int | None = None
         """The id under which the session store keeps the body (once stored)."""
+        self._size = -1
+
+    @property
+    def size(self) -> int:
+        """Its encoded size in bytes (MessagePack, which the store keeps too)."""
+        if self._size < 0:
+            self._size = len(self.encoded(MSGPACK))
+        return self._size
 
     @classmethod
     def stored(cls, msg_id: int, msgpack: bytes) -> Outgoing:
@@ -86,11 +98,18 @@ class HubSession:
     """Senders waiting for room in :attr:`outbound`."""
     ack_deadline: float = math.inf
     """When the pending acknowledgement must leave even without a frame to ride on."""
+    on_detach: Callable[[HubSession], None] | None = None
+    """Told when the connection goes (the table keeps disconnected sessions in order)."""
 
     @property
     def connected(self) -> bool:
         """True while a connection is attached."""
         return self.connection is not None
+
+    @property
+    def anonymous(self) -> bool:
+        """True for a session whose component id the hub assigned."""
+        return self.component_id.startswith(ANONYMOUS_PREFIX)
 
     def detach(self, now: float) -> None:
         """The connection is gone: keep the session for resume, free waiters."""
@@ -98,6 +117,8 @@ class HubSession:
         self.disconnected_at = now
         self.ack_deadline = math.inf
         self.room.unpark_all()
+        if self.on_detach is not None:
+            self.on_detach(self)
 
 
 @attrs.frozen
@@ -123,15 +144,52 @@ class SessionTable:
     by_id: dict[str, HubSession] = attrs.field(factory=dict)
     by_sid: dict[str, HubSession] = attrs.field(factory=dict)
     subscribers: dict[str, set[HubSession]] = attrs.field(factory=dict)
+    away: dict[str, HubSession] = attrs.field(factory=dict)
+    """Disconnected named sessions by sid, longest-disconnected first."""
+    away_anonymous: dict[str, HubSession] = attrs.field(factory=dict)
+    """Disconnected anonymous sessions by sid, longest-disconnected first."""
 
     def __len__(self) -> int:
         return len(self.by_id)
 
+    def _went_away(self, session: HubSession) -> None:
+        if self.by_sid.get(session.sid) is not session:
+            return
+        away = self.away_anonymous if session.anonymous else self.away
+        away.pop(session.sid, None)
+        away[session.sid] = session
+
+    def _back(self, session: HubSession) -> None:
+        (self.away_anonymous if session.anonymous else self.away).pop(session.sid, None)
+
+    def make_room(self, hello: Hello, now: float) -> int | None:
+        """Before :meth:`open`: make sure a session fits under ``max_sessions``.
+
+        Returns how many sessions were forgotten to make room (the longest
+        disconnected, anonymous ones first), or None when every session is
+        connected and the hello must be refused.
+        """
+        if len(self.by_id) < self.config.max_sessions:
+            return 0
+        if hello.sid is not None and hello.sid in self.by_sid:
+            return 0  # a resume: no new session
+        if hello.id is not None and hello.id in self.by_id:
+            return 0  # a replacement: one session out, one in
+        for away in (self.away_anonymous, self.away):
+            if away:
+                self.remove(next(iter(away.values())))
+                return 1
+        return None
+
     def _new(self, component_id: str, epoch: int = 1, sid: str | None = None) -> HubSession:
-        log_: OutboundLog[Outgoing] = OutboundLog(capacity=self.config.retention_messages)
+        cfg = self.config
+        log_: OutboundLog[Outgoing] = OutboundLog(
+            capacity=cfg.retention_messages, max_bytes=cfg.retention_bytes
+        )
         if self.journal is not None:
             log_.durable = 0
         session = HubSession(component_id, sid or new_session_id(), epoch, log_)
+        session.on_detach = self._went_away
         self.by_id[component_id] = session
         self.by_sid[session.sid] = session
         return session
@@ -154,7 +212,9 @@ class SessionTable:
                     continue
                 if entry.body is not None:  # stored inline: this session's alone
                     mine = Outgoing(None, msgpack=entry.body)
-                    log_.entries.append(Entry(entry.seq, mine, journal.trio_time(entry.stamp)))
+                    stamp = journal.trio_time(entry.stamp)
+                    log_.entries.append(Entry(entry.seq, mine, stamp, mine.size))
+                    log_.size += mine.size
                     continue
                 out = shared.get(entry.msg_id)
                 if out is None:
@@ -163,22 +223,30 @@ class SessionTable:
                         log_.truncated = True
                         continue
                     out = shared[entry.msg_id] = Outgoing.stored(entry.msg_id, body)
-                log_.entries.append(Entry(entry.seq, out, journal.trio_time(entry.stamp)))
+                log_.entries.append(Entry(entry.seq, out, journal.trio_time(entry.stamp), out.size))
+                log_.size += out.size
             log_.sent = log_.acked
             log_.durable = log_.last_seq
             session.inbound.received = session.inbound.released = row.received
             session.inbound.acked = row.received
             self.subscribe(session, row.topics)
             session.disconnected_at = now
+            self._went_away(session)
         journal.start_ids_after(max(state.messages, default=0))
         return len(state.sessions)
 
     def open(self, hello: Hello, now: float) -> Opened:
         """Find, resume or create the session a ``hello`` asks for."""
         cid = hello.id
+        if cid is not None and cid.startswith(ANONYMOUS_PREFIX):
+            known = self.by_sid.get(hello.sid) if hello.sid is not None else None
+            if known is None or known.component_id != cid:
+                cid = None  # reserved: only the session the hub named so may use it
         if cid is None:  # an anonymous client resumes by session id alone
             known = self.by_sid.get(hello.sid) if hello.sid is not None else None
-            cid = known.component_id if known is not None else "anon-" + secrets.token_hex(6)
+            cid = (
+                known.component_id if known is not None else ANONYMOUS_PREFIX + secrets.token_hex(6)
+            )
         existing = self.by_id.get(cid)
         if existing is not None and not existing.connected:
             self._expire_one(existing, now)
@@ -213,7 +281,7 @@ class SessionTable:
                 self.remove(existing)
             session = self._new(cid)
             for payload in carried_payloads:
-                session.outbound.append_evicting(payload, now)
+                session.outbound.append_evicting(payload, now, payload.size)
             carried = len(carried_payloads)
             recovered = False
             if self.journal is not None:
@@ -222,6 +290,7 @@ class SessionTable:
             session.detach(now)
         self.set_topics(session, hello.topics)
         session.disconnected_at = None
+        self._back(session)
         return Opened(session, recovered, resumed, replaced, carried)
 
     def remove(self, session: HubSession) -> None:
@@ -229,6 +298,7 @@ class SessionTable:
         if self.by_id.get(session.component_id) is session:
             del self.by_id[session.component_id]
         self.by_sid.pop(session.sid, None)
+        self._back(session)
         self.set_topics(session, ())
         session.room.unpark_all()
         if self.journal is not None:
@@ -270,7 +340,9 @@ class SessionTable:
         """Apply retention to a disconnected session; return messages dropped."""
         if session.disconnected_at is None:
             return 0
-        if now - session.disconnected_at >= self.config.session_expiry:
+        cfg = self.config
+        expiry = cfg.anonymous_session_expiry if session.anonymous else cfg.session_expiry
+        if now - session.disconnected_at >= expiry:
             dropped = len(session.outbound)
             self.remove(session)
             return dropped
@@ -283,6 +355,6 @@ class SessionTable:
         """Sweep disconnected sessions; return (sessions forgotten, messages dropped)."""
         before = len(self.by_id)
         dropped = 0
-        for session in [s for s in self.by_id.values() if not s.connected]:
+        for session in [*self.away_anonymous.values(), *self.away.values()]:
             dropped += self._expire_one(session, now)
         return before - len(self.by_id), dropped

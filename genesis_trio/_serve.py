@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 import gc
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -13,8 +17,8 @@ from hypercorn.trio import serve as hypercorn_serve
 
 from ._app import create_app
 from ._config import HubConfig
-from ._deflate import guard_hypercorn, inflate_limit, oversize_hook
 from ._hub import TranscendentalExternalWebSocket
+from ._hypercorn import serving_context
 
 log = logging.getLogger("genesis_trio.serve")
 
@@ -69,9 +73,6 @@ async def serve_hub(
     bound address (bind port 0 for a free one). On shutdown every link is
     closed with 1001 (going away) so clients resume elsewhere.
     """
-    guard_hypercorn()
-    inflate_limit.set(hub.config.max_message_size)
-    oversize_hook.set(hub._message_too_large)
     asgi = app if app is not None else create_app(hub)
     config = hypercorn_config(host, port, hub.config)
     stop = shutdown if shutdown is not None else trio.Event()
@@ -92,7 +93,8 @@ async def serve_hub(
             )
             nursery.cancel_scope.cancel()  # graceful shutdown finished: stop hub.run too
 
-        urls = tuple(await nursery.start(run_hypercorn))
+        with serving_context(hub.config.max_message_size, hub.serving_observer):
+            urls = tuple(await nursery.start(run_hypercorn))
         bound_host, _, bound_port = urls[0].rpartition(":")
         bound_host = bound_host.split("//", 1)[-1].strip("[]")
         task_status.started(ServeInfo(bound_host, int(bound_port), urls))
@@ -113,6 +115,34 @@ def tune_gc() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
+
+
+TRIM_INTERVAL = 10.0
+"""Seconds between returns of freed memory to the OS (with ``gc_tuning``)."""
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return None
+    trim = getattr(ctypes.CDLL(name), "malloc_trim", None)  # glibc only
+    return trim
+
+
+def release_free_memory() -> bool:
+    """Give memory the process freed back to the OS (glibc ``malloc_trim``); False if n/a.
+
+    CPython allocates message bodies over 512 bytes with ``malloc``; after a
+    burst (a slow consumer's full buffer, an expired session) glibc keeps
+    the freed heap, so RSS stays at its peak though nothing is in use. A trim
+    costs milliseconds.
+    """
+    trim = _malloc_trim()
+    if trim is None:
+        return False
+    trim(0)
+    return True
 
 
 class GenesisHybridSystem:
@@ -151,16 +181,27 @@ class GenesisHybridSystem:
     ) -> None:
         """Serve until cancelled or shut down."""
         async with trio.open_nursery() as nursery:
-            info: ServeInfo = await nursery.start(
-                lambda task_status: serve_hub(
+
+            async def serve(task_status: trio.TaskStatus[ServeInfo]) -> None:
+                await serve_hub(
                     self.hub,
                     host=self.host,
                     port=self.port,
                     shutdown=self._shutdown,
                     task_status=task_status,
                 )
-            )
+                nursery.cancel_scope.cancel()  # served to the end: stop housekeeping too
+
+            info: ServeInfo = await nursery.start(serve)
             self.info = info
             if self.gc_tuning:
                 tune_gc()
+                nursery.start_soon(self._trim_periodically)
             task_status.started(info)
+
+    async def _trim_periodically(self) -> None:
+        if not release_free_memory():
+            return  # not glibc
+        while True:
+            await trio.sleep(TRIM_INTERVAL)
+            release_free_memory()

@@ -51,18 +51,25 @@ class Entry(Generic[T]):
     payload: T
     stamp: float
     """When it was appended (the caller's clock)."""
+    size: int = 0
+    """Its size in bytes (counted against ``OutboundLog.max_bytes``)."""
 
 
 @attrs.define(eq=False)
 class OutboundLog(Generic[T]):
     """Sequenced outbound messages, retained until the peer acknowledges them.
 
-    ``capacity`` bounds the number retained; callers wait for room
-    (:attr:`has_room`) or, for a peer that is away, drop the oldest with
-    :meth:`append_evicting`, which marks the log :attr:`truncated`.
+    ``capacity`` bounds the number retained and ``max_bytes`` their total
+    size; callers wait for room (:attr:`has_room`) or, for a peer that is
+    away, drop the oldest with :meth:`append_evicting`, which marks the log
+    :attr:`truncated`.
     """
 
     capacity: int
+    max_bytes: int = UNBOUNDED
+    """Bound on the total ``size`` of retained messages (one message may exceed it alone)."""
+    size: int = 0
+    """Total ``size`` of the retained messages."""
     entries: deque[Entry[T]] = attrs.field(factory=deque)
     last_seq: int = 0
     """The sequence number of the newest message (0: none yet)."""
@@ -80,8 +87,8 @@ class OutboundLog(Generic[T]):
 
     @property
     def has_room(self) -> bool:
-        """True when one more message fits within ``capacity``."""
-        return len(self.entries) < self.capacity
+        """True when one more message fits within ``capacity`` and ``max_bytes``."""
+        return len(self.entries) < self.capacity and self.size < self.max_bytes
 
     @property
     def sendable(self) -> int:
@@ -98,24 +105,31 @@ class OutboundLog(Generic[T]):
         """Sent on the current link but not yet acknowledged."""
         return self.sent - self.acked
 
-    def append(self, payload: T, now: float) -> int:
+    def append(self, payload: T, now: float, size: int = 0) -> int:
         """Number and retain ``payload``; the log must have room."""
-        if len(self.entries) >= self.capacity:
+        if not self.has_room:
             raise LocalProtocolError("outbound log is full; wait for room first")
+        return self.append_unchecked(payload, now, size)
+
+    def append_unchecked(self, payload: T, now: float, size: int = 0) -> int:
+        """Number and retain ``payload`` whether or not it fits (the caller decided)."""
         self.last_seq += 1
-        self.entries.append(Entry(self.last_seq, payload, now))
+        self.entries.append(Entry(self.last_seq, payload, now, size))
+        self.size += size
         return self.last_seq
 
-    def append_evicting(self, payload: T, now: float) -> tuple[int, int]:
-        """Append, dropping the oldest messages if full; returns (seq, dropped)."""
+    def append_evicting(self, payload: T, now: float, size: int = 0) -> tuple[int, int]:
+        """Append, dropping the oldest messages to make room; returns (seq, dropped)."""
         dropped = 0
-        while len(self.entries) >= self.capacity:
+        entries = self.entries
+        while entries and (len(entries) >= self.capacity or self.size + size > self.max_bytes):
             self._drop_oldest()
             dropped += 1
-        return self.append(payload, now), dropped
+        return self.append_unchecked(payload, now, size), dropped
 
     def _drop_oldest(self) -> None:
         entry = self.entries.popleft()
+        self.size -= entry.size
         self.acked = max(self.acked, entry.seq)
         self.sent = max(self.sent, entry.seq)
         self.truncated = True
@@ -145,10 +159,13 @@ class OutboundLog(Generic[T]):
             released = min(len(entries), seq - entries[0].seq + 1)
             if released == len(entries):
                 entries.clear()
+                self.size = 0
             else:
                 popleft = entries.popleft
+                freed = 0
                 for _ in range(released):
-                    popleft()
+                    freed += popleft().size
+                self.size -= freed
         self.acked = seq
         if self.sent < seq:
             self.sent = seq
@@ -193,14 +210,16 @@ class InboundTracker:
     """Inbound sequence numbers: duplicate suppression and what to acknowledge."""
 
     received: int = 0
-    """Highest contiguous sequence number received (older ones are duplicates)."""
+    """Highest contiguous sequence number received and processed (older ones are duplicates)."""
     released: int = 0
     """Highest sequence number released (delivered or stored): what we ack."""
     acked: int = 0
     """The last acknowledgement we sent the peer."""
+    admitted: int = 0
+    """Highest sequence number admitted for processing (>= ``received``; see :meth:`admit`)."""
 
     def accept(self, seq: int, count: int = 1) -> int:
-        """Accept messages ``seq .. seq+count-1``; return how many leading ones to skip.
+        """Accept and process messages ``seq .. seq+count-1``; return how many to skip.
 
         Returns ``count`` when all are duplicates. A gap (``seq`` beyond
         ``received + 1``) is the peer's protocol violation.
@@ -209,7 +228,38 @@ class InboundTracker:
             raise _violation(f"sequence gap: expected {self.received + 1}, got {seq}")
         skip = min(count, self.received + 1 - seq)
         self.received = max(self.received, seq + count - 1)
+        self.admitted = max(self.admitted, self.received)
         return skip
+
+    def admit(self, seq: int, count: int, window: int) -> int:
+        """Admit ``seq .. seq+count-1`` for processing later; return how many to skip.
+
+        For a receiver that processes messages one by one, some of them after
+        a wait (the hub): :meth:`processed` records each. A gap beyond what
+        was admitted, or a message beyond ``window`` unacknowledged ones
+        (counted from our last acknowledgement), is the peer's violation.
+        """
+        if seq > self.admitted + 1:
+            raise _violation(f"sequence gap: expected {self.admitted + 1}, got {seq}")
+        last = seq + count - 1
+        if last > self.acked + window:
+            raise _violation(
+                f"message {last} exceeds the window: at most {window} may be unacknowledged "
+                f"and the last acknowledgement was {self.acked}"
+            )
+        skip = min(count, self.admitted + 1 - seq)
+        if last > self.admitted:
+            self.admitted = last
+        return skip
+
+    def processed(self, seq: int) -> None:
+        """Admitted message ``seq`` (the next one) has been processed."""
+        self.received = seq
+
+    def new_link(self) -> None:
+        """A new link starts: what was admitted but not processed will be sent again."""
+        self.admitted = self.received
+        self.acked = self.released
 
     def release(self, seq: int) -> None:
         """Mark everything up to ``seq`` as released (it may now be acknowledged)."""
@@ -230,7 +280,7 @@ class InboundTracker:
 
     def reset(self) -> None:
         """Start a new epoch: sequence numbers begin again at 1."""
-        self.received = self.released = self.acked = 0
+        self.received = self.released = self.acked = self.admitted = 0
 
 
 @attrs.frozen

@@ -33,7 +33,27 @@ class HubCounters:
     handshake_failures: int = 0
     replaced_connections: int = 0
     sessions_expired: int = 0
+    serving_failures: int = 0
+    connections_refused: int = 0
+    sessions_refused: int = 0
+    sessions_evicted: int = 0
+    close_codes: dict[int, int] = attrs.field(factory=dict)
     rtt: RttEstimator = attrs.field(factory=lambda: RttEstimator(window=1024))
+
+    def message_too_large(self) -> None:
+        """Hypercorn closed a link with 1009 (message too big, maybe after inflation)."""
+        self.errors_contained += 1
+        self.messages_too_large += 1
+
+    def closed(self, code: int) -> None:
+        """A link ended with ``code`` (1006: the peer went without a close handshake)."""
+        key = int(code)
+        self.close_codes[key] = self.close_codes.get(key, 0) + 1
+
+    def connection_failed(self, exc: BaseException) -> None:
+        """The serving stack contained an exception of one connection."""
+        self.errors_contained += 1
+        self.serving_failures += 1
 
 
 @attrs.frozen
@@ -76,6 +96,14 @@ class HubStatistics:
     """Connections closed with 1009: a message over ``max_message_size`` (after inflation)."""
     handshake_failures: int
     """Connections refused or dropped before a completed hello/welcome."""
+    connections_refused: int
+    """Upgrades refused at a connection limit (HTTP 503 in all, 429 per address)."""
+    sessions_refused: int
+    """Hellos refused with 1013 at the session limit (every session connected)."""
+    sessions_evicted: int
+    """Disconnected sessions forgotten early to make room under ``max_sessions``."""
+    serving_failures: int
+    """Exceptions of one connection contained by the serving stack (a bug to report)."""
     replaced_connections: int
     """Connections closed with 4001 because a newer one took their place."""
     sessions_expired: int
@@ -98,6 +126,8 @@ class HubStatistics:
     """Rows those batches wrote (messages/commit = group-commit efficiency)."""
     store_failures: int
     """Failed store writes (each retried; nothing unstored is acknowledged)."""
+    close_codes: dict[int, int]
+    """Links ended, by close code (1006: the peer left without a close handshake)."""
 
 
 def hub_snapshot(
@@ -125,6 +155,10 @@ def hub_snapshot(
         heartbeat_timeouts=c.heartbeat_timeouts,
         messages_too_large=c.messages_too_large,
         handshake_failures=c.handshake_failures,
+        connections_refused=c.connections_refused,
+        sessions_refused=c.sessions_refused,
+        sessions_evicted=c.sessions_evicted,
+        serving_failures=c.serving_failures,
         replaced_connections=c.replaced_connections,
         sessions_expired=c.sessions_expired,
         delivery_frames=c.delivery_frames,
@@ -136,4 +170,5 @@ def hub_snapshot(
         store_commits=0 if j is None else j.commits,
         store_rows_written=0 if j is None else j.rows_written,
         store_failures=0 if j is None else j.failures,
+        close_codes=dict(c.close_codes),
     )

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import ssl as _ssl
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from urllib.parse import urlsplit
 
 import trio
@@ -38,6 +38,28 @@ StreamFactory = Callable[[str, int], Awaitable[trio.abc.Stream]]
 """Opens the byte stream to ``(host, port)``; tests pass in-memory streams."""
 
 RECEIVE_SIZE = 1 << 16
+
+LINK_LOST: tuple[type[BaseException], ...] = (
+    trio.BrokenResourceError,  # reset, broken pipe
+    trio.ClosedResourceError,  # closed under us (by aclose, or another task)
+    trio.BusyResourceError,  # a second sender raced a close
+    OSError,  # socket errors trio did not translate
+    WsLocalProtocolError,  # wsproto: the connection is already closing
+)
+"""Everything that, raised by the stream or wsproto, means "this link is gone".
+
+The one table of exceptions translated at this boundary into
+:class:`ConnectionClosed` (1006); nothing else leaves the transport.
+"""
+
+
+@contextlib.contextmanager
+def link_errors(reason: str) -> Iterator[None]:
+    """Translate :data:`LINK_LOST` exceptions into ``ConnectionClosed(1006, reason)``."""
+    try:
+        yield
+    except LINK_LOST as exc:
+        raise ConnectionClosed(CloseCode.ABNORMAL_CLOSURE, reason) from exc
 
 
 async def _tcp(host: str, port: int) -> trio.abc.Stream:
@@ -72,10 +94,10 @@ class WebSocketConnection:
 
     async def _write(self, data: bytes) -> None:
         try:
-            await self._stream.send_all(data)
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-            self._fail(1006, "connection lost while sending")
-            raise self._closed from exc  # type: ignore[misc]
+            with link_errors("connection lost while sending"):
+                await self._stream.send_all(data)
+        except ConnectionClosed as exc:
+            raise self._fail(exc.code, exc.reason) from exc
 
     def _fail(self, code: int, reason: str) -> ConnectionClosed:
         if self._closed is None:
@@ -91,7 +113,7 @@ class WebSocketConnection:
             try:
                 out = self._ws.send(event)
             except WsLocalProtocolError:
-                raise self._fail(1006, "connection is closing") from None
+                raise self._fail(CloseCode.ABNORMAL_CLOSURE, "connection is closing") from None
             await self._write(out)
 
     async def receive_some(self) -> list[str | bytes]:
@@ -104,11 +126,14 @@ class WebSocketConnection:
             if self._closed is not None:
                 raise self._closed
             try:
-                data = await self._stream.receive_some(RECEIVE_SIZE)
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                raise self._fail(1006, "connection lost") from None
+                with link_errors("connection lost"):
+                    data = await self._stream.receive_some(RECEIVE_SIZE)
+            except ConnectionClosed as exc:
+                raise self._fail(exc.code, exc.reason) from None
             if not data:
-                raise self._fail(1006, "connection closed without a close frame")
+                raise self._fail(
+                    CloseCode.ABNORMAL_CLOSURE, "connection closed without a close frame"
+                )
             try:
                 self._ws.receive_data(bytes(data))
             except WsRemoteProtocolError as exc:
@@ -140,12 +165,13 @@ class WebSocketConnection:
                     self._bytes.clear()
                     self._size = 0
             elif isinstance(event, Ping):
-                async with self._send_lock:
-                    await self._write(self._ws.send(event.response()))
+                with contextlib.suppress(ConnectionClosed), link_errors("closing"):
+                    async with self._send_lock:
+                        await self._write(self._ws.send(event.response()))
             elif isinstance(event, CloseConnection):
                 closed = self._fail(event.code, event.reason or "")  # first: the peer's code wins
                 if self._ws.state is ConnectionState.REMOTE_CLOSING:
-                    with contextlib.suppress(ConnectionClosed, trio.BrokenResourceError, OSError):
+                    with contextlib.suppress(ConnectionClosed), link_errors("closing"):
                         async with self._send_lock:
                             await self._stream.send_all(self._ws.send(event.response()))
                 if not self._pending:
@@ -153,24 +179,22 @@ class WebSocketConnection:
                 return
 
     async def _close_quietly(self, code: int, reason: str) -> None:
-        try:
+        with contextlib.suppress(ConnectionClosed), link_errors("closing"):
             async with self._send_lock:
                 await self._write(self._ws.send(CloseConnection(code=code, reason=reason)))
-        except (ConnectionClosed, WsLocalProtocolError):
-            pass
 
     async def aclose(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
-        """Send a close frame (if still possible) and close the stream. Idempotent."""
+        """Send a close frame (if still possible) and close the stream. Idempotent, never raises."""
         if self._closed is None and self._ws.state is ConnectionState.OPEN:
             with trio.move_on_after(1.0):
                 await self._close_quietly(code, reason)
         self._fail(code, reason)
-        await self._stream.aclose()
+        await trio.aclose_forcefully(self._stream)
 
     async def abort(self) -> None:
         """Close the stream at once, without a close frame."""
-        self._fail(1006, "aborted")
-        await self._stream.aclose()
+        self._fail(CloseCode.ABNORMAL_CLOSURE, "aborted")
+        await trio.aclose_forcefully(self._stream)
 
 
 def parse_ws_url(url: str) -> tuple[bool, str, int, str]:

@@ -28,7 +28,6 @@ from typing import Any
 
 import attrs
 import trio
-from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import ConnectionState
 from hypercorn.utils import wrap_app
@@ -36,8 +35,8 @@ from hypercorn.utils import wrap_app
 from ._app import create_app
 from ._client import TranscendentalWebSocket
 from ._config import HubConfig
-from ._deflate import guard_hypercorn, inflate_limit, oversize_hook
 from ._hub import TranscendentalExternalWebSocket
+from ._hypercorn import GuardedTCPServer, serving_context
 from ._serve import ServeInfo, hypercorn_config, serve_hub
 
 __all__ = [
@@ -226,7 +225,6 @@ class MemoryHub:
     def __init__(self, hub: TranscendentalExternalWebSocket, nursery: trio.Nursery) -> None:
         self.hub = hub
         self._nursery = nursery
-        guard_hypercorn()
         self._config = hypercorn_config("127.0.0.1", 0, hub.config)
         self._app = wrap_app(
             create_app(hub),  # type: ignore[arg-type]  # Starlette is an ASGI app
@@ -245,20 +243,15 @@ class MemoryHub:
         client, server = trio.testing.memory_stream_pair()
         self._next_port += 1
         server_side = _ServerSide(server, ("127.0.0.1", self._next_port))
-        tcp = TCPServer(
+        tcp = GuardedTCPServer(
             self._app,
             self._config,
             self._context,
             ConnectionState({}),
-            server_side,  # type: ignore[arg-type]
+            server_side,
         )
-        token = inflate_limit.set(self.hub.config.max_message_size)
-        hook = oversize_hook.set(self.hub._message_too_large)
-        try:
+        with serving_context(self.hub.config.max_message_size, self.hub.serving_observer):
             self._nursery.start_soon(tcp.run)
-        finally:
-            oversize_hook.reset(hook)
-            inflate_limit.reset(token)
         await trio.lowlevel.checkpoint()
         if faults is None:
             return client

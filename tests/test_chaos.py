@@ -6,7 +6,7 @@ import pytest
 import trio
 import trio.testing
 
-from .chaos import run_chaos, seed_trio_scheduler
+from .support.chaos import run_chaos, seed_trio_scheduler
 
 
 @pytest.mark.slow

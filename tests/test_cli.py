@@ -12,7 +12,7 @@ import trio
 from genesis_trio import CloseCode, Disconnected, LinkEvent, TranscendentalWebSocket
 from genesis_trio._cli import build_parser
 
-from .processes import start_cli_hub
+from .support.processes import start_cli_hub
 
 
 def test_help_explains_every_flag() -> None:

@@ -249,6 +249,35 @@ class TestOutboundLog:
         log.rewind()
         assert [e.seq for e in log.take(10)] == [2, 3]
 
+    def test_max_bytes_bounds_room_and_eviction(self) -> None:
+        log: OutboundLog[str] = OutboundLog(capacity=100, max_bytes=10)
+        log.append("a", 0.0, 4)
+        log.append("b", 0.0, 4)
+        assert log.has_room  # under the bound: one more may go in
+        assert log.size == 8
+        log.append("c", 0.0, 4)
+        assert not log.has_room
+        assert log.size == 12
+        with pytest.raises(LocalProtocolError):
+            log.append("d", 0.0, 1)
+        assert log.append_evicting("e", 0.0, 5) == (4, 2)  # a and b make room
+        assert [e.payload for e in log.entries] == ["c", "e"]
+        assert log.size == 9
+        assert log.truncated
+        log.ack(3)
+        assert log.size == 5
+        log.ack(4)
+        assert log.size == 0
+        assert log.has_room
+
+    def test_one_message_larger_than_max_bytes_still_fits_an_empty_log(self) -> None:
+        log: OutboundLog[str] = OutboundLog(capacity=100, max_bytes=10)
+        assert log.append_evicting("huge", 0.0, 50) == (1, 0)
+        assert log.size == 50
+        assert not log.has_room
+        assert log.append_evicting("next", 0.0, 1) == (2, 1)
+        assert log.size == 1
+
     def test_expire_on_empty_log(self) -> None:
         log: OutboundLog[str] = OutboundLog(capacity=1)
         assert log.expire(1e9) == 0
@@ -334,6 +363,40 @@ class TestInboundTracker:
             t.accept(seq, 3)
         assert_violation(excinfo)
         assert t.received == received
+
+    def test_admit_then_process_one_by_one(self) -> None:
+        t = InboundTracker()
+        assert t.admit(1, 3, window=10) == 0
+        assert (t.admitted, t.received) == (3, 0)
+        assert t.admit(2, 4, window=10) == 2  # 2, 3 already admitted; 4, 5 are new
+        assert t.admitted == 5
+        t.processed(1)
+        t.processed(2)
+        assert t.received == 2
+        with pytest.raises(RemoteProtocolError) as excinfo:
+            t.admit(7, 1, window=10)  # 6 is missing
+        assert_violation(excinfo)
+
+    def test_admit_enforces_the_window_from_the_last_ack_sent(self) -> None:
+        t = InboundTracker()
+        t.admit(1, 4, window=4)
+        with pytest.raises(RemoteProtocolError) as excinfo:
+            t.admit(5, 1, window=4)  # five unacknowledged: one too many
+        assert_violation(excinfo)
+        for n in range(1, 5):
+            t.processed(n)
+        t.release(4)
+        t.take_ack()
+        assert t.admit(5, 4, window=4) == 0  # the ack made room for four more
+
+    def test_new_link_forgets_what_was_admitted_but_not_processed(self) -> None:
+        t = InboundTracker()
+        t.admit(1, 5, window=10)
+        t.processed(1)
+        t.release(1)
+        t.new_link()
+        assert (t.admitted, t.received, t.acked) == (1, 1, 1)
+        assert t.admit(2, 4, window=10) == 0  # sent again after the resume: not duplicates
 
     def test_release_and_take_ack(self) -> None:
         t = InboundTracker()

@@ -18,7 +18,7 @@ import trio
 from genesis_trio import Connected, LinkEvent, TranscendentalWebSocket, backoff
 from genesis_trio.testing import DeliveryChecker
 
-from .processes import free_port, start_cli_hub
+from .support.processes import free_port, start_cli_hub
 
 PAIRS = 3
 MESSAGES = 1500
