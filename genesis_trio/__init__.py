@@ -5,38 +5,38 @@ talking through dropped links and hub restarts: every message is delivered
 exactly once and in order, per session and direction (docs/guarantees.md).
 """
 
-from ._app import GenesisApp as GenesisApp
-from ._app import create_app as create_app
-from ._backoff import CircuitBreaker as CircuitBreaker
-from ._backoff import backoff as backoff
-from ._client import TranscendentalWebSocket as TranscendentalWebSocket
-from ._client_types import ClientStatistics as ClientStatistics
-from ._client_types import Connected as Connected
-from ._client_types import ConnectionState as ConnectionState
-from ._client_types import Disconnected as Disconnected
-from ._client_types import LinkEvent as LinkEvent
-from ._codec import JSON_SUBPROTOCOL as JSON_SUBPROTOCOL
-from ._codec import MSGPACK_SUBPROTOCOL as MSGPACK_SUBPROTOCOL
-from ._config import ClientConfig as ClientConfig
-from ._config import HubConfig as HubConfig
-from ._errors import CircuitOpenError as CircuitOpenError
-from ._errors import CloseCode as CloseCode
-from ._errors import ClosedError as ClosedError
-from ._errors import ConnectionClosed as ConnectionClosed
-from ._errors import ErrorCode as ErrorCode
-from ._errors import GenesisError as GenesisError
-from ._errors import HandshakeError as HandshakeError
-from ._errors import LocalProtocolError as LocalProtocolError
-from ._errors import RemoteError as RemoteError
-from ._errors import RemoteProtocolError as RemoteProtocolError
-from ._errors import RequestTimeout as RequestTimeout
-from ._errors import SendTimeout as SendTimeout
-from ._hub import TranscendentalExternalWebSocket as TranscendentalExternalWebSocket
-from ._message import Message as Message
-from ._serve import GenesisHybridSystem as GenesisHybridSystem
-from ._serve import ServeInfo as ServeInfo
-from ._serve import serve_hub as serve_hub
-from ._stats import HubStatistics as HubStatistics
+from ._client.client import TranscendentalWebSocket as TranscendentalWebSocket
+from ._client.types import ClientStatistics as ClientStatistics
+from ._client.types import Connected as Connected
+from ._client.types import ConnectionState as ConnectionState
+from ._client.types import Disconnected as Disconnected
+from ._client.types import LinkEvent as LinkEvent
+from ._core.backoff import CircuitBreaker as CircuitBreaker
+from ._core.backoff import backoff as backoff
+from ._core.codec import JSON_SUBPROTOCOL as JSON_SUBPROTOCOL
+from ._core.codec import MSGPACK_SUBPROTOCOL as MSGPACK_SUBPROTOCOL
+from ._core.config import ClientConfig as ClientConfig
+from ._core.config import HubConfig as HubConfig
+from ._core.errors import CircuitOpenError as CircuitOpenError
+from ._core.errors import CloseCode as CloseCode
+from ._core.errors import ClosedError as ClosedError
+from ._core.errors import ConnectionClosed as ConnectionClosed
+from ._core.errors import ErrorCode as ErrorCode
+from ._core.errors import GenesisError as GenesisError
+from ._core.errors import HandshakeError as HandshakeError
+from ._core.errors import LocalProtocolError as LocalProtocolError
+from ._core.errors import RemoteError as RemoteError
+from ._core.errors import RemoteProtocolError as RemoteProtocolError
+from ._core.errors import RequestTimeout as RequestTimeout
+from ._core.errors import SendTimeout as SendTimeout
+from ._core.message import Message as Message
+from ._hub.hub import TranscendentalExternalWebSocket as TranscendentalExternalWebSocket
+from ._hub.stats import HubStatistics as HubStatistics
+from ._system.app import GenesisApp as GenesisApp
+from ._system.app import create_app as create_app
+from ._system.serve import GenesisHybridSystem as GenesisHybridSystem
+from ._system.serve import ServeInfo as ServeInfo
+from ._system.serve import serve_hub as serve_hub
 
 __version__ = "0.1.0"
 

@@ -13,11 +13,11 @@ from collections.abc import Mapping, Sequence
 
 import trio
 
-from ._config import HubConfig
-from ._hub import TranscendentalExternalWebSocket
-from ._serve import GenesisHybridSystem, ServeInfo
-from ._sqlite_store import SQLiteStore
-from ._store import SessionStore, StoreError
+from ._core.config import HubConfig
+from ._hub.hub import TranscendentalExternalWebSocket
+from ._system.serve import GenesisHybridSystem, ServeInfo
+from .stores._protocol import SessionStore, StoreError
+from .stores._sqlite import SQLiteStore
 
 ENV_PREFIX = "GENESIS_TRIO_"
 

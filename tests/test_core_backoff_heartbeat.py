@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from genesis_trio._backoff import BreakerState, CircuitBreaker, backoff
-from genesis_trio._frames import Ping
-from genesis_trio._heartbeat import Heartbeat, RttEstimator
+from genesis_trio._core.backoff import BreakerState, CircuitBreaker, backoff
+from genesis_trio._core.frames import Ping
+from genesis_trio._core.heartbeat import Heartbeat, RttEstimator
 
 DETERMINISTIC = settings(derandomize=True, database=None, deadline=None)
 """Hypothesis runs the same examples every time (no flaky runs, no example database)."""

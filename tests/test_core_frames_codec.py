@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from genesis_trio._codec import (
+from genesis_trio._core.codec import (
     CODECS,
     CODECS_BY_NAME,
     JSON,
@@ -20,8 +20,8 @@ from genesis_trio._codec import (
     Codec,
     negotiate,
 )
-from genesis_trio._errors import CloseCode, ErrorCode, RemoteProtocolError
-from genesis_trio._frames import (
+from genesis_trio._core.errors import CloseCode, ErrorCode, RemoteProtocolError
+from genesis_trio._core.frames import (
     HUB_ID,
     MAX_TOPICS,
     PROTOCOL_VERSION,

@@ -9,11 +9,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from genesis_trio._config import HubConfig
-from genesis_trio._errors import CloseCode, ErrorCode, LocalProtocolError, RemoteProtocolError
-from genesis_trio._frames import Hello, Welcome
-from genesis_trio._hub_session import HubSession, Outgoing, SessionTable
-from genesis_trio._session import (
+from genesis_trio._core.config import HubConfig
+from genesis_trio._core.errors import CloseCode, ErrorCode, LocalProtocolError, RemoteProtocolError
+from genesis_trio._core.frames import Hello, Welcome
+from genesis_trio._core.session import (
     UNBOUNDED,
     ClientSession,
     InboundTracker,
@@ -21,6 +20,7 @@ from genesis_trio._session import (
     ResumeResult,
     new_session_id,
 )
+from genesis_trio._hub.sessions import HubSession, Outgoing, SessionTable
 
 DETERMINISTIC = settings(derandomize=True, database=None, deadline=None)
 """Hypothesis runs the same examples every time (no flaky runs, no example database)."""
@@ -927,7 +927,7 @@ class TestSessionTable:
         assert t.by_id == {"a": new}
 
     def test_outgoing_loaded_from_store_decodes_lazily(self) -> None:
-        from genesis_trio._codec import JSON, MSGPACK
+        from genesis_trio._core.codec import JSON, MSGPACK
 
         packed = MSGPACK.encode({"type": "m", "data": "é"})
         out = Outgoing.stored(7, packed)
@@ -941,7 +941,7 @@ class TestSessionTable:
         assert s.outbound.durable == UNBOUNDED
 
     def test_outgoing_encodes_once_per_codec(self) -> None:
-        from genesis_trio._codec import JSON, MSGPACK
+        from genesis_trio._core.codec import JSON, MSGPACK
 
         out = Outgoing({"type": "m", "data": [1, 2]})
         j = out.encoded(JSON)

@@ -38,11 +38,11 @@ from hypothesis.stateful import (
     rule,
 )
 
-from genesis_trio._codec import JSON, MSGPACK, Codec
-from genesis_trio._config import HubConfig
-from genesis_trio._frames import Ack, Hello, Msgs, Welcome, parse_frame
-from genesis_trio._hub_session import HubSession, Outgoing, SessionTable
-from genesis_trio._session import ClientSession, OutboundLog
+from genesis_trio._core.codec import JSON, MSGPACK, Codec
+from genesis_trio._core.config import HubConfig
+from genesis_trio._core.frames import Ack, Hello, Msgs, Welcome, parse_frame
+from genesis_trio._core.session import ClientSession, OutboundLog
+from genesis_trio._hub.sessions import HubSession, Outgoing, SessionTable
 
 CID = "comp"
 PEER = "peer"

@@ -21,10 +21,10 @@ from genesis_trio import (
     TranscendentalWebSocket,
     serve_hub,
 )
-from genesis_trio._sqlite_store import SQLiteStore
-from genesis_trio._store import (
+from genesis_trio.stores import (
     MemoryStore,
     SessionRow,
+    SQLiteStore,
     StoreBatch,
     StoredEntry,
     StoreError,

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 import pytest
 import trio
 
-from genesis_trio._supervisor import Escalation, RestartPolicy, Supervisor
+from genesis_trio._runtime.supervisor import Escalation, RestartPolicy, Supervisor
 
 
 def fixed(*delays: float) -> Iterable[float]:

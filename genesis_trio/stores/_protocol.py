@@ -1,4 +1,4 @@
-"""The session store: what the hub writes so that sessions survive a restart.
+"""The session store protocol and the plain data it carries.
 
 The hub keeps its working state in memory and journals every change into a
 :class:`StoreBatch`; a committer writes batches atomically (group commit)
@@ -15,7 +15,7 @@ from typing import NamedTuple, Protocol
 
 import attrs
 
-from ._errors import GenesisError
+from .._core.errors import GenesisError
 
 
 class StoreError(GenesisError):
@@ -183,65 +183,3 @@ class SessionStore(Protocol):
     async def aclose(self) -> None:
         """Release resources; idempotent."""
         ...
-
-
-@attrs.define(eq=False)
-class MemoryStore:
-    """A store in this process's memory: survives a hub object, not the process.
-
-    Tests use it to restart a hub on the mock clock; ``fail_writes`` makes the
-    next writes fail (as a full disk would).
-    """
-
-    name: str = "memory"
-    rows: dict[str, SessionRow] = attrs.field(factory=dict)
-    logs: dict[str, dict[int, StoredEntry]] = attrs.field(factory=dict)
-    bodies: dict[int, bytes] = attrs.field(factory=dict)
-    fail_writes: int = 0
-
-    async def open(self) -> StoredState:
-        """The current content."""
-        return StoredState(
-            tuple(
-                StoredSession(row, tuple(sorted(self.logs.get(sid, {}).values(), key=_seq)))
-                for sid, row in self.rows.items()
-            ),
-            dict(self.bodies),
-        )
-
-    async def write(self, batch: StoreBatch) -> None:
-        """Apply the batch (or fail, if asked to)."""
-        if self.fail_writes:
-            self.fail_writes -= 1
-            raise StoreError("simulated store failure (database or disk is full)")
-        self.bodies.update(batch.messages)
-        for sid in batch.deletes:
-            self.rows.pop(sid, None)
-            self.logs.pop(sid, None)
-        for sid, entries in batch.rewrites.items():
-            self.logs[sid] = {e.seq: e for e in entries}
-        for sid, entries in batch.appends.items():
-            log = self.logs.setdefault(sid, {})
-            for entry in entries:
-                log[entry.seq] = entry
-        for sid, seq in batch.trims.items():
-            kept = self.logs.get(sid)
-            if kept:
-                for key in [k for k in kept if k <= seq]:
-                    del kept[key]
-        self.rows.update(batch.sessions)
-
-    async def compact(self) -> int:
-        """Drop unreferenced bodies."""
-        used = {e.msg_id for log in self.logs.values() for e in log.values()}
-        dead = [k for k in self.bodies if k not in used]
-        for key in dead:
-            del self.bodies[key]
-        return len(dead)
-
-    async def aclose(self) -> None:
-        """Nothing to release."""
-
-
-def _seq(entry: StoredEntry) -> int:
-    return entry.seq

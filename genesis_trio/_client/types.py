@@ -8,10 +8,10 @@ from typing import Any
 import attrs
 import trio
 
-from ._errors import CloseCode, ConnectionClosed, RemoteError
-from ._heartbeat import Heartbeat
-from ._message import Message
-from ._transport import WebSocketConnection
+from .._core.errors import CloseCode, ConnectionClosed, RemoteError
+from .._core.heartbeat import Heartbeat
+from .._core.message import Message
+from .transport import WebSocketConnection
 
 Handler = Callable[[Message], Awaitable[Any]]
 """An async function handling one message; its return value answers requests."""

@@ -18,7 +18,7 @@ from typing import Any, Final, TypeVar
 import orjson
 import trio
 
-from ._store import (
+from ._protocol import (
     SessionRow,
     StoreBatch,
     StoredEntry,

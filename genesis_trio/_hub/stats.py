@@ -6,10 +6,10 @@ from typing import TYPE_CHECKING
 
 import attrs
 
-from ._heartbeat import RttEstimator
+from .._core.heartbeat import RttEstimator
 
 if TYPE_CHECKING:
-    from ._journal import Journal
+    from .journal import Journal
 
 
 @attrs.define(eq=False)

@@ -7,7 +7,7 @@ from typing import Any
 
 import attrs
 
-from ._frames import Body
+from .frames import Body
 
 
 @attrs.frozen(slots=True)

@@ -22,12 +22,12 @@ from typing import TYPE_CHECKING
 import attrs
 import trio
 
-from ._codec import MSGPACK
-from ._signal import Signal
-from ._store import SessionRow, SessionStore, StoreBatch, StoredEntry, StoreError
+from .._core.codec import MSGPACK
+from .._runtime.signal import Signal
+from ..stores._protocol import SessionRow, SessionStore, StoreBatch, StoredEntry, StoreError
 
 if TYPE_CHECKING:
-    from ._hub_session import HubSession, Outgoing
+    from .sessions import HubSession, Outgoing
 
 log = logging.getLogger("genesis_trio.journal")
 

@@ -31,8 +31,8 @@ from wsproto.events import (
 from wsproto.utilities import LocalProtocolError as WsLocalProtocolError
 from wsproto.utilities import RemoteProtocolError as WsRemoteProtocolError
 
-from ._deflate import BoundedPerMessageDeflate
-from ._errors import CloseCode, ConnectionClosed, HandshakeError
+from .._core.deflate import BoundedPerMessageDeflate
+from .._core.errors import CloseCode, ConnectionClosed, HandshakeError
 
 StreamFactory = Callable[[str, int], Awaitable[trio.abc.Stream]]
 """Opens the byte stream to ``(host, port)``; tests pass in-memory streams."""

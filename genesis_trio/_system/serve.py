@@ -15,10 +15,10 @@ import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
 
-from ._app import create_app
-from ._config import HubConfig
-from ._hub import TranscendentalExternalWebSocket
-from ._hypercorn import serving_context
+from .._core.config import HubConfig
+from .._hub.hub import TranscendentalExternalWebSocket
+from .._hub.hypercorn import serving_context
+from .app import create_app
 
 log = logging.getLogger("genesis_trio.serve")
 

@@ -33,7 +33,7 @@ from typing import Any, Protocol
 import trio
 from hypercorn.trio.tcp_server import TCPServer
 
-from ._deflate import BoundedPerMessageDeflate, inflate_limit, release_extensions
+from .._core.deflate import BoundedPerMessageDeflate, inflate_limit, release_extensions
 
 log = logging.getLogger("genesis_trio.serve")
 

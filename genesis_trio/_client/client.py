@@ -28,24 +28,11 @@ from typing import Any
 import attrs
 import trio
 
-from ._backoff import CircuitBreaker, backoff
-from ._client_types import (
-    FATAL_CLOSE_CODES,
-    SUB_PING_BASE,
-    ClientStatistics,
-    Connected,
-    ConnectionState,
-    Disconnected,
-    Handler,
-    Link,
-    LinkEvent,
-    LinkLost,
-    Pending,
-)
-from ._coalesce import Coalescer
-from ._codec import CODECS_BY_NAME
-from ._config import ClientConfig
-from ._errors import (
+from .._core.backoff import CircuitBreaker, backoff
+from .._core.coalesce import Coalescer
+from .._core.codec import CODECS_BY_NAME
+from .._core.config import ClientConfig
+from .._core.errors import (
     CloseCode,
     ClosedError,
     ConnectionClosed,
@@ -57,7 +44,7 @@ from ._errors import (
     RequestTimeout,
     SendTimeout,
 )
-from ._frames import (
+from .._core.frames import (
     Ack,
     Body,
     Bye,
@@ -73,12 +60,25 @@ from ._frames import (
     valid_component_id,
     valid_topic,
 )
-from ._heartbeat import Heartbeat, RttEstimator
-from ._message import Message
-from ._session import ClientSession, OutboundLog, fit_frame
-from ._signal import Signal
-from ._supervisor import RestartPolicy, Supervisor
-from ._transport import StreamFactory, WebSocketConnection, connect_websocket
+from .._core.heartbeat import Heartbeat, RttEstimator
+from .._core.message import Message
+from .._core.session import ClientSession, OutboundLog, fit_frame
+from .._runtime.signal import Signal
+from .._runtime.supervisor import RestartPolicy, Supervisor
+from .transport import StreamFactory, WebSocketConnection, connect_websocket
+from .types import (
+    FATAL_CLOSE_CODES,
+    SUB_PING_BASE,
+    ClientStatistics,
+    Connected,
+    ConnectionState,
+    Disconnected,
+    Handler,
+    Link,
+    LinkEvent,
+    LinkLost,
+    Pending,
+)
 
 log = logging.getLogger("genesis_trio.client")
 

@@ -7,8 +7,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 
-from ._asgi import Receive, Scope, Send
-from ._hub import TranscendentalExternalWebSocket
+from .._hub.endpoint import Receive, Scope, Send
+from .._hub.hub import TranscendentalExternalWebSocket
 
 
 class GenesisApp:

@@ -19,12 +19,11 @@ import attrs
 import trio
 from starlette.websockets import WebSocket
 
-from ._asgi import Receive, Scope, Send, serve_websocket
-from ._coalesce import FanoutWindow
-from ._codec import Codec
-from ._config import HubConfig
-from ._errors import CloseCode, ConnectionClosed, ErrorCode, RemoteProtocolError
-from ._frames import (
+from .._core.coalesce import FanoutWindow
+from .._core.codec import Codec
+from .._core.config import HubConfig
+from .._core.errors import CloseCode, ConnectionClosed, ErrorCode, RemoteProtocolError
+from .._core.frames import (
     HUB_ID,
     Ack,
     Body,
@@ -41,15 +40,16 @@ from ._frames import (
     parse_frame,
     valid_topic,
 )
-from ._hub_connection import Backlogged, HubConnection, ServerTransport
-from ._hub_session import HubSession, Outgoing, SessionTable
-from ._hypercorn import ServingObserver
-from ._journal import Journal
-from ._limits import Admission
-from ._message import Message
-from ._stats import HubCounters, HubStatistics, hub_snapshot
-from ._store import SessionStore
-from ._supervisor import NO_RESTART, Supervisor
+from .._core.message import Message
+from .._runtime.supervisor import NO_RESTART, Supervisor
+from ..stores._protocol import SessionStore
+from .endpoint import Receive, Scope, Send, serve_websocket
+from .hypercorn import ServingObserver
+from .journal import Journal
+from .limits import Admission
+from .link import Backlogged, HubConnection, ServerTransport
+from .sessions import HubSession, Outgoing, SessionTable
+from .stats import HubCounters, HubStatistics, hub_snapshot
 
 log = logging.getLogger("genesis_trio.hub")
 

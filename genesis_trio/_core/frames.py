@@ -14,7 +14,7 @@ from typing import Any, Final, Literal
 
 import attrs
 
-from ._errors import CloseCode, ErrorCode, RemoteProtocolError
+from .errors import CloseCode, ErrorCode, RemoteProtocolError
 
 PROTOCOL_VERSION: Final = 1
 HUB_ID: Final = "$hub"

@@ -14,7 +14,7 @@ from typing import Any, Final, Protocol
 import msgpack
 import orjson
 
-from ._errors import ErrorCode, RemoteProtocolError
+from .errors import ErrorCode, RemoteProtocolError
 
 JSON_SUBPROTOCOL: Final = "genesis.v1.json"
 MSGPACK_SUBPROTOCOL: Final = "genesis.v1.msgpack"

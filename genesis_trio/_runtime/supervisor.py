@@ -25,8 +25,8 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator
 import attrs
 import trio
 
-from ._backoff import backoff
-from ._errors import GenesisError
+from .._core.backoff import backoff
+from .._core.errors import GenesisError
 
 log = logging.getLogger("genesis_trio.supervisor")
 

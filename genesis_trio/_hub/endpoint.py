@@ -13,12 +13,12 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from ._codec import Codec, negotiate
-from ._errors import CloseCode, ConnectionClosed
-from ._hypercorn import current_abort
+from .._core.codec import Codec, negotiate
+from .._core.errors import CloseCode, ConnectionClosed
+from .hypercorn import current_abort
 
 if TYPE_CHECKING:
-    from ._hub import TranscendentalExternalWebSocket
+    from .hub import TranscendentalExternalWebSocket
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]

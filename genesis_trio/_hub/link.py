@@ -24,18 +24,18 @@ from typing import TYPE_CHECKING, Final, Protocol
 
 import trio
 
-from ._coalesce import Coalescer
-from ._codec import Codec
-from ._errors import CloseCode, ConnectionClosed, ErrorCode
-from ._frames import HUB_ID, Ack, Error, Msgs
-from ._heartbeat import Heartbeat
-from ._hub_session import Outgoing
-from ._session import FRAME_OVERHEAD, fit_frame
-from ._signal import Signal
+from .._core.coalesce import Coalescer
+from .._core.codec import Codec
+from .._core.errors import CloseCode, ConnectionClosed, ErrorCode
+from .._core.frames import HUB_ID, Ack, Error, Msgs
+from .._core.heartbeat import Heartbeat
+from .._core.session import FRAME_OVERHEAD, fit_frame
+from .._runtime.signal import Signal
+from .sessions import Outgoing
 
 if TYPE_CHECKING:
-    from ._hub import TranscendentalExternalWebSocket
-    from ._hub_session import HubSession
+    from .hub import TranscendentalExternalWebSocket
+    from .sessions import HubSession
 
 log = logging.getLogger("genesis_trio.hub")
 

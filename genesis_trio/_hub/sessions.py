@@ -19,16 +19,16 @@ from typing import TYPE_CHECKING, Any, Final
 import attrs
 import trio
 
-from ._codec import MSGPACK, Codec
-from ._config import HubConfig
-from ._frames import Body, Hello
-from ._session import Entry, InboundTracker, OutboundLog, new_session_id
-from ._signal import Signal
-from ._store import StoredState
+from .._core.codec import MSGPACK, Codec
+from .._core.config import HubConfig
+from .._core.frames import Body, Hello
+from .._core.session import Entry, InboundTracker, OutboundLog, new_session_id
+from .._runtime.signal import Signal
+from ..stores._protocol import StoredState
 
 if TYPE_CHECKING:
-    from ._hub_connection import HubConnection
-    from ._journal import Journal
+    from .journal import Journal
+    from .link import HubConnection
 
 ANONYMOUS_PREFIX: Final = "anon-"
 """Component ids the hub assigns to clients that send none (reserved: clients may not use it)."""

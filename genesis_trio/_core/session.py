@@ -23,8 +23,8 @@ from typing import Generic, TypeVar
 
 import attrs
 
-from ._errors import CloseCode, ErrorCode, LocalProtocolError, RemoteProtocolError
-from ._frames import Hello, Welcome
+from .errors import CloseCode, ErrorCode, LocalProtocolError, RemoteProtocolError
+from .frames import Hello, Welcome
 
 T = TypeVar("T")
 

@@ -16,7 +16,7 @@ from collections import deque
 
 import attrs
 
-from ._frames import Ping
+from .frames import Ping
 
 
 @attrs.define(eq=False)

@@ -1,0 +1,1 @@
+"""The resilient client: its facade, link supervision, dispatcher and transport."""

@@ -1,0 +1,1 @@
+"""The hub: sessions, routing, links, the journal, and its ASGI endpoint."""

@@ -1,0 +1,1 @@
+"""Trio helpers shared by the hub and the client: supervision and wake-up signals."""

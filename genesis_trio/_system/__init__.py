@@ -1,0 +1,1 @@
+"""Serving: the ASGI app, Hypercorn's Trio worker, ``GenesisHybridSystem``."""
