@@ -31,14 +31,20 @@ from ._core.errors import RequestTimeout as RequestTimeout
 from ._core.errors import SendTimeout as SendTimeout
 from ._core.message import Message as Message
 from ._hub.hub import TranscendentalExternalWebSocket as TranscendentalExternalWebSocket
+from ._hub.hub import UnknownComponent as UnknownComponent
+from ._hub.stats import ComponentInfo as ComponentInfo
 from ._hub.stats import HubStatistics as HubStatistics
 from ._system.app import GenesisApp as GenesisApp
 from ._system.app import create_app as create_app
 from ._system.serve import GenesisHybridSystem as GenesisHybridSystem
 from ._system.serve import ServeInfo as ServeInfo
 from ._system.serve import serve_hub as serve_hub
+from .stores import MemoryStore as MemoryStore
+from .stores import SessionStore as SessionStore
+from .stores import SQLiteStore as SQLiteStore
+from .stores import StoreError as StoreError
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "JSON_SUBPROTOCOL",
@@ -49,6 +55,7 @@ __all__ = [
     "ClientStatistics",
     "CloseCode",
     "ClosedError",
+    "ComponentInfo",
     "Connected",
     "ConnectionClosed",
     "ConnectionState",
@@ -62,14 +69,19 @@ __all__ = [
     "HubStatistics",
     "LinkEvent",
     "LocalProtocolError",
+    "MemoryStore",
     "Message",
     "RemoteError",
     "RemoteProtocolError",
     "RequestTimeout",
+    "SQLiteStore",
     "SendTimeout",
     "ServeInfo",
+    "SessionStore",
+    "StoreError",
     "TranscendentalExternalWebSocket",
     "TranscendentalWebSocket",
+    "UnknownComponent",
     "backoff",
     "create_app",
     "serve_hub",

@@ -61,12 +61,6 @@ def test_waiting_ends_at_the_deadline_or_target() -> None:
     assert not c.should_wait(now + 0.01, total + 20, 8)  # target reached
 
 
-def test_a_busy_process_waits_even_at_low_link_rate() -> None:
-    c = Coalescer()
-    assert c.should_wait(1.0, 1, 1, busy=False) is False
-    assert c.should_wait(1.0, 1, 1, busy=True) is True
-
-
 def test_rate_restarts_with_a_new_epoch() -> None:
     c = Coalescer()
     now = feed(c, rate=100_000)

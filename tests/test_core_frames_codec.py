@@ -29,7 +29,7 @@ from genesis_trio._core.frames import (
     Bye,
     Error,
     Hello,
-    Msgs,
+    MessageFrame,
     Ping,
     Pong,
     Rejected,
@@ -111,14 +111,14 @@ def test_msg_and_batch_round_trip(codec: Codec, ack: int | None) -> None:
     one = {"type": "m", "to": "b", "data": {"k": [1, 2.5, None, "s"]}}
     many = [{"type": "m", "topic": "t.1", "data": i} for i in range(3)]
     frame = parse_frame(
-        codec.decode(codec.deliver("msg", 5, [codec.encode(one)], ack)), sender="client"
+        codec.decode(codec.frame("msg", 5, [codec.encode(one)], ack)), sender="client"
     )
-    assert frame == Msgs(5, [one], ack)
+    assert frame == MessageFrame(5, [one], ack)
     frame = parse_frame(
-        codec.decode(codec.deliver("batch", 6, [codec.encode(b) for b in many], ack)),
+        codec.decode(codec.frame("batch", 6, [codec.encode(b) for b in many], ack)),
         sender="client",
     )
-    assert frame == Msgs(6, many, ack)
+    assert frame == MessageFrame(6, many, ack)
 
 
 def test_wire_maps() -> None:
@@ -177,7 +177,7 @@ def test_protocol_example_frames_parse() -> None:
     msg = JSON.decode(
         '{"t":"msg","seq":2,"ack":1,"m":{"type":"set","to":"dashboard","re":"d.7","data":"ok"}}'
     )
-    assert parse_frame(msg, sender="client") == Msgs(
+    assert parse_frame(msg, sender="client") == MessageFrame(
         2, [{"type": "set", "to": "dashboard", "re": "d.7", "data": "ok"}], 1
     )
 
@@ -185,7 +185,7 @@ def test_protocol_example_frames_parse() -> None:
 def test_unknown_fields_are_ignored() -> None:
     assert parse_frame({"t": "ack", "seq": 1, "extra": [1]}, sender="hub") == Ack(1)
     body = {"type": "m", "to": "b", "whatever": 1}
-    assert parse_frame({"t": "msg", "seq": 1, "m": body, "x": 0}, sender="client") == Msgs(
+    assert parse_frame({"t": "msg", "seq": 1, "m": body, "x": 0}, sender="client") == MessageFrame(
         1, [body], None
     )
 
@@ -411,7 +411,7 @@ def test_invalid_client_body_is_rejected_alone(from_client: bool, body: object, 
     good = {"type": "ok", "to": "b"}
     m = body if kind == "msg" else [good, body, good]
     frame = parse_frame({"t": kind, "seq": 42, "m": m}, sender="client")
-    assert isinstance(frame, Msgs)
+    assert isinstance(frame, MessageFrame)
     assert frame.seq == 42
     index = 0 if kind == "msg" else 1
     assert len(frame.bodies) == (1 if kind == "msg" else 3)
@@ -427,7 +427,7 @@ def test_invalid_client_body_is_rejected_alone(from_client: bool, body: object, 
 
 def test_msg_without_body_from_client_consumes_its_seq() -> None:
     frame = parse_frame({"t": "msg", "seq": 7}, sender="client")
-    assert isinstance(frame, Msgs)
+    assert isinstance(frame, MessageFrame)
     assert isinstance(frame.bodies[0], Rejected)
     assert frame.bodies[0].error.seq == 7
 
@@ -542,24 +542,24 @@ def test_deliver_equals_encoding_the_whole_frame(
     if kind == "msg":
         bs = bs[:1]
     frame = expected_frame(kind, seq, bs, ack)
-    spliced = codec.deliver(kind, seq, [codec.encode(b) for b in bs], ack)
+    spliced = codec.frame(kind, seq, [codec.encode(b) for b in bs], ack)
     decoded = codec.decode(spliced)
     assert decoded == codec.decode(codec.encode(frame))
     assert decoded == frame
-    assert parse_frame(decoded, sender="hub") == Msgs(seq, bs, ack)
+    assert parse_frame(decoded, sender="hub") == MessageFrame(seq, bs, ack)
 
 
 @pytest.mark.parametrize("n", [15, 16, 0xFFFF, 0x10000])
 def test_msgpack_batch_array_headers(n: int) -> None:
     body = MSGPACK.encode({"type": "m"})
-    spliced = MSGPACK.deliver("batch", 1, [body] * n, 3)
+    spliced = MSGPACK.frame("batch", 1, [body] * n, 3)
     decoded = MSGPACK.decode(spliced)
     assert decoded["m"] == [{"type": "m"}] * n
     assert decoded == {"t": "batch", "seq": 1, "ack": 3, "m": [{"type": "m"}] * n}
 
 
 def test_json_deliver_is_valid_json_text() -> None:
-    out = JSON.deliver("batch", 3, [JSON.encode({"type": "é"}), JSON.encode({"type": "x"})], None)
+    out = JSON.frame("batch", 3, [JSON.encode({"type": "é"}), JSON.encode({"type": "x"})], None)
     assert orjson.loads(out.decode("utf-8")) == {
         "t": "batch",
         "seq": 3,

@@ -20,7 +20,8 @@ from genesis_trio._core.session import (
     ResumeResult,
     new_session_id,
 )
-from genesis_trio._hub.sessions import HubSession, Outgoing, SessionTable
+from genesis_trio._hub.journal import NullJournal
+from genesis_trio._hub.sessions import EncodedBody, HubSession, SessionTable
 
 DETERMINISTIC = settings(derandomize=True, database=None, deadline=None)
 """Hypothesis runs the same examples every time (no flaky runs, no example database)."""
@@ -228,9 +229,7 @@ class TestOutboundLog:
     def test_durable_bounds_what_may_be_sent(self) -> None:
         log = filled(5)
         assert log.durable == UNBOUNDED  # no store: everything is sendable
-        assert log.sendable == 5
         log.durable = 2
-        assert log.sendable == 2
         assert [e.seq for e in log.take(10)] == [1, 2]
         assert log.take(10) == []
         log.durable = 4
@@ -238,7 +237,6 @@ class TestOutboundLog:
         log.durable = 3  # never below what was already sent
         assert log.take(10) == []
         log.durable = 10
-        assert log.sendable == 5
         assert [e.seq for e in log.take(10)] == [5]
 
     def test_durable_and_rewind(self) -> None:
@@ -400,17 +398,14 @@ class TestInboundTracker:
 
     def test_release_and_take_ack(self) -> None:
         t = InboundTracker()
-        assert not t.ack_due
         t.accept(1, 4)
-        assert not t.ack_due  # received is not released
+        assert t.released == 0  # received is not released
         t.release(2)
-        assert t.ack_due
         assert t.take_ack() == 2
         assert t.acked == 2
-        assert not t.ack_due
         t.release(4)
         assert t.take_ack() == 4
-        assert not t.ack_due
+        assert t.acked == t.released == 4
 
     def test_release_never_goes_backwards(self) -> None:
         t = InboundTracker()
@@ -621,13 +616,13 @@ CONNECTED = object()  # stands in for a HubConnection: only identity matters her
 
 
 def table(**options: Any) -> SessionTable:
-    return SessionTable(HubConfig(**options))
+    return SessionTable(HubConfig(**options), NullJournal(on_released=lambda session: None))
 
 
 def push(session: HubSession, n: int, now: float = 0.0) -> None:
     for _ in range(n):
         i = session.outbound.last_seq + 1
-        session.outbound.append(Outgoing({"type": "m", "data": i}), now)
+        session.outbound.append(EncodedBody({"type": "m", "data": i}), now)
 
 
 def datas(session: HubSession) -> list[Any]:
@@ -736,21 +731,30 @@ class TestSessionTable:
         assert (s.outbound.acked, s.outbound.sent) == (0, 0)
         assert (s.inbound.received, s.inbound.released, s.inbound.acked) == (0, 0, 0)
 
-    @pytest.mark.parametrize(
-        ("acked", "hello_ack"),
-        [(2, 1), (0, 6)],  # behind what the client acknowledged / beyond what was sent
-    )
-    def test_resume_with_impossible_ack_starts_new_epoch(self, acked: int, hello_ack: int) -> None:
+    def test_resume_with_a_stale_ack_is_exact_and_ignores_it(self) -> None:
         t = table()
         s = t.open(Hello(id="a"), 0.0).session
         push(s, 5)
         s.outbound.take(5)
-        s.outbound.ack(acked)
-        opened = t.open(Hello(id="a", sid=s.sid, epoch=1, ack=hello_ack), 1.0)
+        s.outbound.ack(2)
+        opened = t.open(Hello(id="a", sid=s.sid, epoch=1, ack=1), 1.0)  # behind ack 2
+        assert opened.session is s
+        assert opened.recovered
+        assert opened.reason is None
+        assert s.epoch == 1
+        assert (s.outbound.acked, s.outbound.sent) == (2, 2)  # replay from 3
+
+    def test_resume_with_an_impossible_ack_starts_a_new_epoch_and_says_why(self) -> None:
+        t = table()
+        s = t.open(Hello(id="a"), 0.0).session
+        push(s, 5)
+        s.outbound.take(5)
+        opened = t.open(Hello(id="a", sid=s.sid, epoch=1, ack=6), 1.0)  # 6 was never sent
         assert opened.session is s
         assert not opened.recovered
+        assert opened.reason == "ack"
         assert s.epoch == 2
-        assert s.outbound.last_seq == 5 - acked
+        assert s.outbound.last_seq == 5
 
     def test_unknown_sid_and_unknown_component_starts_new_session(self) -> None:
         t = table()
@@ -823,7 +827,7 @@ class TestSessionTable:
         s.outbound.take(2)
         s.detach(1.0)
         for i in (3, 4, 5):
-            s.outbound.append_evicting(Outgoing({"type": "m", "data": i}), 1.0)
+            s.outbound.append_evicting(EncodedBody({"type": "m", "data": i}), 1.0)
         assert s.outbound.truncated
         opened = t.open(Hello(id="a", sid=s.sid, epoch=1, ack=0), 2.0)
         assert opened.session is s
@@ -841,7 +845,7 @@ class TestSessionTable:
         push(s, 2)
         s.outbound.take(2)
         s.detach(0.0)
-        s.outbound.append_evicting(Outgoing({"type": "m", "data": 3}), 0.0)
+        s.outbound.append_evicting(EncodedBody({"type": "m", "data": 3}), 0.0)
         opened = t.open(Hello(id="a", sid=s.sid, epoch=1, ack=2), 1.0)
         assert not opened.recovered
 
@@ -930,7 +934,7 @@ class TestSessionTable:
         from genesis_trio._core.codec import JSON, MSGPACK
 
         packed = MSGPACK.encode({"type": "m", "data": "é"})
-        out = Outgoing.stored(7, packed)
+        out = EncodedBody.stored(7, packed)
         assert out.msg_id == 7
         assert out.encoded(MSGPACK) is packed  # no re-encoding for MessagePack clients
         assert JSON.decode(out.encoded(JSON)) == {"type": "m", "data": "é"}
@@ -943,7 +947,7 @@ class TestSessionTable:
     def test_outgoing_encodes_once_per_codec(self) -> None:
         from genesis_trio._core.codec import JSON, MSGPACK
 
-        out = Outgoing({"type": "m", "data": [1, 2]})
+        out = EncodedBody({"type": "m", "data": [1, 2]})
         j = out.encoded(JSON)
         m = out.encoded(MSGPACK)
         assert out.encoded(JSON) is j

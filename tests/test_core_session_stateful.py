@@ -2,10 +2,14 @@
 
 A real :class:`ClientSession` (over an :class:`OutboundLog`) talks to a real
 hub-side :class:`HubSession`, obtained from a real :class:`SessionTable` (so the
-resume rules are the hub's own). Frames are built the way the client and hub
-writers build them: ``take()`` a batch, ``codec.deliver`` it with an optional
-piggy-backed ack, ``parse_frame`` it on the other side, ``accept`` (skip
-duplicates), ``release``, acknowledge. Handshakes travel through the codec too.
+resume rules are the hub's own, :func:`resume_session`). Both writers are the
+production ones: each side of each link has a real :class:`LinkProtocol`,
+whose ``poll`` decides every frame (batch, window, frame cap, piggy-backed or
+lone ack); the shells here only encode and queue what it says. The hub reads
+as the hub does (``InboundTracker.admit`` with the window enforced, then one
+``processed`` per body, then the recorder releases); the client reads as the
+client does (``accept``, then the application releases). Handshakes travel
+through the codec too.
 
 The link is TCP-like: it never reorders. It can break (a frame and everything
 after it in that direction vanish), die (both directions, noticed by the hub
@@ -38,11 +42,13 @@ from hypothesis.stateful import (
     rule,
 )
 
-from genesis_trio._core.codec import JSON, MSGPACK, Codec
+from genesis_trio._core.codec import JSON, MSGPACK, Codec, EncodedBody
 from genesis_trio._core.config import HubConfig
-from genesis_trio._core.frames import Ack, Hello, Msgs, Welcome, parse_frame
+from genesis_trio._core.frames import Ack, Hello, MessageFrame, Welcome, parse_frame
+from genesis_trio._core.link import Deliver, Idle, LinkProtocol, SendAck
 from genesis_trio._core.session import ClientSession, OutboundLog
-from genesis_trio._hub.sessions import HubSession, Outgoing, SessionTable
+from genesis_trio._hub.journal import NullJournal
+from genesis_trio._hub.sessions import HubSession, SessionTable
 
 CID = "comp"
 PEER = "peer"
@@ -54,12 +60,31 @@ Tag = tuple[str | None, int]
 """(sid, epoch): which stream a sequence number belongs to."""
 
 
-class Link:
-    """One WebSocket connection: two FIFO queues of encoded frames."""
+class Handle:
+    """The hub's handle of one link (``HubSession.connection``): identity is what counts."""
 
-    def __init__(self, conn: object, session: HubSession, budget: int) -> None:
+    def close_soon(self, code: int, reason: str) -> None:
+        """Never asked here."""
+
+    def committed(self, now: float) -> None:
+        """Nothing to wake."""
+
+
+class Link:
+    """One WebSocket connection: two FIFO queues of encoded frames, a protocol per side."""
+
+    def __init__(
+        self,
+        conn: Handle,
+        session: HubSession,
+        budget: int,
+        client: LinkProtocol[bytes],
+        hub: LinkProtocol[EncodedBody],
+    ) -> None:
         self.conn = conn
         """The hub's handle of this connection (``HubSession.connection``)."""
+        self.client = client
+        self.hub = hub
         self.session = session
         self.queues: dict[str, list[bytes]] = {"c2h": [], "h2c": []}
         self.broken: dict[str, bool] = {"c2h": False, "h2c": False}
@@ -114,7 +139,9 @@ class SessionMachine(RuleBasedStateMachine):
                 retention_messages=self.HUB_RETENTION,
                 retention_seconds=self.RETENTION_SECONDS,
                 session_expiry=self.SESSION_EXPIRY,
-            )
+                anonymous_session_expiry=self.SESSION_EXPIRY,
+            ),
+            NullJournal(on_released=self.hub_released),
         )
         self.client: ClientSession[bytes] = ClientSession(
             CID, OutboundLog(capacity=self.CLIENT_CAPACITY)
@@ -133,9 +160,17 @@ class SessionMachine(RuleBasedStateMachine):
         """The hub dropped something since the client's current epoch began."""
         self.connects = 0
         self.checks = 0
+        self.wakeups: list[float] = []
+        """Instants the writers asked to be polled again (delayed acks)."""
         self.clean = True
 
     # -- helpers ---------------------------------------------------------------
+
+    def hub_released(self, session: HubSession) -> None:
+        """What the hub does when received messages become acknowledgeable."""
+        link = self.link
+        if link is not None and session.connection is link.conn:
+            link.hub.released(self.now)
 
     @property
     def hub(self) -> HubSession | None:
@@ -175,7 +210,7 @@ class SessionMachine(RuleBasedStateMachine):
 
     def rebuild(self, seq: int, bodies: list[Any], ack: int | None) -> bytes:
         codec = self.codec
-        return codec.deliver(
+        return codec.frame(
             "msg" if len(bodies) == 1 else "batch", seq, [codec.encode(b) for b in bodies], ack
         )
 
@@ -207,7 +242,7 @@ class SessionMachine(RuleBasedStateMachine):
         session = self.hub
         assert session is not None
         k = len(self.hub_sent)
-        out = Outgoing({"type": "m", "from": PEER, "to": CID, "data": k})
+        out = EncodedBody({"type": "m", "from": PEER, "to": CID, "data": k})
         if session.connected:
             if not session.outbound.has_room:
                 return
@@ -231,6 +266,8 @@ class SessionMachine(RuleBasedStateMachine):
             # starts at epoch 1 (see test_core_client_inbox_epoch.py).
             if tag == self.client_tag() and seq > inbound.released:
                 inbound.release(seq)
+                if self.link is not None:
+                    self.link.client.released(self.now)
 
     # -- writers -----------------------------------------------------------------
 
@@ -238,56 +275,44 @@ class SessionMachine(RuleBasedStateMachine):
     @rule(limit=st.integers(1, MAX_BATCH))
     @step
     def client_writes(self, limit: int) -> None:
+        """The client's writer: one poll of its link protocol (at most ``limit`` per batch)."""
         assert self.link is not None
-        out, inbound = self.client.outbound, self.client.inbound
-        room = self.window - out.in_flight
-        if out.last_seq > out.sent and room > 0:
-            entries = out.take(min(room, limit))
-            assert entries
-            ack = inbound.take_ack() if inbound.released > inbound.acked else None
-            frame = self.codec.deliver(
-                "msg" if len(entries) == 1 else "batch",
-                entries[0].seq,
-                [e.payload for e in entries],
-                ack,
-            )
-            self.link.push("c2h", frame)
+        self.write(self.link.client, "c2h", limit)
 
     @precondition(lambda self: self.hub_attached())
     @rule(limit=st.integers(1, MAX_BATCH))
     @step
     def hub_writes(self, limit: int) -> None:
+        """The hub's writer: one poll of its link protocol."""
         assert self.link is not None
-        session = self.link.session
-        out, inbound = session.outbound, session.inbound
-        room = self.window - out.in_flight
-        if out.last_seq > out.sent and room > 0:
-            entries = out.take(min(room, limit))
-            assert entries
-            ack = inbound.take_ack() if inbound.released > inbound.acked else None
-            frame = self.codec.deliver(
-                "msg" if len(entries) == 1 else "batch",
-                entries[0].seq,
-                [e.payload.encoded(self.codec) for e in entries],
-                ack,
-            )
-            self.link.push("h2c", frame)
+        self.write(self.link.hub, "h2c", limit)
 
-    @precondition(lambda self: self.link is not None and self.client.inbound.ack_due)
-    @rule()
-    @step
-    def client_acks(self) -> None:
-        assert self.link is not None
-        frame = self.codec.encode(Ack(self.client.inbound.take_ack()).wire())
-        self.link.push("c2h", frame)
+    def write(self, protocol: LinkProtocol[Any], direction: str, limit: int) -> bool:
+        """Poll once and queue the frame it asks for; False when it asks for nothing.
 
-    @precondition(lambda self: self.hub_attached() and self.link.session.inbound.ack_due)  # type: ignore[union-attr]
-    @rule()
-    @step
-    def hub_acks(self) -> None:
+        Asking for nothing, it may still name an instant (a delayed ack): the
+        drain lets time pass up to it.
+        """
         assert self.link is not None
-        frame = self.codec.encode(Ack(self.link.session.inbound.take_ack()).wire())
-        self.link.push("h2c", frame)
+        protocol.max_batch = limit
+        step = protocol.poll(self.now)
+        codec = self.codec
+        if type(step) is Deliver:
+            assert not step.oversized
+            self.link.push(direction, codec.frame(step.kind, step.seq, step.bodies, step.ack))
+            return True
+        if type(step) is SendAck:
+            self.link.push(direction, codec.encode(Ack(step.seq).wire()))
+            return True
+        assert type(step) is Idle, step  # no fan-out window, no rate: nothing holds or yields
+        self.wakeups.append(step.until)
+        return False
+
+    @rule(dt=st.sampled_from([0.001, 0.01, 0.03]))
+    @step
+    def clock_ticks(self, dt: float) -> None:
+        """A little time passes (delayed acknowledgements fall due)."""
+        self.now += dt
 
     # -- readers -----------------------------------------------------------------
 
@@ -313,27 +338,33 @@ class SessionMachine(RuleBasedStateMachine):
         assert session.connection is self.link.conn
         frame = parse_frame(self.codec.decode(self.link.queues["c2h"].pop(0)), sender="client")
         self.link.delivered += 1
-        if isinstance(frame, Msgs):
+        if isinstance(frame, MessageFrame):
             if frame.ack is not None:
-                session.outbound.ack(frame.ack)
-            skip = session.inbound.accept(frame.seq, len(frame.bodies))
-            for body in frame.bodies[skip:]:
+                session.outbound.ack(frame.ack, sent_only=True)
+            # As Router.admit: admitted (gap and window checked), routed body by body,
+            # then the recorder releases what was processed (acknowledged once stored).
+            inbound = session.inbound
+            skip = inbound.admit(frame.seq, len(frame.bodies), self.WINDOW)
+            for i in range(skip, len(frame.bodies)):
+                body = frame.bodies[i]
+                assert isinstance(body, dict)
                 assert body.keys() == {"type", "to", "data"}
                 self.hub_got.append((self.hub_tag(session), body["data"]))
-            # The hub releases (acknowledges) what it has routed and stored.
-            session.inbound.release(session.inbound.received)
+                inbound.processed(frame.seq + i)
+            if skip < len(frame.bodies):
+                self.table.recorder.touched(session)
         else:
             assert isinstance(frame, Ack), frame
-            session.outbound.ack(frame.seq)
+            session.outbound.ack(frame.seq, sent_only=True)
 
     def deliver_to_client(self) -> None:
         assert self.link is not None
         frame = parse_frame(self.codec.decode(self.link.queues["h2c"].pop(0)), sender="hub")
         self.link.delivered += 1
         client = self.client
-        if isinstance(frame, Msgs):
+        if isinstance(frame, MessageFrame):
             if frame.ack is not None:
-                client.outbound.ack(frame.ack)
+                client.outbound.ack(frame.ack, sent_only=True)
             skip = client.inbound.accept(frame.seq, len(frame.bodies))
             for i in range(skip, len(frame.bodies)):
                 body = frame.bodies[i]
@@ -341,7 +372,7 @@ class SessionMachine(RuleBasedStateMachine):
                 self.inbox.append((self.client_tag(), frame.seq + i, body["data"]))
         else:
             assert isinstance(frame, Ack), frame
-            client.outbound.ack(frame.seq)
+            client.outbound.ack(frame.seq, sent_only=True)
 
     # -- the unreliable link -------------------------------------------------------
 
@@ -508,8 +539,8 @@ class SessionMachine(RuleBasedStateMachine):
         assert opened.recovered == (owed and not lost and not forgotten), (opened, owed, lost)
         if self.LOSSLESS and hello.sid is not None:
             assert opened.recovered
-        conn = object()
-        session.connection = conn  # type: ignore[assignment]
+        conn = Handle()
+        session.attach(conn, self.now)  # as serve_link: the hub's acks restart at released
         welcome = Welcome(
             id=session.component_id,
             sid=session.sid,
@@ -541,7 +572,24 @@ class SessionMachine(RuleBasedStateMachine):
             self.dropped_in_client_epoch = False
             assert [e.seq for e in out.entries] == list(range(1, len(out) + 1))
         self.window = parsed.window
-        self.link = Link(conn, session, budget)
+        client: LinkProtocol[bytes] = LinkProtocol(
+            self.client.outbound,
+            self.client.inbound,
+            window=parsed.window,
+            max_frame=parsed.max_size,
+            encode=bytes,
+            max_batch=self.MAX_BATCH,
+        )
+        codec = self.codec
+        hub: LinkProtocol[EncodedBody] = LinkProtocol(
+            session.outbound,
+            session.inbound,
+            window=self.WINDOW,
+            max_frame=1 << 20,
+            encode=lambda out: out.encoded(codec),
+            max_batch=self.MAX_BATCH,
+        )
+        self.link = Link(conn, session, budget, client, hub)
         self.connects += 1
 
     # -- the guarantees ----------------------------------------------------------------
@@ -562,10 +610,10 @@ class SessionMachine(RuleBasedStateMachine):
         session = link.session
         for _ in range(100_000):
             progress = False
-            while self.client.outbound.unsent and self.client.outbound.in_flight < self.window:
-                self.client_writes(limit=self.MAX_BATCH)
-            while session.outbound.unsent and session.outbound.in_flight < self.window:
-                self.hub_writes(limit=self.MAX_BATCH)
+            while self.write(link.client, "c2h", self.MAX_BATCH):
+                progress = True
+            while self.write(link.hub, "h2c", self.MAX_BATCH):
+                progress = True
             for direction, deliver in (
                 ("h2c", self.deliver_to_client),
                 ("c2h", self.deliver_to_hub),
@@ -576,11 +624,10 @@ class SessionMachine(RuleBasedStateMachine):
             if self.inbox:
                 self.client_app_consumes(n=len(self.inbox))
                 progress = True
-            if self.client.inbound.ack_due:
-                self.client_acks()
-                progress = True
-            if session.inbound.ack_due:
-                self.hub_acks()
+            due = [t for t in self.wakeups if t > self.now and t != float("inf")]
+            self.wakeups.clear()
+            if not progress and due:
+                self.now = min(due)  # a delayed ack falls due
                 progress = True
             if not progress:
                 break

@@ -17,6 +17,7 @@ from genesis_trio import (
     RemoteError,
     RequestTimeout,
     TranscendentalWebSocket,
+    UnknownComponent,
 )
 
 from .conftest import RunningHub
@@ -207,7 +208,11 @@ async def test_hub_sends_to_component(hub: RunningHub) -> None:
         assert msg.sender == "$hub"
         assert msg.data == {"content": "Actualización disponible"}
         assert await hub.hub.send_message_transcendentally("ghost", {"type": "x"}) is False
-        assert await hub.hub.publish("nobody-listens", {"type": "x"}) == 0
+        assert await hub.hub.publish("nobody-listens", "x") == 0
+        with pytest.raises(UnknownComponent):
+            await hub.hub.send("ghost", "x")
+        with pytest.raises(ValueError, match="type"):
+            await hub.hub.publish("t", "")
 
 
 async def test_process_message_dispatches_and_returns(hub: RunningHub) -> None:

@@ -62,11 +62,11 @@ async def test_at_the_session_limit_the_longest_away_is_forgotten(autojump_clock
         assert hub.statistics().sessions == 3
         newcomer = await raw(memory)
         await newcomer.hello("newcomer")
-        ids = {row["component_id"] for row in hub.components()}
+        ids = {row.component_id for row in hub.components()}
         assert ids == {"named", "keeper", "newcomer"}
         later = await raw(memory)
         await later.hello("later")  # now the named one, away the longest, goes
-        assert {row["component_id"] for row in hub.components()} == {
+        assert {row.component_id for row in hub.components()} == {
             "keeper",
             "newcomer",
             "later",
@@ -93,7 +93,7 @@ async def test_anonymous_sessions_expire_sooner(autojump_clock: object) -> None:
         await anonymous.drop()
         await named.drop()
         await trio.sleep(61 + memory.hub.config.anonymous_session_expiry / 4)
-        assert [row["component_id"] for row in memory.hub.components()] == ["named"]
+        assert [row.component_id for row in memory.hub.components()] == ["named"]
         assert memory.hub.statistics().sessions_expired == 1
         nursery.cancel_scope.cancel()
 
@@ -124,7 +124,7 @@ async def test_a_client_cannot_grow_its_own_buffer_without_bound(autojump_clock:
         body = {"type": "x", "to": "narcissus"}
         await link.send({"t": "batch", "seq": 1, "m": [body] * 20})  # never acknowledged
         await trio.sleep(memory.hub.config.slow_consumer_timeout + 1)
-        assert memory.hub.components()[0]["pending"] == 10
+        assert memory.hub.components()[0].pending == 10
         assert memory.hub.statistics().slow_consumers_closed == 1
         nursery.cancel_scope.cancel()
 

@@ -33,8 +33,8 @@ def field_docs(path: pathlib.Path, cls: str) -> dict[str, str]:
 
 
 def main() -> None:
-    hub = field_docs(ROOT / "genesis_trio" / "_stats.py", "HubStatistics")
-    client = field_docs(ROOT / "genesis_trio" / "_client_types.py", "ClientStatistics")
+    hub = field_docs(ROOT / "genesis_trio" / "_hub" / "stats.py", "HubStatistics")
+    client = field_docs(ROOT / "genesis_trio" / "_client" / "types.py", "ClientStatistics")
     lines = [
         "# Metrics",
         "",

@@ -1,26 +1,23 @@
-"""The resilient client: ``TranscendentalWebSocket``.
+"""The resilient client: ``TranscendentalWebSocket``, a facade.
 
 One object spans many links. Its session (sequence numbers, retained
 outbound messages, inbound dedupe) survives reconnects, so each side's
-application sees every message exactly once and in order. Tasks, all owned by
-:meth:`run` (or by ``async with``):
+application sees every message exactly once and in order. Its parts:
 
-* the link supervisor: connect, run one link, back off, reconnect, resume;
-* per link, a reader (never blocks on the application: it appends to the
-  inbox and answers pings) and a writer (pongs, pings, batched messages,
-  acknowledgements, all under the flow-control window);
-* the dispatcher: takes inbox messages in order, runs handlers
-  (:meth:`process_message`), replies to requests, releases acknowledgements.
+* :class:`~.link.LinkKeeper` -- connect, run one link (reader, writer,
+  heartbeat), reconnect with backoff and resume;
+* :class:`~.dispatch.Dispatcher` -- received messages to handlers or
+  ``receive()``, in order, then released for acknowledgement;
+* this facade -- configuration, sending, requests, subscriptions, lifecycle
+  and statistics. :meth:`run` (or ``async with``) owns every task.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
-import math
 import secrets
-from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import AsyncExitStack
 from types import TracebackType
 from typing import Any
@@ -28,53 +25,31 @@ from typing import Any
 import attrs
 import trio
 
-from .._core.backoff import CircuitBreaker, backoff
-from .._core.coalesce import Coalescer
+from .._core.backoff import backoff
 from .._core.codec import CODECS_BY_NAME
 from .._core.config import ClientConfig
 from .._core.errors import (
     CloseCode,
     ClosedError,
     ConnectionClosed,
+    ErrorCode,
     GenesisError,
-    HandshakeError,
     LocalProtocolError,
-    RemoteError,
     RemoteProtocolError,
     RequestTimeout,
     SendTimeout,
 )
-from .._core.frames import (
-    Ack,
-    Body,
-    Bye,
-    Error,
-    Msgs,
-    Ping,
-    Pong,
-    Rejected,
-    Subscribe,
-    Welcome,
-    check_body,
-    parse_frame,
-    valid_component_id,
-    valid_topic,
-)
-from .._core.heartbeat import Heartbeat, RttEstimator
-from .._core.message import Message
-from .._core.session import ClientSession, OutboundLog, fit_frame
-from .._runtime.signal import Signal
-from .._runtime.supervisor import RestartPolicy, Supervisor
-from .transport import StreamFactory, WebSocketConnection, connect_websocket
+from .._core.frames import Body, Bye, check_body, valid_component_id, valid_topic
+from .._core.message import Message, reply_body
+from .._core.session import FRAME_OVERHEAD, ClientSession, OutboundLog
+from .dispatch import Dispatcher
+from .link import LinkKeeper
+from .transport import StreamFactory
 from .types import (
-    FATAL_CLOSE_CODES,
-    SUB_PING_BASE,
+    ClientCounters,
     ClientStatistics,
-    Connected,
     ConnectionState,
-    Disconnected,
     Handler,
-    Link,
     LinkEvent,
     LinkLost,
     Pending,
@@ -87,8 +62,9 @@ class TranscendentalWebSocket:
     """The resilient client of a genesis_trio hub.
 
     Use it as ``async with TranscendentalWebSocket(uri, "my-id") as ws:``
-    (connects, then runs in the background), or call :meth:`connect` and
-    :meth:`run` yourself. Options are the fields of :class:`ClientConfig`.
+    (connects, then runs in the background), or ``await nursery.start(ws.run)``,
+    or call :meth:`connect` and :meth:`run` yourself. Options are the fields
+    of :class:`ClientConfig`.
     """
 
     def __init__(
@@ -118,58 +94,31 @@ class TranscendentalWebSocket:
         self._session: ClientSession[bytes] = ClientSession(
             component_id, OutboundLog(capacity=self.config.max_pending), topics=set(topics)
         )
-        self._stream_factory = stream_factory
-        self._backoff_factory = backoff_factory or (
-            lambda: backoff(self.config.backoff_initial, 2.0, self.config.backoff_cap)
-        )
+        self._counters = ClientCounters()
         self._listeners: list[Callable[[LinkEvent], None]] = []
         if on_link_event is not None:
             self._listeners.append(on_link_event)
-        self._handlers: dict[str, Handler] = {}
-        self._default_handler: Handler | None = None
-        self._inbox: deque[tuple[int, int, Body]] = deque()
-        self._generation = 0  # bumped whenever sequence numbers restart (a new session or epoch)
-        self._inbox_wake = Signal()
-        self._app_send, self._app_recv = trio.open_memory_channel[Message](self.config.inbox_size)
-        self._writer_wake = Signal()
-        self._room = trio.lowlevel.ParkingLot()
-        self._acked = trio.lowlevel.ParkingLot()
-        self._link_lot = trio.lowlevel.ParkingLot()
-        self._control: deque[bytes] = deque()
-        self._pending: dict[str, Pending] = {}
-        self._sub_waiters: dict[int, trio.Event] = {}
+        cfg = self.config
+        self._dispatcher = Dispatcher(
+            cfg.inbox_size, self._counters, reply=self._reply, release=self._release
+        )
+        self._links = LinkKeeper(
+            uri,
+            cfg,
+            self._codec,
+            self._session,
+            self._dispatcher,
+            self._counters,
+            stream_factory=stream_factory,
+            backoff_factory=backoff_factory
+            or (lambda: backoff(cfg.backoff_initial, 2.0, cfg.backoff_cap)),
+            emit=self._emit,
+        )
         self._ids = itertools.count(1)
-        self._sub_ids = itertools.count(SUB_PING_BASE)
-        self._link: Link | None = None
-        self._ack_deadline = math.inf
-        self._state = ConnectionState.IDLE
         self._closed = False
-        self._closing = False  # from aclose()'s start: a link ending then means no reconnect
         self._running = False
         self._run_scope: trio.CancelScope | None = None
         self._exit_stack: AsyncExitStack | None = None
-        self._breaker = CircuitBreaker(self.config.breaker_threshold, self.config.breaker_reset)
-        self._last_rtt = RttEstimator()
-        self._c = dict.fromkeys(
-            (
-                "connects",
-                "reconnects",
-                "resumes_recovered",
-                "resumes_failed",
-                "connect_failures",
-                "messages_sent",
-                "messages_received",
-                "messages_replayed",
-                "duplicates_dropped",
-                "errors_contained",
-                "error_frames",
-                "frames_sent",
-                "messages_framed",
-            ),
-            0,
-        )
-        self.last_error: Error | None = None
-        """The most recent error frame from the hub not tied to a request."""
 
     # -- properties ---------------------------------------------------------------
 
@@ -181,9 +130,9 @@ class TranscendentalWebSocket:
         return cid
 
     @property
-    def state(self) -> str:
-        """One of the :class:`ConnectionState` names."""
-        return self._state
+    def state(self) -> ConnectionState:
+        """Where the client stands: a :class:`ConnectionState`."""
+        return ConnectionState.CLOSED if self._closed else self._links.state
 
     @property
     def closed(self) -> bool:
@@ -200,11 +149,16 @@ class TranscendentalWebSocket:
         """The session epoch; it changes when the hub could not resume exactly."""
         return self._session.epoch
 
+    @property
+    def last_error(self) -> Any:
+        """The most recent error frame from the hub not tied to a request (or None)."""
+        return self._links.last_error
+
     # -- handlers -----------------------------------------------------------------
 
     def add_handler(self, type: str, handler: Handler) -> None:
         """Call ``handler`` for every message of ``type``; for requests its result is the reply."""
-        self._handlers[type] = handler
+        self._dispatcher.handlers[type] = handler
 
     def on(self, type: str) -> Callable[[Handler], Handler]:
         """Decorator form of :meth:`add_handler`."""
@@ -217,11 +171,18 @@ class TranscendentalWebSocket:
 
     def set_default_handler(self, handler: Handler | None) -> None:
         """Handle types with no handler (None: queue them for :meth:`receive`)."""
-        self._default_handler = handler
+        self._dispatcher.default_handler = handler
 
     def add_link_listener(self, listener: Callable[[LinkEvent], None]) -> None:
         """Call ``listener`` (synchronously) on every :class:`Connected`/:class:`Disconnected`."""
         self._listeners.append(listener)
+
+    def _emit(self, event: LinkEvent) -> None:
+        for listener in list(self._listeners):
+            try:
+                listener(event)
+            except Exception:
+                log.exception("link listener failed (ignored)")
 
     # -- sending ------------------------------------------------------------------
 
@@ -258,7 +219,8 @@ class TranscendentalWebSocket:
         """
         rid = f"{self.component_id}.{next(self._ids)}"
         pending = Pending()
-        self._pending[rid] = pending
+        registry = self._dispatcher.pending
+        registry[rid] = pending
         limit = self.config.request_timeout if timeout is None else timeout
         try:
             with trio.fail_after(limit):
@@ -267,7 +229,7 @@ class TranscendentalWebSocket:
         except trio.TooSlowError:
             raise RequestTimeout(f"no reply to {type!r} from {to!r} within {limit} s") from None
         finally:
-            self._pending.pop(rid, None)
+            registry.pop(rid, None)
         if pending.error is not None:
             raise pending.error
         return pending.value
@@ -276,39 +238,49 @@ class TranscendentalWebSocket:
         """Answer ``request`` (a message with an ``id``) with ``data`` or an error message."""
         if request.id is None or request.sender is None:
             raise LocalProtocolError("only a received request (with id and sender) can be answered")
-        body: Body = {"type": request.type, "to": request.sender, "re": request.id}
-        if error is not None:
-            body["error"] = {"code": "handler_error", "msg": error}
-        else:
-            body["data"] = data
-        return await self._enqueue(body)
+        failure = (ErrorCode.HANDLER_ERROR, error) if error is not None else None
+        return await self._enqueue(
+            reply_body(request.type, request.sender, request.id, data=data, error=failure)
+        )
 
-    async def _enqueue(self, body: Body) -> int:
+    async def _reply(self, request: Message, data: Any, error: str | None) -> int:
+        return await self.reply(request, data, error=error)
+
+    def _check_open(self) -> None:
         if self._closed:
             raise ClosedError("the client is closed")
+
+    async def _enqueue(self, body: Body) -> int:
+        self._check_open()
         if body.get("data", 0) is None:
             del body["data"]
-        check_body(body, from_client=True)
+        try:
+            check_body(body, from_client=True)
+        except RemoteProtocolError as exc:  # our caller's input, not the hub's fault
+            raise ValueError(str(exc)) from None
         payload = self._codec.encode(body)
-        limit = self._link.max_size if self._link is not None else self.config.max_message_size
-        if len(payload) + 64 > limit:
+        link = self._links.link
+        limit = link.max_size if link is not None else self.config.max_message_size
+        if len(payload) + FRAME_OVERHEAD > limit:
             raise ValueError(f"message of {len(payload)} bytes exceeds the limit of {limit} bytes")
         out = self._session.outbound
-        if len(out) >= out.capacity:
+        if _full(out):
             with trio.move_on_after(self.config.send_timeout):
-                while len(out) >= out.capacity and not self._closed:
-                    await self._room.park()
-            if len(out) >= out.capacity:
+                while _full(out) and not self._closed:
+                    await self._links.room.park()
+            self._check_open()
+            if _full(out):
                 wait = self.config.send_timeout
                 raise SendTimeout(f"outbound buffer full ({out.capacity} messages) for {wait} s")
-            if self.closed:
-                raise ClosedError("the client is closed")
         else:
             await trio.lowlevel.checkpoint()
-        seq = out.append(payload, trio.current_time())
-        self._c["messages_sent"] += 1
-        self._writer_wake.set()
+        seq = out.append(payload, trio.current_time(), len(payload))
+        self._counters.messages_sent += 1
+        self._links.writer_wake.set()
         return seq
+
+    def _release(self, generation: int, seq: int) -> None:
+        self._links.release(generation, seq)
 
     async def flush(self) -> None:
         """Wait until the hub has acknowledged everything sent so far.
@@ -321,7 +293,7 @@ class TranscendentalWebSocket:
         while out.entries and out.entries[0].seq <= target and epoch == self._session.epoch:
             if self._closed:
                 raise ClosedError("the client is closed")
-            await self._acked.park()
+            await self._links.acked.park()
         await trio.lowlevel.checkpoint()
 
     # -- subscriptions --------------------------------------------------------------
@@ -349,39 +321,16 @@ class TranscendentalWebSocket:
             current.difference_update(changed)
         else:
             current.update(changed)
-        link = self._link
-        if not changed or link is None:
-            await trio.lowlevel.checkpoint()
-            return
-        done = trio.Event()
-        ping_id = next(self._sub_ids)
-        self._sub_waiters[ping_id] = done
-        self._control.append(self._codec.encode(Subscribe(changed, remove=remove).wire()))
-        self._control.append(self._codec.encode(Ping(ping_id).wire()))
-        self._writer_wake.set()
-        try:
-            await done.wait()
-        finally:
-            self._sub_waiters.pop(ping_id, None)
+        await self._links.change_topics(changed, remove=remove)
 
     # -- receiving ----------------------------------------------------------------
 
     async def receive(self) -> Message:
         """The next message that no handler took (in order)."""
-        try:
-            return await self._app_recv.receive()
-        except trio.EndOfChannel:
-            raise ClosedError("the client is closed") from None
+        return await self._dispatcher.receive()
 
     def __aiter__(self) -> AsyncIterator[Message]:
-        return self._iterate()
-
-    async def _iterate(self) -> AsyncIterator[Message]:
-        while True:
-            try:
-                yield await self._app_recv.receive()
-            except trio.EndOfChannel:
-                return
+        return self._dispatcher.messages()
 
     async def process_message(self, message: Message | Mapping[str, Any]) -> Any:
         """Dispatch one message through the handlers and return the handler's result.
@@ -389,14 +338,7 @@ class TranscendentalWebSocket:
         With no handler for its type (and no default handler) the message is
         queued for :meth:`receive` and the result is None.
         """
-        return (await self._dispatch(Message.coerce(message)))[1]
-
-    async def _dispatch(self, msg: Message) -> tuple[bool, Any]:
-        handler = self._handlers.get(msg.type) or self._default_handler
-        if handler is None:
-            await self._app_send.send(msg)
-            return False, None
-        return True, await handler(msg)
+        return (await self._dispatcher.dispatch(Message.coerce(message)))[1]
 
     # -- lifecycle ----------------------------------------------------------------
 
@@ -404,13 +346,13 @@ class TranscendentalWebSocket:
         stack = AsyncExitStack()
         nursery = await stack.enter_async_context(trio.open_nursery())
         try:
-            await self.connect()
+            await self.connect()  # one attempt: a hub that is down fails the `async with`
+            await nursery.start(self.run)
         except BaseException:
             nursery.cancel_scope.cancel()
             await stack.aclose()
             raise
         self._exit_stack = stack
-        nursery.start_soon(self.run)
         return self
 
     async def __aexit__(
@@ -443,117 +385,33 @@ class TranscendentalWebSocket:
         """
         if self._closed:
             raise ClosedError("the client is closed")
-        if self._link is not None:
+        links = self._links
+        if links.link is not None:
             await trio.lowlevel.checkpoint()
             return
-        self._state = ConnectionState.CONNECTING
+        links.state = ConnectionState.CONNECTING
         try:
-            await self._open_link()
+            await links.open_link()
         except BaseException:
-            self._state = ConnectionState.DISCONNECTED
+            links.state = ConnectionState.DISCONNECTED
             raise
-
-    async def _open_link(self) -> None:
-        cfg = self.config
-        codec = self._codec
-        try:
-            with trio.fail_after(cfg.connect_timeout):
-                conn = await connect_websocket(
-                    self.uri,
-                    [codec.subprotocol],
-                    compress=cfg.compress,
-                    max_message_size=cfg.max_message_size,
-                    stream_factory=self._stream_factory,
-                )
-                try:
-                    welcome, rest, rtt = await self._handshake(conn)
-                except BaseException:
-                    with trio.CancelScope(shield=True):
-                        await conn.abort()
-                    raise
-        except trio.TooSlowError:
-            raise HandshakeError(f"no welcome within {cfg.connect_timeout} s") from None
-        except ConnectionClosed as exc:
-            raise HandshakeError(f"hub closed the link during the handshake: {exc}") from None
-        result = self._session.welcome(welcome)
-        if not result.recovered:
-            self._generation += 1  # numbering restarted: older inbox entries are not ours to ack
-        now = trio.current_time()
-        # The hub pings every welcome.hb ms; we ping only when it has been silent
-        # for longer than that (half again), so idle links carry half the frames.
-        interval = max(cfg.heartbeat_interval, 1.5 * welcome.hb / 1000)
-        heartbeat = Heartbeat(
-            interval, cfg.heartbeat_floor, cfg.heartbeat_ceiling, now=now, when_silent=True
-        )
-        heartbeat.rtt = self._last_rtt
-        heartbeat.rtt.add(rtt)
-        link = Link(conn, heartbeat, welcome.window, welcome.max_size, rest)
-        self._link = link
-        self._ack_deadline = math.inf
-        self._control.clear()
-        self._session.inbound.acked = self._session.inbound.released
-        c = self._c
-        c["connects"] += 1
-        if not result.first_connect:
-            c["reconnects"] += 1
-            c["resumes_recovered" if result.recovered else "resumes_failed"] += 1
-        c["messages_replayed"] += 0 if result.first_connect else result.replay
-        self._state = ConnectionState.CONNECTED
-        self._breaker.success()
-        self._link_lot.unpark_all()
-        self._acked.unpark_all()  # the welcome may have acknowledged messages
-        self._room.unpark_all()
-        self._writer_wake.set()
-        self._emit(
-            Connected(
-                welcome.sid, welcome.epoch, result.first_connect, result.recovered, result.replay
-            )
-        )
-
-    async def _handshake(
-        self, conn: WebSocketConnection
-    ) -> tuple[Welcome, list[str | bytes], float]:
-        codec = self._codec
-        if conn.subprotocol not in (None, codec.subprotocol):
-            raise HandshakeError(f"hub chose subprotocol {conn.subprotocol!r}")
-        started = trio.current_time()
-        hello = self._session.hello(self.config.token, self.config.max_message_size)
-        await conn.send(self._wire(codec.encode(hello.wire())))
-        messages = await conn.receive_some()
-        rtt = trio.current_time() - started
-        try:
-            frame = parse_frame(codec.decode(messages[0]), sender="hub")
-        except RemoteProtocolError as exc:
-            raise HandshakeError(f"invalid welcome: {exc}") from None
-        if isinstance(frame, Error):
-            raise HandshakeError(f"hub refused hello: {frame.code}: {frame.msg}")
-        if not isinstance(frame, Welcome):
-            raise HandshakeError("the hub's first frame was not a welcome")
-        return frame, messages[1:], rtt
-
-    def _wire(self, data: bytes) -> str | bytes:
-        return data if self._codec.binary else data.decode()
-
-    def _emit(self, event: LinkEvent) -> None:
-        for listener in list(self._listeners):
-            try:
-                listener(event)
-            except Exception:
-                log.exception("link listener failed (ignored)")
 
     async def wait_connected(self) -> None:
         """Wait until a link is up (returns at once if it is)."""
-        while self._link is None:
+        while self._links.link is None:
             if self._closed:
                 raise ClosedError("the client is closed")
-            await self._link_lot.park()
+            await self._links.link_lot.park()
         await trio.lowlevel.checkpoint()
 
-    async def run(self) -> None:
-        """Operate until closed or cancelled: keep the link up, dispatch messages.
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Operate until closed or cancelled: keep a link up, dispatch messages.
 
-        Reconnects with backoff and resumes the session after link loss.
-        Raises :class:`ConnectionClosed` for close codes that forbid retrying
+        Connects (with retries, like every reconnect) unless :meth:`connect`
+        did; ``task_status.started()`` once a link is up, so
+        ``await nursery.start(ws.run)`` returns connected. Reconnects with
+        backoff and resumes the session after link loss. Raises
+        :class:`ConnectionClosed` for close codes that forbid retrying
         (policy, bad handshake, replaced, unsupported version) or when
         ``reconnect`` is off, and the last connection error after
         ``max_reconnect_attempts`` failed attempts.
@@ -567,9 +425,9 @@ class TranscendentalWebSocket:
         try:
             async with trio.open_nursery() as nursery:
                 self._run_scope = nursery.cancel_scope
-                nursery.start_soon(self._dispatcher)
+                nursery.start_soon(self._dispatcher.run)
                 try:
-                    await self._supervise()
+                    await self._links.supervise(self.component_id, task_status.started)
                 except LinkLost as exc:  # re-raised below as the public class, not in a group
                     failure = ConnectionClosed(exc.code, exc.reason)
                 except (GenesisError, OSError) as exc:
@@ -581,289 +439,6 @@ class TranscendentalWebSocket:
             self._running = False
             self._run_scope = None
 
-    def _restart_policy(self) -> RestartPolicy:
-        cfg = self.config
-
-        def restart_on(exc: BaseException) -> bool:
-            if not cfg.reconnect:
-                return False
-            if isinstance(exc, LinkLost):
-                return not exc.fatal
-            return isinstance(exc, HandshakeError | OSError)
-
-        return RestartPolicy(
-            max_restarts=cfg.max_reconnect_attempts,
-            window=cfg.reconnect_window,
-            healthy_after=max(cfg.backoff_cap, 2 * cfg.heartbeat_interval),
-            backoff_factory=self._backoff_factory,
-            restart_on=restart_on,
-        )
-
-    async def _supervise(self) -> None:
-        supervisor = Supervisor(f"link:{self.component_id}", self._restart_policy())
-        await supervisor.run(self._link_once)
-
-    async def _link_once(self) -> None:
-        """One link's life: (re)connect if needed, run it, report how it ended."""
-        if self._link is None:
-            if not self._breaker.allow(trio.current_time()):
-                await trio.sleep_until(self._breaker.retry_at())
-                self._breaker.allow(trio.current_time())
-            self._state = ConnectionState.CONNECTING
-            try:
-                await self._open_link()
-            except (HandshakeError, OSError) as exc:
-                self._c["connect_failures"] += 1
-                self._breaker.failure(trio.current_time())
-                self._state = ConnectionState.DISCONNECTED
-                log.info("connect attempt failed: %s", exc)
-                raise
-        link = self._link
-        assert link is not None
-        await self._run_link(link)
-        self._link = None
-        if self._closing:
-            return
-        fatal = link.code in FATAL_CLOSE_CODES
-        self._state = ConnectionState.DISCONNECTED
-        self._wake_sub_waiters()
-        self._emit(Disconnected(link.code, link.reason, self.config.reconnect and not fatal))
-        if link.code == CloseCode.SESSION_VIOLATION:  # the session is corrupt: start afresh
-            self._session.sid, self._session.epoch = None, 0
-        raise LinkLost(link.code, link.reason, fatal)
-
-    def _wake_sub_waiters(self) -> None:
-        for event in self._sub_waiters.values():
-            event.set()
-
-    async def _run_link(self, link: Link) -> None:
-        try:
-            with link.scope:
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._link_task, link, self._write_loop)
-                    nursery.start_soon(self._link_task, link, self._heartbeat)
-                    await self._reader(link)
-                    nursery.cancel_scope.cancel()
-        finally:
-            with trio.move_on_after(self.config.close_timeout, shield=True):
-                await link.conn.aclose(
-                    link.code if link.code != 1006 else CloseCode.NORMAL, link.reason[:120]
-                )
-
-    async def _reader(self, link: Link) -> None:
-        conn = link.conn
-        decode = self._codec.decode
-        try:
-            messages, link.initial = link.initial, []
-            while True:
-                if not messages:
-                    messages = await conn.receive_some()
-                link.heartbeat.received(trio.current_time())
-                for data in messages:
-                    self._handle_frame(link, parse_frame(decode(data), sender="hub"))
-                messages = []
-        except ConnectionClosed as exc:
-            link.fail(exc.code, exc.reason)
-        except RemoteProtocolError as exc:
-            log.warning("hub broke the protocol: %s", exc)
-            link.fail(exc.close_code or CloseCode.PROTOCOL_ERROR, str(exc)[:120])
-
-    def _handle_frame(self, link: Link, frame: Any) -> None:
-        kind = type(frame)
-        session = self._session
-        if kind is Msgs:
-            if frame.ack is not None:
-                self._on_ack(frame.ack)
-            inbound = session.inbound
-            seq = frame.seq
-            skip = inbound.accept(seq, len(frame.bodies))
-            if skip:
-                self._c["duplicates_dropped"] += skip
-            generation = self._generation
-            inbox = self._inbox
-            pending = self._pending
-            for i in range(skip, len(frame.bodies)):
-                body = frame.bodies[i]
-                assert not isinstance(body, Rejected)
-                re = body.get("re")
-                if re is not None:
-                    waiter = pending.get(re)
-                    if waiter is not None:
-                        error = body.get("error")
-                        if error is not None:
-                            waiter.error = RemoteError(
-                                str(error.get("code")), str(error.get("msg", ""))
-                            )
-                        else:
-                            waiter.value = body.get("data")
-                        waiter.event.set()
-                inbox.append((generation, seq + i, body))
-            self._c["messages_received"] += len(frame.bodies) - skip
-            self._inbox_wake.set()
-        elif kind is Ack:
-            self._on_ack(frame.seq)
-        elif kind is Ping:
-            self._control.append(self._codec.encode(Pong(frame.id).wire()))
-            self._writer_wake.set()
-        elif kind is Pong:
-            waiter_event = self._sub_waiters.get(frame.id)
-            if waiter_event is not None:
-                waiter_event.set()
-            else:
-                link.heartbeat.pong(frame.id, trio.current_time())
-        elif kind is Error:
-            self._c["error_frames"] += 1
-            waiter = self._pending.get(frame.id) if frame.id is not None else None
-            if waiter is not None:
-                waiter.error = RemoteError(frame.code, frame.msg)
-                waiter.event.set()
-            else:
-                self.last_error = frame
-                log.warning("hub reported %s: %s (seq %s)", frame.code, frame.msg, frame.seq)
-        else:
-            raise RemoteProtocolError(f"unexpected frame from the hub: {frame!r}")
-
-    def _on_ack(self, seq: int) -> None:
-        if self._session.outbound.ack(seq, sent_only=True):
-            self._room.unpark_all()
-            self._acked.unpark_all()
-            self._writer_wake.set()
-
-    @staticmethod
-    async def _link_task(link: Link, body: Callable[[Link], Awaitable[None]]) -> None:
-        """Run one of a link's tasks; a closed connection fails the whole link."""
-        try:
-            await body(link)
-        except ConnectionClosed as exc:
-            link.fail(exc.code, exc.reason)
-
-    async def _write_loop(self, link: Link) -> None:
-        session = self._session
-        out = session.outbound
-        inbound = session.inbound
-        codec = self._codec
-        wire = self._wire
-        send = link.conn.send
-        control = self._control
-        max_batch = self.config.max_batch
-        half = max(1, link.window // 2)
-        c = self._c
-        wake = self._writer_wake
-        coalescer = Coalescer(max_delay=self.config.coalesce_max_delay)
-        while True:
-            wake.clear()
-            now = trio.current_time()
-            sent = False
-            while control:
-                await send(wire(control.popleft()))
-                sent = True
-            room = link.window - out.in_flight
-            pending = out.last_seq - out.sent
-            if pending > 0 and room > 0:
-                if coalescer.should_wait(now, out.last_seq, pending):
-                    await trio.lowlevel.checkpoint()
-                    continue
-                entries = out.take(min(room, max_batch))
-                payloads = [e.payload for e in entries]
-                n = fit_frame([len(p) for p in payloads], link.max_size)
-                if n < len(entries):  # the frame would exceed the hub's max_size
-                    out.untake(len(entries) - n)
-                    del entries[n:], payloads[n:]
-                ack = None
-                if inbound.released > inbound.acked:
-                    ack = inbound.take_ack()
-                    self._ack_deadline = math.inf
-                frame = codec.deliver("msg" if n == 1 else "batch", entries[0].seq, payloads, ack)
-                await send(wire(frame))
-                c["frames_sent"] += 1
-                c["messages_framed"] += n
-                continue
-            if inbound.released > inbound.acked and (
-                now >= self._ack_deadline or inbound.released - inbound.acked >= half
-            ):
-                self._ack_deadline = math.inf
-                await send(wire(codec.encode(Ack(inbound.take_ack()).wire())))
-                sent = True
-            if not sent:
-                await wake.wait(self._ack_deadline)
-
-    async def _heartbeat(self, link: Link) -> None:
-        """Ping on schedule; fail the link when the hub falls silent.
-
-        A task of its own so that a send blocked on a dead network cannot
-        hide the silence: every ping is bounded by the dead-peer deadline.
-        """
-        heartbeat = link.heartbeat
-        conn = link.conn
-        encode = self._codec.encode
-        while True:
-            now = trio.current_time()
-            if heartbeat.dead(now):
-                link.fail(CloseCode.HEARTBEAT_TIMEOUT, "no frame from the hub in time")
-                return
-            ping = heartbeat.ping_due(now)
-            if ping is not None:
-                with trio.move_on_at(heartbeat.deadline()):
-                    await conn.send(self._wire(encode(ping.wire())))
-                continue
-            await trio.sleep_until(heartbeat.next_wakeup())
-
-    async def _dispatcher(self) -> None:
-        inbox = self._inbox
-        session = self._session
-        while True:
-            if not inbox:
-                self._inbox_wake.clear()
-                await self._inbox_wake.wait()
-                continue
-            generation, seq, body = inbox.popleft()
-            if body.get("re") is None:
-                msg = Message.from_body(body, seq)
-                if (
-                    inbox
-                    and self._default_handler is None
-                    and msg.type not in self._handlers
-                    and self._queue_nowait(msg)
-                ):
-                    pass  # queued for receive() without a checkpoint: more are waiting
-                else:
-                    await self._dispatch_contained(msg)
-            if generation == self._generation and seq > session.inbound.released:
-                session.inbound.release(seq)
-                if self._ack_deadline == math.inf:
-                    self._ack_deadline = trio.current_time() + self.config.ack_delay
-                    self._writer_wake.set()
-
-    def _queue_nowait(self, msg: Message) -> bool:
-        try:
-            self._app_send.send_nowait(msg)
-        except trio.WouldBlock:
-            return False
-        return True
-
-    async def _dispatch_contained(self, msg: Message) -> None:
-        """Run one message's handler (or queue it), containing any failure."""
-        try:
-            handled, result = await self._dispatch(msg)
-        except Exception as exc:
-            self._c["errors_contained"] += 1
-            log.exception("handler for %r failed (contained)", msg.type)
-            if msg.id is not None and msg.sender is not None:
-                await self._reply_quietly(msg, error=f"{type(exc).__name__}: {exc}"[:200])
-        else:
-            if handled and msg.id is not None and msg.sender is not None:
-                await self._reply_quietly(msg, data=result)
-
-    async def _reply_quietly(
-        self, msg: Message, *, data: Any = None, error: str | None = None
-    ) -> None:
-        try:
-            await self.reply(msg, data, error=error)
-        except (ValueError, TypeError) as exc:
-            self._c["errors_contained"] += 1
-            log.warning("could not send the reply to %r: %s", msg.type, exc)
-            await self.reply(msg, error=f"reply not encodable: {exc}"[:200])
-
     async def aclose(self, *, end_session: bool = True) -> None:
         """Flush (bounded by ``close_timeout``), end the session, close. Idempotent.
 
@@ -873,25 +448,23 @@ class TranscendentalWebSocket:
         if self._closed:
             await trio.lowlevel.checkpoint()
             return
-        self._closing = True
-        link = self._link
+        links = self._links
+        links.closing = True
+        link = links.link
         with trio.move_on_after(self.config.close_timeout, shield=True):
             if link is not None and link.conn.closed is None:
                 try:
                     with trio.move_on_after(self.config.close_timeout / 2):
                         await self.flush()
                     if end_session:
-                        await link.conn.send(self._wire(self._codec.encode(Bye().wire())))
+                        await link.conn.send(links.wire(self._codec.encode(Bye().wire())))
                     await link.conn.aclose(CloseCode.NORMAL, "client closing")
                 except ConnectionClosed:
                     pass
         self._closed = True
-        self._state = ConnectionState.CLOSED
-        self._room.unpark_all()
-        self._acked.unpark_all()
-        self._link_lot.unpark_all()
-        self._wake_sub_waiters()
-        self._app_send.close()
+        links.state = ConnectionState.CLOSED
+        links.wake_everyone()
+        self._dispatcher.close()
         if self._run_scope is not None:
             self._run_scope.cancel()
         if link is not None:
@@ -901,35 +474,39 @@ class TranscendentalWebSocket:
 
     def statistics(self) -> ClientStatistics:
         """A frozen snapshot of this client's metrics."""
-        c = self._c
-        rtt = self._last_rtt
+        c = self._counters
+        rtt = self._links.rtt
         p99 = rtt.percentile(0.99)
         return ClientStatistics(
             component_id=self._session.component_id,
-            state=self._state,
-            connects=c["connects"],
-            reconnects=c["reconnects"],
-            resumes_recovered=c["resumes_recovered"],
-            resumes_failed=c["resumes_failed"],
-            connect_failures=c["connect_failures"],
-            messages_sent=c["messages_sent"],
-            messages_received=c["messages_received"],
-            messages_replayed=c["messages_replayed"],
-            duplicates_dropped=c["duplicates_dropped"],
-            errors_contained=c["errors_contained"],
-            error_frames=c["error_frames"],
+            state=self.state,
+            connects=c.connects,
+            reconnects=c.reconnects,
+            resumes_recovered=c.resumes_recovered,
+            resumes_failed=c.resumes_failed,
+            connect_failures=c.connect_failures,
+            messages_sent=c.messages_sent,
+            messages_received=c.messages_received,
+            messages_replayed=c.messages_replayed,
+            duplicates_dropped=c.duplicates_dropped,
+            errors_contained=c.errors_contained,
+            error_frames=c.error_frames,
             pending=len(self._session.outbound),
-            inbox=len(self._inbox),
-            frames_sent=c["frames_sent"],
-            collapse_factor=(c["messages_framed"] / c["frames_sent"]) if c["frames_sent"] else 1.0,
+            inbox=len(self._dispatcher.inbox),
+            frames_sent=c.frames_sent,
+            collapse_factor=(c.messages_framed / c.frames_sent) if c.frames_sent else 1.0,
             rtt_ewma_ms=None if rtt.srtt is None else rtt.srtt * 1000,
             rtt_p99_ms=None if p99 is None else p99 * 1000,
-            breaker=self._breaker.state.value,
+            breaker=self._links.breaker.state.value,
         )
 
     def get_stats(self) -> dict[str, Any]:
         """The metrics as a plain dict."""
         return attrs.asdict(self.statistics())
+
+
+def _full(out: OutboundLog[bytes]) -> bool:
+    return not out.has_room
 
 
 def _single_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
@@ -940,6 +517,3 @@ def _single_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException | No
             return None
         exc = exc.exceptions[0]
     return exc
-
-
-__all__ = ["TranscendentalWebSocket"]

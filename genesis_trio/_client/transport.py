@@ -4,7 +4,7 @@ Not trio-websocket, because the resilient client needs two things it lacks
 (DEPENDENCIES.md): permessage-deflate with a decompression limit, and a
 reader that never stops answering pings while the application is slow. This
 transport has no tasks of its own: the caller's reader task drives
-:meth:`WebSocketConnection.receive_some`, which returns every message that
+:meth:`ClientTransport.receive_some`, which returns every message that
 has arrived (a list, so bursts cost one call) and answers pings inline.
 """
 
@@ -66,7 +66,7 @@ async def _tcp(host: str, port: int) -> trio.abc.Stream:
     return await trio.open_tcp_stream(host, port)
 
 
-class WebSocketConnection:
+class ClientTransport:
     """One client WebSocket. ``send`` is task-safe; one task must drive receiving."""
 
     def __init__(
@@ -219,7 +219,7 @@ async def connect_websocket(
     headers: Sequence[tuple[str, str]] = (),
     stream_factory: StreamFactory | None = None,
     ssl_context: _ssl.SSLContext | None = None,
-) -> WebSocketConnection:
+) -> ClientTransport:
     """Open the stream and perform the WebSocket upgrade.
 
     Raises :class:`HandshakeError` for refused or malformed upgrades and
@@ -258,7 +258,7 @@ async def connect_websocket(
                 raise HandshakeError(f"invalid upgrade response: {exc}") from None
             for event in ws.events():
                 if isinstance(event, AcceptConnection):
-                    conn = WebSocketConnection(stream, ws, event.subprotocol, max_message_size)
+                    conn = ClientTransport(stream, ws, event.subprotocol, max_message_size)
                     await conn._process_events()  # frames that arrived with the 101
                     return conn
                 if isinstance(event, RejectConnection):

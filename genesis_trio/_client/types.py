@@ -1,7 +1,8 @@
-"""The client's data types: link events, states, statistics, per-link state."""
+"""The client's data types: link events, states, statistics and counters."""
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -9,9 +10,7 @@ import attrs
 import trio
 
 from .._core.errors import CloseCode, ConnectionClosed, RemoteError
-from .._core.heartbeat import Heartbeat
 from .._core.message import Message
-from .transport import WebSocketConnection
 
 Handler = Callable[[Message], Awaitable[Any]]
 """An async function handling one message; its return value answers requests."""
@@ -62,14 +61,19 @@ class LinkLost(ConnectionClosed):
         self.fatal = fatal
 
 
-class ConnectionState:
-    """Names of :attr:`TranscendentalWebSocket.state`."""
+class ConnectionState(enum.StrEnum):
+    """Values of :attr:`TranscendentalWebSocket.state`."""
 
     IDLE = "idle"
+    """Not started."""
     CONNECTING = "connecting"
+    """Opening a link (first connect or reconnect)."""
     CONNECTED = "connected"
+    """A link is up."""
     DISCONNECTED = "disconnected"
+    """Between links (waiting to reconnect)."""
     CLOSED = "closed"
+    """Closed for good."""
 
 
 @attrs.frozen
@@ -78,7 +82,7 @@ class ClientStatistics:
 
     component_id: str | None
     """Our component id."""
-    state: str
+    state: ConnectionState
     """idle, connecting, connected, disconnected or closed."""
     connects: int
     """Successful handshakes (the first one included)."""
@@ -119,23 +123,22 @@ class ClientStatistics:
 
 
 @attrs.define(eq=False)
-class Link:
-    """One WebSocket link of a client: its connection, heartbeat and limits."""
+class ClientCounters:
+    """Mutable counters behind :class:`ClientStatistics`."""
 
-    conn: WebSocketConnection
-    heartbeat: Heartbeat
-    window: int
-    max_size: int
-    initial: list[str | bytes] = attrs.field(factory=list)
-    """Frames that arrived together with the welcome (read first)."""
-    scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
-    code: int = 1006
-    reason: str = "connection lost"
-
-    def fail(self, code: int, reason: str) -> None:
-        if self.code == 1006 and self.reason == "connection lost":
-            self.code, self.reason = code, reason
-        self.scope.cancel()
+    connects: int = 0
+    reconnects: int = 0
+    resumes_recovered: int = 0
+    resumes_failed: int = 0
+    connect_failures: int = 0
+    messages_sent: int = 0
+    messages_received: int = 0
+    messages_replayed: int = 0
+    duplicates_dropped: int = 0
+    errors_contained: int = 0
+    error_frames: int = 0
+    frames_sent: int = 0
+    messages_framed: int = 0
 
 
 @attrs.define(eq=False)

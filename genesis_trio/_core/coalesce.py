@@ -54,18 +54,15 @@ class Coalescer:
             return 0.0
         return min(self.max_delay, (self.target - pending) / self.rate)
 
-    def should_wait(self, now: float, appended: int, pending: int, busy: bool = False) -> bool:
+    def should_wait(self, now: float, appended: int, pending: int) -> bool:
         """True: yield one scheduler pass and ask again; False: write now.
 
-        Starts waiting under a high arrival rate on this link, or when the
-        whole process is ``busy`` (many tasks runnable: a fan-out burst, or
-        saturation, where a pass costs little and batches form across
-        links); keeps waiting while each pass brings more, up to ``target``
-        messages or ``max_delay``.
+        Starts waiting under a high arrival rate on this link; keeps waiting
+        while each pass brings more, up to ``target`` messages or ``max_delay``.
         """
         if self._until is None:
             self.observe(now, appended)
-            pause = self.max_delay if busy and pending < self.target else self.delay(pending)
+            pause = self.delay(pending)
             if pause <= 0.0:
                 return False
             self._until, self._grown, self._idle = now + pause, appended, 0

@@ -15,6 +15,7 @@ import msgpack
 import orjson
 
 from .errors import ErrorCode, RemoteProtocolError
+from .frames import Body
 
 JSON_SUBPROTOCOL: Final = "genesis.v1.json"
 MSGPACK_SUBPROTOCOL: Final = "genesis.v1.msgpack"
@@ -38,7 +39,7 @@ class Codec(Protocol):
         """Decode one WebSocket message; raise :class:`RemoteProtocolError`."""
         ...
 
-    def deliver(self, kind: str, seq: int, bodies: Sequence[bytes], ack: int | None) -> bytes:
+    def frame(self, kind: str, seq: int, bodies: Sequence[bytes], ack: int | None) -> bytes:
         """Assemble a ``msg``/``batch`` frame from pre-encoded bodies."""
         ...
 
@@ -63,7 +64,7 @@ class JsonCodec:
                 f"frame is not valid JSON: {exc}", code=ErrorCode.BAD_FRAME
             ) from None
 
-    def deliver(self, kind: str, seq: int, bodies: Sequence[bytes], ack: int | None) -> bytes:
+    def frame(self, kind: str, seq: int, bodies: Sequence[bytes], ack: int | None) -> bytes:
         """Splice pre-encoded bodies into one frame without re-encoding them."""
         head = b'{"t":"%s","seq":%d' % (kind.encode(), seq)
         if ack is not None:
@@ -114,7 +115,7 @@ class MsgpackCodec:
                 code=ErrorCode.BAD_FRAME,
             ) from None
 
-    def deliver(self, kind: str, seq: int, bodies: Sequence[bytes], ack: int | None) -> bytes:
+    def frame(self, kind: str, seq: int, bodies: Sequence[bytes], ack: int | None) -> bytes:
         """Splice pre-encoded bodies into one frame without re-encoding them."""
         parts = [bytes((0x80 | (3 if ack is None else 4),)), _MP_T, _MP_KIND[kind]]
         parts += [_MP_SEQ, msgpack.packb(seq)]
@@ -133,6 +134,56 @@ JSON: Final = JsonCodec()
 MSGPACK: Final = MsgpackCodec()
 CODECS: Final[dict[str, Codec]] = {JSON.subprotocol: JSON, MSGPACK.subprotocol: MSGPACK}
 CODECS_BY_NAME: Final[dict[str, Codec]] = {JSON.name: JSON, MSGPACK.name: MSGPACK}
+
+
+class EncodedBody:
+    """A message body, encoded at most once per codec however many receive it.
+
+    The hub keeps one per message, shared by every session it is routed to:
+    a message fanned out to many subscribers is encoded once per codec.
+    """
+
+    __slots__ = ("_body", "_size", "json", "msg_id", "msgpack")
+
+    def __init__(self, body: Body | None, *, msgpack: bytes | None = None) -> None:
+        self._body = body
+        self.json: bytes | None = None
+        self.msgpack: bytes | None = msgpack
+        self.msg_id: int | None = None
+        """The id under which the session store keeps the body (once stored)."""
+        self._size = -1
+
+    @classmethod
+    def stored(cls, msg_id: int, msgpack: bytes) -> EncodedBody:
+        """A body loaded from the session store (decoded only if a JSON client needs it)."""
+        out = cls(None, msgpack=msgpack)
+        out.msg_id = msg_id
+        return out
+
+    @property
+    def body(self) -> Body:
+        """The body as a map."""
+        if self._body is None:
+            assert self.msgpack is not None
+            self._body = MSGPACK.decode(self.msgpack)
+        return self._body
+
+    @property
+    def size(self) -> int:
+        """Its encoded size in bytes (MessagePack, which the store keeps too)."""
+        if self._size < 0:
+            self._size = len(self.encoded(MSGPACK))
+        return self._size
+
+    def encoded(self, codec: Codec) -> bytes:
+        """The body in ``codec``'s encoding (cached)."""
+        if codec.name == "json":
+            if self.json is None:
+                self.json = codec.encode(self.body)
+            return self.json
+        if self.msgpack is None:
+            self.msgpack = codec.encode(self.body)
+        return self.msgpack
 
 
 def negotiate(offered: Sequence[str]) -> Codec | None:

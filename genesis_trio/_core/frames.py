@@ -121,15 +121,21 @@ class Welcome:
     max_size: int
     node: str = ""
     v: int = PROTOCOL_VERSION
+    reason: str | None = None
+    """With ``recovered: false`` after a resume was asked: why (``unknown``, ``epoch``,
+    ``truncated``, ``ack``)."""
 
     def wire(self) -> dict[str, Any]:
         """The map to encode."""
-        return {"t": "welcome", **attrs.asdict(self)}
+        out = {"t": "welcome", **attrs.asdict(self)}
+        if self.reason is None:
+            del out["reason"]
+        return out
 
 
 @attrs.frozen
 class Rejected:
-    """Stands in a ``Msgs`` for a client body that failed validation.
+    """Stands in a :class:`MessageFrame` for a client body that failed validation.
 
     Its sequence number is still consumed (the stream goes on); the hub
     answers it with an error frame naming that number.
@@ -139,7 +145,7 @@ class Rejected:
 
 
 @attrs.frozen
-class Msgs:
+class MessageFrame:
     """``msg`` (one body) or ``batch`` (several) with consecutive sequence numbers."""
 
     seq: int
@@ -220,7 +226,7 @@ class Bye:
         return {"t": "bye"}
 
 
-Frame = Hello | Welcome | Msgs | Ack | Ping | Pong | Subscribe | Error | Bye
+Frame = Hello | Welcome | MessageFrame | Ack | Ping | Pong | Subscribe | Error | Bye
 Side = Literal["hub", "client"]
 
 
@@ -283,7 +289,7 @@ def parse_frame(obj: object, *, sender: Side) -> Frame:
                 if not from_client:
                     raise
                 bodies.append(Rejected(exc))
-        return Msgs(seq, bodies, ack)
+        return MessageFrame(seq, bodies, ack)
     if t == "ack":
         return Ack(_int(obj, "seq"))
     if t == "ping":
@@ -340,6 +346,7 @@ def parse_frame(obj: object, *, sender: Side) -> Frame:
             max_size=_int(obj, "max_size", minimum=1),
             node=node if isinstance(node, str) else "",
             v=_int(obj, "v", default=PROTOCOL_VERSION),
+            reason=reason if isinstance(reason := obj.get("reason"), str) else None,
         )
     if isinstance(t, str):
         raise _bad(f"unknown frame type {t!r}", ErrorCode.UNKNOWN_FRAME)

@@ -78,3 +78,23 @@ class Message:
 
 
 _BODY_KEYS = frozenset({"type", "data", "from", "to", "topic", "id", "re", "error"})
+
+
+def reply_body(
+    type: str,
+    to: str,
+    re: str,
+    *,
+    data: Any = None,
+    error: tuple[str, str] | None = None,
+) -> Body:
+    """The body that answers request ``re`` of ``to``: ``data``, or ``error=(code, msg)``.
+
+    docs/protocol.md §2.3: ``{type, to, re, data}`` or ``{type, to, re, error}``.
+    """
+    body: Body = {"type": type, "to": to, "re": re}
+    if error is not None:
+        body["error"] = {"code": str(error[0]), "msg": error[1]}
+    elif data is not None:
+        body["data"] = data
+    return body

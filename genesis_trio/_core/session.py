@@ -19,7 +19,7 @@ from __future__ import annotations
 import secrets
 from collections import deque
 from collections.abc import Iterable
-from typing import Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import attrs
 
@@ -91,11 +91,6 @@ class OutboundLog(Generic[T]):
         return len(self.entries) < self.capacity and self.size < self.max_bytes
 
     @property
-    def sendable(self) -> int:
-        """Highest sequence number that may be sent now (stored, if a store is used)."""
-        return min(self.last_seq, self.durable)
-
-    @property
     def unsent(self) -> int:
         """How many retained messages the current link has not carried yet."""
         return self.last_seq - self.sent
@@ -117,6 +112,11 @@ class OutboundLog(Generic[T]):
         self.entries.append(Entry(self.last_seq, payload, now, size))
         self.size += size
         return self.last_seq
+
+    def restore(self, seq: int, payload: T, stamp: float, size: int = 0) -> None:
+        """Put back an entry loaded from a store (numbered already, in order)."""
+        self.entries.append(Entry(seq, payload, stamp, size))
+        self.size += size
 
     def append_evicting(self, payload: T, now: float, size: int = 0) -> tuple[int, int]:
         """Append, dropping the oldest messages to make room; returns (seq, dropped)."""
@@ -268,11 +268,6 @@ class InboundTracker:
         if seq > self.released:
             self.released = seq
 
-    @property
-    def ack_due(self) -> bool:
-        """True when an acknowledgement newer than the last one sent is owed."""
-        return self.released > self.acked
-
     def take_ack(self) -> int:
         """Record that an acknowledgement is being sent; return its value."""
         self.acked = self.released
@@ -293,6 +288,55 @@ class ResumeResult:
     """How many of our unacknowledged messages will be sent again."""
     first_connect: bool
     """True for the session's very first welcome."""
+
+
+class ResumableSession(Protocol):
+    """What :func:`resume_session` reads and changes: the hub's state of a session."""
+
+    epoch: int
+    outbound: OutboundLog[Any]
+    inbound: InboundTracker
+
+
+@attrs.frozen
+class HubResume:
+    """The hub's answer to a ``hello`` that names a session it holds."""
+
+    recovered: bool
+    """True: the session continues exactly; False: a new epoch began."""
+    reason: str | None
+    """Why it could not continue (``welcome.reason``): ``epoch``, ``truncated`` or ``ack``."""
+    released: int
+    """Outbound messages that ``hello.ack`` acknowledged (dropped from the log)."""
+
+
+def resume_session(session: ResumableSession, hello: Hello) -> HubResume:
+    """The hub's half of the resume handshake (the client's is :meth:`ClientSession.welcome`).
+
+    The session continues exactly when the hello names its current epoch,
+    retention dropped nothing the client had not acknowledged, and
+    ``hello.ack`` is a number the hub sent. An ack below one already
+    received is stale and ignored (acks never go backwards); one above the
+    newest message sent is impossible and costs a new epoch (``reason="ack"``).
+    On a new epoch both streams restart at 1 and the unacknowledged outbound
+    messages are renumbered, to be delivered again.
+    """
+    log = session.outbound
+    reason = None
+    if hello.epoch != session.epoch:
+        reason = "epoch"
+    elif log.truncated:
+        reason = "truncated"
+    elif hello.ack > log.last_seq:
+        reason = "ack"
+    if reason is None:
+        released = log.ack(max(hello.ack, log.acked))
+        log.rewind()
+        return HubResume(True, None, released)
+    session.epoch += 1
+    log.renumber()
+    session.inbound.reset()
+    return HubResume(False, reason, 0)
 
 
 @attrs.define(eq=False)

@@ -1,4 +1,4 @@
-"""The hub's raw ASGI WebSocket endpoint: handshake checks and the transport.
+"""The hub's raw ASGI WebSocket endpoint: upgrade checks and the link's transport.
 
 Raw ASGI on purpose: no framework objects per connection (each idle link
 costs memory), and the same code serves :meth:`handle_connection` when a
@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import trio
 
 from .._core.codec import Codec, negotiate
 from .._core.errors import CloseCode, ConnectionClosed
 from .hypercorn import current_abort
-
-if TYPE_CHECKING:
-    from .hub import TranscendentalExternalWebSocket
+from .limits import Refusal
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -36,12 +34,14 @@ class AsgiTransport:
     send until the server gives up.
     """
 
-    __slots__ = ("_abort", "_binary", "_closed", "_gone", "_receive", "_send")
+    __slots__ = ("_abort", "_binary", "_closed", "_gone", "_receive", "_send", "codec")
 
-    def __init__(self, receive: Receive, send: Send, binary: bool, abort: Abort | None) -> None:
+    def __init__(self, receive: Receive, send: Send, codec: Codec, abort: Abort | None) -> None:
         self._receive = receive
         self._send = send
-        self._binary = binary
+        self.codec = codec
+        """The codec the subprotocol selected."""
+        self._binary = codec.binary
         self._abort = abort
         self._closed = False
         self._gone = False
@@ -105,17 +105,17 @@ class AsgiTransport:
             await self.abort()
 
 
-async def deny(scope: Scope, send: Send, status: int, text: str) -> None:
+async def deny(scope: Scope, send: Send, refusal: Refusal) -> None:
     """Refuse the upgrade with an HTTP status and a text body (or a bare 403)."""
     if "websocket.http.response" in (scope.get("extensions") or {}):
         await send(
             {
                 "type": "websocket.http.response.start",
-                "status": status,
+                "status": refusal.status,
                 "headers": [(b"content-type", b"text/plain; charset=utf-8")],
             }
         )
-        await send({"type": "websocket.http.response.body", "body": text.encode()})
+        await send({"type": "websocket.http.response.body", "body": refusal.reason.encode()})
     else:
         await send({"type": "websocket.close", "code": 1008})
 
@@ -133,52 +133,32 @@ def client_address(scope: Scope) -> str | None:
     return str(client[0]) if client else None
 
 
-async def serve_websocket(
-    hub: TranscendentalExternalWebSocket, scope: Scope, receive: Receive, send: Send
-) -> None:
-    """Admit, check Origin and subprotocol, accept, hand the link to the hub, finish it."""
-    message = await receive()
-    if message["type"] != "websocket.connect":
-        return
-    counters = hub._counters
-    address = client_address(scope)
-    refusal = hub.admission.admit(address)
-    if refusal is not None:
-        counters.connections_refused += 1
-        await deny(scope, send, refusal.status, refusal.reason)
-        return
-    try:
-        await _serve_admitted(hub, scope, receive, send)
-    finally:
-        hub.admission.release(address)
+async def accept_websocket(
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    allowed_origins: frozenset[str] | None,
+) -> AsgiTransport | Refusal:
+    """Check Origin and subprotocol, then accept: the link's transport, or why it was refused.
 
-
-async def _serve_admitted(
-    hub: TranscendentalExternalWebSocket, scope: Scope, receive: Receive, send: Send
-) -> None:
-    counters = hub._counters
-    allowed = hub.config.allowed_origins
+    The ``websocket.connect`` event has been received already; a refusal
+    has been answered (HTTP 403/400 with a reason) when this returns.
+    """
     origin = _header(scope, b"origin")
-    if allowed is not None and origin is not None and origin not in allowed:
-        counters.handshake_failures += 1
-        await deny(scope, send, 403, f"origin {origin!r} is not allowed")
-        return
+    if allowed_origins is not None and origin is not None and origin not in allowed_origins:
+        refusal = Refusal(403, f"origin {origin!r} is not allowed")
+        await deny(scope, send, refusal)
+        return refusal
     offered: list[str] = list(scope.get("subprotocols") or [])
     codec: Codec | None = negotiate(offered)
     if codec is None:
-        counters.handshake_failures += 1
-        await deny(
-            scope, send, 400, "unsupported subprotocol: offer genesis.v1.json or genesis.v1.msgpack"
+        refusal = Refusal(
+            400, "unsupported subprotocol: offer genesis.v1.json or genesis.v1.msgpack"
         )
-        return
+        await deny(scope, send, refusal)
+        return refusal
     accept: dict[str, Any] = {"type": "websocket.accept"}
     if offered:
         accept["subprotocol"] = codec.subprotocol
     await send(accept)
-    del offered, accept, origin  # not kept alive for the link's lifetime
-    transport = AsgiTransport(receive, send, codec.binary, current_abort())
-    try:
-        await hub.serve_transport(transport, codec)
-    finally:
-        with trio.CancelScope(shield=True):
-            await transport.finish(hub.config.close_timeout)
+    return AsgiTransport(receive, send, codec, current_abort())

@@ -1,5 +1,9 @@
 """The hub's journal: records session changes, commits them in groups.
 
+:class:`NullJournal` stands in without a session store: it releases every
+change at once (nothing waits for a commit).
+
+
 Every change the hub makes to a session (a message appended to its log, the
 sequence number it has received, an acknowledgement, a new epoch, a
 deletion) is recorded here. :meth:`Journal.run` writes what accumulated in
@@ -22,12 +26,13 @@ from typing import TYPE_CHECKING
 import attrs
 import trio
 
-from .._core.codec import MSGPACK
+from .._core.codec import MSGPACK, EncodedBody
 from .._runtime.signal import Signal
-from ..stores._protocol import SessionRow, SessionStore, StoreBatch, StoredEntry, StoreError
+from ..stores import SessionRow, SessionStore, StoreBatch, StoredEntry, StoredState, StoreError
+from .stats import StoreStatus
 
 if TYPE_CHECKING:
-    from .sessions import HubSession, Outgoing
+    from .sessions import HubSession
 
 log = logging.getLogger("genesis_trio.journal")
 
@@ -50,8 +55,68 @@ class _Snapshot:
     last_seq: int
 
 
+class NullJournal:
+    """The journal of a hub without a session store: every change is released at once."""
+
+    durable = False
+    """Messages may be sent before any store has them (there is none)."""
+    healthy = True
+
+    def __init__(self, *, on_released: Callable[[HubSession], None]) -> None:
+        self._on_released = on_released
+
+    def status(self) -> StoreStatus:
+        """What the statistics say about the store: there is none."""
+        return StoreStatus("none", True, 0, 0, 0)
+
+    def touched(self, session: HubSession) -> None:
+        """Received messages are acknowledgeable at once."""
+        inbound = session.inbound
+        if inbound.received > inbound.released:
+            inbound.release(inbound.received)
+        self._on_released(session)
+
+    def appended(
+        self,
+        session: HubSession,
+        seq: int,
+        out: EncodedBody,
+        stamp: float,
+        shared: bool = False,
+    ) -> None:
+        """Nothing to store: the log is sendable already."""
+
+    def acked(self, session: HubSession) -> None:
+        """Nothing to store."""
+
+    def rewritten(self, session: HubSession) -> None:
+        """Nothing to store."""
+
+    def deleted(self, session: HubSession) -> None:
+        """Nothing to store."""
+
+    async def wait_committed(self) -> None:
+        """Everything is "committed" at once."""
+        await trio.lowlevel.checkpoint()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Nothing to run."""
+        task_status.started()
+
+    async def compact(self) -> None:
+        """Nothing to compact."""
+        await trio.lowlevel.checkpoint()
+
+    async def aclose(self) -> None:
+        """Nothing to close."""
+        await trio.lowlevel.checkpoint()
+
+
 class Journal:
     """Records changes to sessions and commits them through a store."""
+
+    durable = True
+    """Messages are sent only once stored."""
 
     def __init__(
         self,
@@ -60,12 +125,14 @@ class Journal:
         on_released: Callable[[HubSession], None],
         on_outage: Callable[[], None],
         outage_after: float = 10.0,
+        close_timeout: float = 2.0,
         retry_cap: float = 2.0,
     ) -> None:
         self.store = store
         self._on_released = on_released
         self._on_outage = on_outage
         self.outage_after = outage_after
+        self.close_timeout = close_timeout
         self.retry_cap = retry_cap
         self._batch = StoreBatch()
         self._dirty: dict[str, HubSession] = {}
@@ -73,7 +140,7 @@ class Journal:
         self._wake = Signal()
         self._committed = trio.lowlevel.ParkingLot()
         self._ids = itertools.count(1)
-        self._wall_offset = time.time() - trio.current_time()
+        self._wall_offset: float | None = None  # set when run() starts: Trio's clock is there
         self.generation = 0
         """Incremented by every change recorded."""
         self.committed_generation = 0
@@ -84,13 +151,36 @@ class Journal:
 
     # -- clocks -------------------------------------------------------------------
 
+    def _offset(self) -> float:
+        if self._wall_offset is None:
+            self._wall_offset = time.time() - trio.current_time()
+        return self._wall_offset
+
     def wall(self, trio_time: float) -> float:
         """Trio clock to wall clock (what the store keeps)."""
-        return trio_time + self._wall_offset
+        return trio_time + self._offset()
 
     def trio_time(self, wall: float) -> float:
         """Wall clock back to this process's Trio clock."""
-        return wall - self._wall_offset
+        return wall - self._offset()
+
+    def status(self) -> StoreStatus:
+        """What the statistics say about the store."""
+        c = self.counters
+        return StoreStatus(self.store.name, self.healthy, c.commits, c.rows_written, c.failures)
+
+    async def open(self, load: Callable[[StoredState], int]) -> int:
+        """Open the store and hand what it holds to ``load``; return how many sessions."""
+        state = await self.store.open()
+        loaded = load(state)
+        self.start_ids_after(max(state.messages, default=0))
+        return loaded
+
+    async def aclose(self) -> None:
+        """Commit what is pending (bounded by ``close_timeout``), then close the store."""
+        with trio.move_on_after(self.close_timeout):
+            await self.wait_committed()
+        await self.store.aclose()
 
     def start_ids_after(self, highest: int) -> None:
         """Message ids continue after the highest one loaded."""
@@ -104,19 +194,19 @@ class Journal:
         self.generation += 1
         self._wake.set()
 
-    def _msg_id(self, out: Outgoing) -> int:
+    def _msg_id(self, out: EncodedBody) -> int:
         if out.msg_id is None:
             out.msg_id = next(self._ids)
             self._batch.message(out.msg_id, out.encoded(MSGPACK))
         return out.msg_id
 
-    def _entry(self, seq: int, out: Outgoing, stamp: float, shared: bool) -> StoredEntry:
+    def _entry(self, seq: int, out: EncodedBody, stamp: float, shared: bool) -> StoredEntry:
         if shared or out.msg_id is not None:
             return StoredEntry(seq, self._msg_id(out), self.wall(stamp))
         return StoredEntry(seq, 0, self.wall(stamp), out.encoded(MSGPACK))
 
     def appended(
-        self, session: HubSession, seq: int, out: Outgoing, stamp: float, shared: bool = False
+        self, session: HubSession, seq: int, out: EncodedBody, stamp: float, shared: bool = False
     ) -> None:
         """A message entered the session's log (not sendable until committed).
 
@@ -215,7 +305,7 @@ class Journal:
                     continue
                 await self._commit_with_retry()
         finally:
-            with trio.move_on_after(2.0, shield=True):
+            with trio.move_on_after(self.close_timeout, shield=True):
                 if self._batch or self._dirty or self._appended:
                     await self._commit_once()
 

@@ -1,18 +1,21 @@
 """One live link on the hub: its reader, router, writer and watchdog.
 
-* The reader hands every WebSocket message to the hub's per-message
-  pipeline, which never waits: control frames (ack, ping, pong, sub, unsub)
-  take effect at once, and messages are routed at once unless a target is
-  full. Then they join the link's *backlog*, in order, and a router task
-  (started on demand) routes them as room appears, while the reader goes on
-  reading. The reader also owns the dead-peer clock (it counts every frame
-  that arrives) and notices a writer stuck on a peer that does not read.
-* The writer owns everything that goes out: control frames (pongs, errors),
-  pings, deliveries from the session's outbound log (batched, within the
-  window) and acknowledgements.
+* The reader hands every WebSocket message to the hub's per-message pipeline
+  (:meth:`LinkServices.process`), which never waits: control frames (ack,
+  ping, pong, sub, unsub) take effect at once, and messages are routed at
+  once unless a target is full. Then they join the link's *backlog*, in
+  order, and a router task (started on demand) routes them as room appears,
+  while the reader goes on reading. The reader also owns the dead-peer clock
+  (it counts every frame that arrives) and notices a writer stuck on a peer
+  that does not read.
+* The writer moves what the core's :class:`LinkProtocol` says: deliveries
+  (batched, within the window), acknowledgements, plus control frames and
+  pings.
 * The watchdog bounds the end: once the link is asked to close (or its task
   is cancelled), it waits ``close_timeout`` and then drops the socket, which
   frees a send that Hypercorn shields from cancellation.
+
+A link knows its hub only through :class:`LinkServices`.
 """
 
 from __future__ import annotations
@@ -20,30 +23,32 @@ from __future__ import annotations
 import logging
 import math
 from collections import deque
-from typing import TYPE_CHECKING, Final, Protocol
+from typing import Final, Protocol
 
 import trio
 
-from .._core.coalesce import Coalescer
-from .._core.codec import Codec
-from .._core.errors import CloseCode, ConnectionClosed, ErrorCode
-from .._core.frames import HUB_ID, Ack, Error, Msgs
+from .._core.coalesce import Coalescer, FanoutWindow
+from .._core.codec import Codec, EncodedBody
+from .._core.config import HubConfig
+from .._core.errors import CloseCode, ConnectionClosed
+from .._core.frames import Ack, Error, MessageFrame
 from .._core.heartbeat import Heartbeat
-from .._core.session import FRAME_OVERHEAD, fit_frame
+from .._core.link import Deliver, Hold, Idle, LinkProtocol, SendAck
 from .._runtime.signal import Signal
-from .sessions import Outgoing
-
-if TYPE_CHECKING:
-    from .hub import TranscendentalExternalWebSocket
-    from .sessions import HubSession
+from .sessions import HubSession
+from .stats import HubCounters
 
 log = logging.getLogger("genesis_trio.hub")
 
-MAX_CONTROL_FRAMES = 64
+MAX_CONTROL_FRAMES: Final = 64
+"""Control frames (pongs, errors) queued per link; more are dropped (they are advisory)."""
 
 
 class ServerTransport(Protocol):
     """The hub's view of one accepted WebSocket (ASGI or in-memory)."""
+
+    codec: Codec
+    """The codec its subprotocol selected."""
 
     async def receive(self) -> str | bytes | None:
         """The next message, or None once the peer has gone."""
@@ -67,7 +72,7 @@ class Backlogged:
 
     __slots__ = ("frame", "next", "size")
 
-    def __init__(self, frame: Msgs | None, start: int, size: int) -> None:
+    def __init__(self, frame: MessageFrame | None, start: int, size: int) -> None:
         self.frame = frame
         """The frame; None stands for ``bye``."""
         self.next = start
@@ -79,7 +84,42 @@ class Backlogged:
 BYE: Final = None
 
 
-class HubConnection:
+class LinkServices(Protocol):
+    """What a link needs of its hub, and nothing more."""
+
+    @property
+    def config(self) -> HubConfig:
+        """The hub's configuration."""
+        ...
+
+    @property
+    def counters(self) -> HubCounters:
+        """The hub's counters."""
+        ...
+
+    @property
+    def fanout(self) -> FanoutWindow:
+        """Marks the moments after a wide fan-out (writers hold once for a batch)."""
+        ...
+
+    async def process(self, data: str | bytes, link: HubLink) -> None:
+        """The per-message pipeline: decode, validate, act; never waits for room."""
+        ...
+
+    async def route_held(self, link: HubLink, item: Backlogged) -> bool:
+        """Route a held frame's remaining bodies, waiting for room; False: the link ended."""
+        ...
+
+    def say_bye(self, link: HubLink) -> None:
+        """End the link's session (``bye``)."""
+        ...
+
+    def too_large(self, link: HubLink, out: EncodedBody, size: int) -> bytes:
+        """The frame body that replaces a message larger than the link's client accepts."""
+        ...
+
+
+class HubLink:
     """The tasks and per-link state of one attached session."""
 
     __slots__ = (
@@ -92,17 +132,16 @@ class HubConnection:
         "bad_frames",
         "close_code",
         "close_reason",
-        "coalescer",
         "codec",
         "control",
         "crashed",
         "drained",
         "heartbeat",
-        "hub",
-        "max_frame",
         "peer_closed",
+        "protocol",
         "routing",
         "sending_since",
+        "services",
         "session",
         "transport",
         "wake",
@@ -110,22 +149,35 @@ class HubConnection:
 
     def __init__(
         self,
-        hub: TranscendentalExternalWebSocket,
+        services: LinkServices,
         session: HubSession,
         transport: ServerTransport,
-        codec: Codec,
         now: float,
         max_frame: int = 1 << 20,
     ) -> None:
-        cfg = hub.config
-        self.max_frame = min(max_frame, cfg.max_message_size)  # the client's hello.max_size
-        self.hub = hub
+        cfg = services.config
+        self.services = services
         self.session = session
         self.transport = transport
-        self.codec = codec
+        codec = self.codec = transport.codec
         self.wake: Signal = session.wake
         self.heartbeat = Heartbeat(
             cfg.heartbeat_interval, cfg.heartbeat_floor, cfg.heartbeat_ceiling, now=now
+        )
+
+        def encode(out: EncodedBody) -> bytes:
+            return out.encoded(codec)
+
+        self.protocol: LinkProtocol[EncodedBody] = LinkProtocol(
+            session.outbound,
+            session.inbound,
+            window=cfg.window,
+            max_frame=min(max_frame, cfg.max_message_size),  # the client's hello.max_size
+            encode=encode,
+            max_batch=cfg.max_batch,
+            ack_delay=cfg.ack_delay,
+            coalescer=Coalescer(max_delay=cfg.coalesce_max_delay),
+            fanout=services.fanout,
         )
         self.control: list[bytes] = []  # short-lived and small: a list is 10x lighter than a deque
         self.bad_frames: list[float] | None = None
@@ -145,38 +197,26 @@ class HubConnection:
         self._nursery: trio.Nursery | None = None
         self._closing = trio.Event()
         self._ended = trio.Event()
-        self.coalescer = Coalescer(max_delay=cfg.coalesce_max_delay)
 
     @property
     def attached(self) -> bool:
-        """True while this connection is the session's live link."""
+        """True while this link is the session's live link."""
         return self.session.connection is self
 
-    def _too_large_notice(self, out: Outgoing, size: int) -> bytes:
-        """What a client gets, in place of a message larger than it accepts."""
-        self.hub._counters.errors_contained += 1
-        body = out.body
-        notice: dict[str, object] = {
-            "type": body.get("type", "?"),
-            "from": body.get("from", "$hub"),
-            "error": {
-                "code": ErrorCode.TOO_LARGE.value,
-                "msg": f"a message of {size} bytes exceeds this client's max_size "
-                f"({self.max_frame}); it was not delivered",
-            },
-        }
-        rid, sender_id = body.get("id"), body.get("from")
-        requester = self.hub._table.by_id.get(sender_id) if sender_id else None
-        if rid is not None and requester is not None:  # the requester learns it at once
-            reply = {
-                "type": notice["type"],
-                "from": HUB_ID,
-                "to": sender_id,
-                "re": rid,
-                "error": notice["error"],
-            }
-            self.hub._append_all((requester,), Outgoing(reply), force=requester)
-        return self.codec.encode(notice)
+    @property
+    def max_frame(self) -> int:
+        """The largest frame this link's client accepts."""
+        return self.protocol.max_frame
+
+    def committed(self, now: float) -> None:
+        """Messages became sendable or acknowledgeable (:class:`LinkHandle`)."""
+        self.protocol.released(now)
+        self.wake.set()
+
+    def released(self, now: float) -> None:
+        """Received messages were released: wake the writer if the ack is due now."""
+        if self.protocol.released(now):
+            self.wake.set()
 
     def queue_control(self, frame: bytes) -> bool:
         """Queue a control frame for the writer; False when the queue is full."""
@@ -192,7 +232,7 @@ class HubConnection:
 
     def count_bad_frame(self, now: float) -> bool:
         """Record a malformed frame; True when the tolerated rate is exceeded."""
-        cfg = self.hub.config
+        cfg = self.services.config
         window = self.bad_frames
         if window is None:
             window = self.bad_frames = []
@@ -218,7 +258,7 @@ class HubConnection:
 
     # -- the backlog ------------------------------------------------------------
 
-    def hold(self, frame: Msgs | None, start: int, size: int) -> None:
+    def hold(self, frame: MessageFrame | None, start: int, size: int) -> None:
         """Put a frame (from body ``start`` on; None: ``bye``) behind those waiting."""
         self.backlog.append(Backlogged(frame, start, size))
         self.backlog_bytes += size
@@ -228,15 +268,15 @@ class HubConnection:
 
     async def _router(self) -> None:
         """Route the backlog in order, waiting for room; ends when it is empty."""
-        hub = self.hub
+        services = self.services
         backlog = self.backlog
         try:
             while backlog and self.attached:
                 item = backlog[0]
                 if item.frame is BYE:
-                    hub._say_bye(self)
+                    services.say_bye(self)
                     return
-                if not await hub._route_rest(self, item):
+                if not await services.route_held(self, item):
                     return
                 backlog.popleft()
                 self.backlog_bytes -= item.size
@@ -268,7 +308,7 @@ class HubConnection:
             await self._closing.wait()
         finally:
             with trio.CancelScope(shield=True):
-                with trio.move_on_after(self.hub.config.close_timeout):
+                with trio.move_on_after(self.services.config.close_timeout):
                     await self._ended.wait()
                 if not self._ended.is_set():
                     log.info("link of %s did not end in time: aborted", self.session.component_id)
@@ -290,12 +330,13 @@ class HubConnection:
 
     async def _reader(self) -> None:
         receive = self.transport.receive
-        process = self.hub._process_message_transcendentally
+        services = self.services
+        process = services.process
+        counters = services.counters
         heartbeat = self.heartbeat
-        cfg = self.hub.config
+        cfg = services.config
         limit = cfg.max_backlog_bytes
         stall = cfg.slow_consumer_timeout
-        cid = self.session.component_id
         while True:
             if self.backlog_bytes > limit:
                 # Backpressure: read nothing more until the router catches up. The
@@ -309,11 +350,11 @@ class HubConnection:
             if timer.cancelled_caught:
                 now = trio.current_time()
                 if heartbeat.dead(now):
-                    self.hub._counters.heartbeat_timeouts += 1
+                    counters.heartbeat_timeouts += 1
                     self.close_soon(CloseCode.HEARTBEAT_TIMEOUT, "no frame from the client in time")
                     return
                 if now >= self.sending_since + stall:
-                    self.hub._counters.slow_consumers_closed += 1
+                    counters.slow_consumers_closed += 1
                     self.close_soon(CloseCode.SLOW_CONSUMER, "the client does not read")
                     return
                 continue
@@ -321,7 +362,7 @@ class HubConnection:
                 self.peer_closed = True
                 return
             heartbeat.received(trio.current_time())
-            await process(data, cid, connection=self)
+            await process(data, self)
             if not self.attached:
                 return
 
@@ -338,67 +379,36 @@ class HubConnection:
         self.sending_since = math.inf
 
     async def _writer(self) -> None:
-        hub = self.hub
-        cfg = hub.config
-        stats = hub._counters
-        session = self.session
-        out = session.outbound
-        inbound = session.inbound
+        """Write what the link protocol says; control frames and pings first."""
+        counters = self.services.counters
+        protocol = self.protocol
         codec = self.codec
         send = self._send
         heartbeat = self.heartbeat
         control = self.control
-        window, max_batch, half = cfg.window, cfg.max_batch, max(1, cfg.window // 2)
-        max_frame = self.max_frame
-        coalescer = self.coalescer
-        fanout = hub._fanout
-        fanout_slept = False
+        wake = self.wake
         while self.attached:
-            self.wake.clear()
+            wake.clear()
             now = trio.current_time()
-            sent = False
             while control:
                 await send(control.pop(0))
-                sent = True
             ping = heartbeat.ping_due(now)
             if ping is not None:
                 await send(codec.encode(ping.wire()))
-                sent = True
-            room = window - out.in_flight
-            pending = min(out.last_seq, out.durable) - out.sent
-            if pending > 0 and room > 0:
-                if pending < max_batch and fanout.active(now) and not fanout_slept:
-                    # Right after a wide fan-out: sleep once (bounded) while the
-                    # publisher's task processes more, then send them together.
-                    fanout_slept = True
-                    await trio.sleep(fanout.hold)
-                    continue
-                fanout_slept = False
-                if coalescer.should_wait(now, out.last_seq, pending):
-                    await trio.lowlevel.checkpoint()
-                    continue
-                entries = out.take(min(room, max_batch))
-                bodies = [e.payload.encoded(codec) for e in entries]
-                n = fit_frame([len(b) for b in bodies], max_frame)
-                if n < len(entries):  # the frame would exceed what the client accepts
-                    out.untake(len(entries) - n)
-                    del entries[n:], bodies[n:]
-                if len(bodies[0]) > max_frame - FRAME_OVERHEAD:
-                    bodies[0] = self._too_large_notice(entries[0].payload, len(bodies[0]))
-                ack = None
-                if inbound.released > inbound.acked:
-                    ack = inbound.take_ack()
-                    session.ack_deadline = math.inf
-                await send(codec.deliver("msg" if n == 1 else "batch", entries[0].seq, bodies, ack))
-                stats.messages_out += n
-                stats.delivery_frames += 1
-                continue
-            if inbound.released > inbound.acked and (
-                now >= session.ack_deadline or inbound.released - inbound.acked >= half
-            ):
-                session.ack_deadline = math.inf
-                await send(codec.encode(Ack(inbound.take_ack()).wire()))
-                sent = True
-            if not sent:
-                deadline = min(heartbeat.next_ping, session.ack_deadline)
-                await self.wake.wait(deadline)
+            step = protocol.poll(now)
+            if type(step) is Deliver:
+                bodies = step.bodies
+                if step.oversized:
+                    out = step.entries[0].payload
+                    bodies[0] = self.services.too_large(self, out, len(bodies[0]))
+                await send(codec.frame(step.kind, step.seq, bodies, step.ack))
+                counters.messages_out += len(bodies)
+                counters.delivery_frames += 1
+            elif type(step) is SendAck:
+                await send(codec.encode(Ack(step.seq).wire()))
+            elif type(step) is Hold:
+                await trio.sleep_until(step.until)
+            elif type(step) is Idle:
+                await wake.wait(min(step.until, heartbeat.next_ping))
+            else:  # Yield: a batch is forming
+                await trio.lowlevel.checkpoint()

@@ -1,83 +1,76 @@
 """Hub-side sessions and the registry that resumes, replaces and expires them.
 
-A :class:`HubSession` outlives its WebSocket connections: it holds the
-outbound log (what the component has not acknowledged yet) and the inbound
-tracker (what the hub has processed from it). :class:`SessionTable` maps
-component ids, session ids and topics to sessions and decides, for each
-``hello``, whether the session resumes exactly (``recovered``) or starts a new
-epoch. Plain data and synchronous logic; the only Trio objects are the
-wake-up primitives the connection tasks park on.
+A :class:`HubSession` outlives its WebSocket links: it holds the outbound log
+(what the component has not acknowledged yet) and the inbound tracker (what
+the hub has processed from it). :class:`SessionTable` maps component ids,
+session ids and topics to sessions; for each ``hello`` it finds, resumes
+(the decision is the core's :func:`resume_session`), replaces or creates
+the session, and it keeps every limit on sessions. Every change is told to a
+:class:`SessionRecorder` (the journal). Synchronous; the only Trio objects
+are the wake-up primitives the link tasks park on.
 """
 
 from __future__ import annotations
 
-import math
 import secrets
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final, Protocol
 
 import attrs
 import trio
 
-from .._core.codec import MSGPACK, Codec
+from .._core.codec import EncodedBody
 from .._core.config import HubConfig
-from .._core.frames import Body, Hello
-from .._core.session import Entry, InboundTracker, OutboundLog, new_session_id
+from .._core.frames import Hello
+from .._core.session import InboundTracker, OutboundLog, new_session_id, resume_session
 from .._runtime.signal import Signal
-from ..stores._protocol import StoredState
-
-if TYPE_CHECKING:
-    from .journal import Journal
-    from .link import HubConnection
+from ..stores import StoredState
 
 ANONYMOUS_PREFIX: Final = "anon-"
 """Component ids the hub assigns to clients that send none (reserved: clients may not use it)."""
 
 
-class Outgoing:
-    """A message body, encoded at most once per codec however many receive it."""
+class LinkHandle(Protocol):
+    """What a session, and those who hold it, may ask of its live link."""
 
-    __slots__ = ("_body", "_size", "json", "msg_id", "msgpack")
+    def close_soon(self, code: int, reason: str) -> None:
+        """Make the link close with ``code`` (it detaches from the session at once)."""
+        ...
 
-    def __init__(self, body: Body | None, *, msgpack: bytes | None = None) -> None:
-        self._body = body
-        self.json: bytes | None = None
-        self.msgpack: bytes | None = msgpack
-        self.msg_id: int | None = None
-        """The id under which the session store keeps the body (once stored)."""
-        self._size = -1
+    def committed(self, now: float) -> None:
+        """New messages became sendable, or received ones acknowledgeable: wake the writer."""
+        ...
 
-    @property
-    def size(self) -> int:
-        """Its encoded size in bytes (MessagePack, which the store keeps too)."""
-        if self._size < 0:
-            self._size = len(self.encoded(MSGPACK))
-        return self._size
 
-    @classmethod
-    def stored(cls, msg_id: int, msgpack: bytes) -> Outgoing:
-        """A body loaded from the session store (decoded only if a JSON client needs it)."""
-        out = cls(None, msgpack=msgpack)
-        out.msg_id = msg_id
-        return out
+class SessionRecorder(Protocol):
+    """Where session changes go (the journal; a null one without a store)."""
 
     @property
-    def body(self) -> Body:
-        """The body as a map."""
-        if self._body is None:
-            assert self.msgpack is not None
-            self._body = MSGPACK.decode(self.msgpack)
-        return self._body
+    def durable(self) -> bool:
+        """True when messages may be sent only once stored (a session store is used)."""
+        ...
 
-    def encoded(self, codec: Codec) -> bytes:
-        """The body in ``codec``'s encoding (cached)."""
-        if codec.name == "json":
-            if self.json is None:
-                self.json = codec.encode(self.body)
-            return self.json
-        if self.msgpack is None:
-            self.msgpack = codec.encode(self.body)
-        return self.msgpack
+    def touched(self, session: HubSession) -> None:
+        """The session's header changed (received, topics, epoch)."""
+        ...
+
+    def appended(
+        self, session: HubSession, seq: int, out: EncodedBody, stamp: float, shared: bool = False
+    ) -> None:
+        """A message entered the session's log (``shared``: several sessions got it)."""
+        ...
+
+    def acked(self, session: HubSession) -> None:
+        """The session's log head moved (acknowledged or evicted)."""
+        ...
+
+    def rewritten(self, session: HubSession) -> None:
+        """The session's log was renumbered (a new epoch)."""
+        ...
+
+    def deleted(self, session: HubSession) -> None:
+        """The session is gone."""
+        ...
 
 
 @attrs.define(eq=False)
@@ -87,23 +80,24 @@ class HubSession:
     component_id: str
     sid: str
     epoch: int
-    outbound: OutboundLog[Outgoing]
+    outbound: OutboundLog[EncodedBody]
     inbound: InboundTracker = attrs.field(factory=InboundTracker)
     topics: set[str] = attrs.field(factory=set)
-    connection: HubConnection | None = None
+    connection: LinkHandle | None = None
+    """The live link, if any."""
+    connected_at: float | None = None
+    """When the live link attached (Trio clock)."""
     disconnected_at: float | None = None
     wake: Signal = attrs.field(factory=Signal)
-    """Wakes the writer of the attached connection."""
+    """Wakes the writer of the attached link."""
     room: trio.lowlevel.ParkingLot = attrs.field(factory=trio.lowlevel.ParkingLot)
     """Senders waiting for room in :attr:`outbound`."""
-    ack_deadline: float = math.inf
-    """When the pending acknowledgement must leave even without a frame to ride on."""
     on_detach: Callable[[HubSession], None] | None = None
-    """Told when the connection goes (the table keeps disconnected sessions in order)."""
+    """Told when the link goes (the table keeps disconnected sessions in order)."""
 
     @property
     def connected(self) -> bool:
-        """True while a connection is attached."""
+        """True while a link is attached."""
         return self.connection is not None
 
     @property
@@ -111,11 +105,17 @@ class HubSession:
         """True for a session whose component id the hub assigned."""
         return self.component_id.startswith(ANONYMOUS_PREFIX)
 
+    def attach(self, link: LinkHandle, now: float) -> None:
+        """A link takes the session (after :meth:`SessionTable.open`)."""
+        self.connection = link
+        self.connected_at = now
+        self.disconnected_at = None
+        self.inbound.new_link()
+
     def detach(self, now: float) -> None:
-        """The connection is gone: keep the session for resume, free waiters."""
+        """The link is gone: keep the session for resume, free waiters."""
         self.connection = None
         self.disconnected_at = now
-        self.ack_deadline = math.inf
         self.room.unpark_all()
         if self.on_detach is not None:
             self.on_detach(self)
@@ -129,10 +129,12 @@ class Opened:
     recovered: bool
     resumed: bool
     """True when the client asked to resume (sent a known or unknown sid)."""
-    replaced: HubConnection | None
-    """A connection that must be closed because this one took over."""
+    replaced: LinkHandle | None
+    """A link that must be closed because this one took over."""
     carried_over: int
     """Unacknowledged messages moved from a replaced session into this one."""
+    reason: str | None = None
+    """Why a resume was not exact (``welcome.reason``), if it was asked for."""
 
 
 @attrs.define(eq=False)
@@ -140,7 +142,7 @@ class SessionTable:
     """Sessions by component id and session id, and topic subscriptions."""
 
     config: HubConfig
-    journal: Journal | None = None
+    recorder: SessionRecorder
     by_id: dict[str, HubSession] = attrs.field(factory=dict)
     by_sid: dict[str, HubSession] = attrs.field(factory=dict)
     subscribers: dict[str, set[HubSession]] = attrs.field(factory=dict)
@@ -183,10 +185,10 @@ class SessionTable:
 
     def _new(self, component_id: str, epoch: int = 1, sid: str | None = None) -> HubSession:
         cfg = self.config
-        log_: OutboundLog[Outgoing] = OutboundLog(
+        log_: OutboundLog[EncodedBody] = OutboundLog(
             capacity=cfg.retention_messages, max_bytes=cfg.retention_bytes
         )
-        if self.journal is not None:
+        if self.recorder.durable:
             log_.durable = 0
         session = HubSession(component_id, sid or new_session_id(), epoch, log_)
         session.on_detach = self._went_away
@@ -194,11 +196,12 @@ class SessionTable:
         self.by_sid[session.sid] = session
         return session
 
-    def load(self, state: StoredState, now: float) -> int:
-        """Rebuild sessions from the store (all disconnected as of ``now``); return the count."""
-        assert self.journal is not None
-        journal = self.journal
-        shared: dict[int, Outgoing] = {}
+    def load(self, state: StoredState, now: float, clock: Callable[[float], float]) -> int:
+        """Rebuild sessions from the store (all disconnected as of ``now``); return the count.
+
+        ``clock`` turns the store's wall-clock stamps into this process's Trio clock.
+        """
+        shared: dict[int, EncodedBody] = {}
         for stored in state.sessions:
             row = stored.row
             session = self._new(row.component_id, row.epoch, row.sid)
@@ -211,20 +214,17 @@ class SessionTable:
                 if entry.seq <= row.acked:
                     continue
                 if entry.body is not None:  # stored inline: this session's alone
-                    mine = Outgoing(None, msgpack=entry.body)
-                    stamp = journal.trio_time(entry.stamp)
-                    log_.entries.append(Entry(entry.seq, mine, stamp, mine.size))
-                    log_.size += mine.size
-                    continue
-                out = shared.get(entry.msg_id)
-                if out is None:
-                    body = state.messages.get(entry.msg_id)
-                    if body is None:  # pragma: no cover - the store keeps referenced bodies
-                        log_.truncated = True
-                        continue
-                    out = shared[entry.msg_id] = Outgoing.stored(entry.msg_id, body)
-                log_.entries.append(Entry(entry.seq, out, journal.trio_time(entry.stamp), out.size))
-                log_.size += out.size
+                    out = EncodedBody(None, msgpack=entry.body)
+                else:
+                    found = shared.get(entry.msg_id)
+                    if found is None:
+                        body = state.messages.get(entry.msg_id)
+                        if body is None:  # pragma: no cover - the store keeps referenced bodies
+                            log_.truncated = True
+                            continue
+                        found = shared[entry.msg_id] = EncodedBody.stored(entry.msg_id, body)
+                    out = found
+                log_.restore(entry.seq, out, clock(entry.stamp), out.size)
             log_.sent = log_.acked
             log_.durable = log_.last_seq
             session.inbound.received = session.inbound.released = row.received
@@ -232,49 +232,42 @@ class SessionTable:
             self.subscribe(session, row.topics)
             session.disconnected_at = now
             self._went_away(session)
-        journal.start_ids_after(max(state.messages, default=0))
         return len(state.sessions)
 
     def open(self, hello: Hello, now: float) -> Opened:
         """Find, resume or create the session a ``hello`` asks for."""
         cid = hello.id
-        if cid is not None and cid.startswith(ANONYMOUS_PREFIX):
-            known = self.by_sid.get(hello.sid) if hello.sid is not None else None
-            if known is None or known.component_id != cid:
-                cid = None  # reserved: only the session the hub named so may use it
+        known = self.by_sid.get(hello.sid) if hello.sid is not None else None
+        if (
+            cid is not None
+            and cid.startswith(ANONYMOUS_PREFIX)
+            and (known is None or known.component_id != cid)
+        ):
+            cid = None  # reserved: only the session the hub named so may use it
         if cid is None:  # an anonymous client resumes by session id alone
-            known = self.by_sid.get(hello.sid) if hello.sid is not None else None
-            cid = (
-                known.component_id if known is not None else ANONYMOUS_PREFIX + secrets.token_hex(6)
-            )
+            cid = known.component_id if known is not None else None
+        if cid is None:
+            cid = ANONYMOUS_PREFIX + secrets.token_hex(6)
         existing = self.by_id.get(cid)
         if existing is not None and not existing.connected:
             self._expire_one(existing, now)
             existing = self.by_id.get(cid)
         resumed = hello.sid is not None
+        recorder = self.recorder
+        reason: str | None = "unknown" if resumed else None
         if existing is not None and hello.sid is not None and existing.sid == hello.sid:
             session = existing
-            log = session.outbound
             replaced = session.connection
-            recovered = (
-                hello.epoch == session.epoch
-                and not log.truncated
-                and log.acked <= hello.ack <= log.last_seq
-            )
-            if recovered:
-                if log.ack(hello.ack) and self.journal is not None:
-                    self.journal.acked(session)
-                log.rewind()
-            else:
-                session.epoch += 1
-                log.renumber()
-                session.inbound.reset()
-                if self.journal is not None:
-                    self.journal.rewritten(session)
+            outcome = resume_session(session, hello)
+            recovered, reason = outcome.recovered, outcome.reason
+            if not recovered:
+                recorder.rewritten(session)
+            elif outcome.released:
+                recorder.acked(session)
             carried = 0
         else:
             replaced = None
-            carried_payloads: list[Outgoing] = []
+            carried_payloads: list[EncodedBody] = []
             if existing is not None:
                 replaced = existing.connection
                 carried_payloads = list(existing.outbound.payloads())
@@ -284,14 +277,13 @@ class SessionTable:
                 session.outbound.append_evicting(payload, now, payload.size)
             carried = len(carried_payloads)
             recovered = False
-            if self.journal is not None:
-                self.journal.rewritten(session)
+            recorder.rewritten(session)
         if replaced is not None:
             session.detach(now)
         self.set_topics(session, hello.topics)
         session.disconnected_at = None
         self._back(session)
-        return Opened(session, recovered, resumed, replaced, carried)
+        return Opened(session, recovered, resumed, replaced, carried, reason)
 
     def remove(self, session: HubSession) -> None:
         """Forget a session (``bye``, replacement or expiry)."""
@@ -301,8 +293,7 @@ class SessionTable:
         self._back(session)
         self.set_topics(session, ())
         session.room.unpark_all()
-        if self.journal is not None:
-            self.journal.deleted(session)
+        self.recorder.deleted(session)
 
     def set_topics(self, session: HubSession, topics: Any) -> None:
         """Replace a session's subscriptions with ``topics``."""
@@ -318,8 +309,8 @@ class SessionTable:
             if topic not in session.topics:
                 session.topics.add(topic)
                 changed = True
-        if changed and self.journal is not None and session.sid in self.by_sid:
-            self.journal.touched(session)
+        if changed and session.sid in self.by_sid:
+            self.recorder.touched(session)
 
     def unsubscribe(self, session: HubSession, topics: Any) -> None:
         """Remove subscriptions."""
@@ -333,8 +324,8 @@ class SessionTable:
             if topic in session.topics:
                 session.topics.discard(topic)
                 changed = True
-        if changed and self.journal is not None and session.sid in self.by_sid:
-            self.journal.touched(session)
+        if changed and session.sid in self.by_sid:
+            self.recorder.touched(session)
 
     def _expire_one(self, session: HubSession, now: float) -> int:
         """Apply retention to a disconnected session; return messages dropped."""
@@ -347,8 +338,8 @@ class SessionTable:
             self.remove(session)
             return dropped
         dropped = session.outbound.expire(now - self.config.retention_seconds)
-        if dropped and self.journal is not None:
-            self.journal.acked(session)
+        if dropped:
+            self.recorder.acked(session)
         return dropped
 
     def expire(self, now: float) -> tuple[int, int]:

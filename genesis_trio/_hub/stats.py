@@ -2,14 +2,52 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import attrs
 
 from .._core.heartbeat import RttEstimator
+from .sessions import HubSession
 
-if TYPE_CHECKING:
-    from .journal import Journal
+
+@attrs.frozen
+class ComponentInfo:
+    """One session on the hub, as :meth:`TranscendentalExternalWebSocket.components` lists it."""
+
+    component_id: str
+    """The component id."""
+    connected: bool
+    """True while a link is attached."""
+    anonymous: bool
+    """True when the hub assigned the id (the client sent none)."""
+    topics: tuple[str, ...]
+    """Subscriptions, sorted."""
+    pending: int
+    """Messages for it not yet acknowledged."""
+    epoch: int
+    """The session's epoch."""
+
+    @classmethod
+    def of(cls, session: HubSession) -> ComponentInfo:
+        """The row of ``session``."""
+        return cls(
+            session.component_id,
+            session.connected,
+            session.anonymous,
+            tuple(sorted(session.topics)),
+            len(session.outbound),
+            session.epoch,
+        )
+
+
+@attrs.frozen
+class StoreStatus:
+    """The session store as the statistics see it."""
+
+    name: str
+    """``none``, ``memory``, ``sqlite:PATH``..."""
+    healthy: bool
+    commits: int
+    rows_written: int
+    failures: int
 
 
 @attrs.define(eq=False)
@@ -34,6 +72,7 @@ class HubCounters:
     replaced_connections: int = 0
     sessions_expired: int = 0
     serving_failures: int = 0
+    messages_carried_over: int = 0
     connections_refused: int = 0
     sessions_refused: int = 0
     sessions_evicted: int = 0
@@ -84,6 +123,8 @@ class HubStatistics:
     """Resumes that could not continue (a new epoch was started)."""
     messages_replayed: int
     """Messages sent again after a resume."""
+    messages_carried_over: int
+    """Unacknowledged messages moved into a new session that replaced its component's old one."""
     duplicates_dropped: int
     """Client messages received again and ignored (already processed)."""
     messages_evicted: int
@@ -130,12 +171,9 @@ class HubStatistics:
     """Links ended, by close code (1006: the peer left without a close handshake)."""
 
 
-def hub_snapshot(
-    node_id: str, c: HubCounters, sessions: int, journal: Journal | None = None
-) -> HubStatistics:
+def hub_snapshot(node_id: str, c: HubCounters, sessions: int, store: StoreStatus) -> HubStatistics:
     """Freeze the counters into a :class:`HubStatistics`."""
     p99 = c.rtt.percentile(0.99)
-    j = journal.counters if journal is not None else None
     return HubStatistics(
         node_id=node_id,
         active_connections=c.active_connections,
@@ -149,6 +187,7 @@ def hub_snapshot(
         resumes_recovered=c.resumes_recovered,
         resumes_failed=c.resumes_failed,
         messages_replayed=c.messages_replayed,
+        messages_carried_over=c.messages_carried_over,
         duplicates_dropped=c.duplicates_dropped,
         messages_evicted=c.messages_evicted,
         slow_consumers_closed=c.slow_consumers_closed,
@@ -165,10 +204,10 @@ def hub_snapshot(
         collapse_factor=(c.messages_out / c.delivery_frames) if c.delivery_frames else 1.0,
         rtt_ewma_ms=None if c.rtt.srtt is None else c.rtt.srtt * 1000,
         rtt_p99_ms=None if p99 is None else p99 * 1000,
-        store="none" if journal is None else journal.store.name,
-        store_healthy=True if journal is None else journal.healthy,
-        store_commits=0 if j is None else j.commits,
-        store_rows_written=0 if j is None else j.rows_written,
-        store_failures=0 if j is None else j.failures,
+        store=store.name,
+        store_healthy=store.healthy,
+        store_commits=store.commits,
+        store_rows_written=store.rows_written,
+        store_failures=store.failures,
         close_codes=dict(c.close_codes),
     )

@@ -18,6 +18,7 @@ from hypercorn.trio import serve as hypercorn_serve
 from .._core.config import HubConfig
 from .._hub.hub import TranscendentalExternalWebSocket
 from .._hub.hypercorn import serving_context
+from ..stores import SessionStore
 from .app import create_app
 
 log = logging.getLogger("genesis_trio.serve")
@@ -158,9 +159,12 @@ class GenesisHybridSystem:
         *,
         host: str = "127.0.0.1",
         port: int = 8000,
+        store: SessionStore | None = None,
         gc_tuning: bool = False,
     ) -> None:
-        self.hub = hub if hub is not None else TranscendentalExternalWebSocket()
+        if hub is not None and store is not None:
+            raise ValueError("give the store to the hub, or no hub (then one is made with it)")
+        self.hub = hub if hub is not None else TranscendentalExternalWebSocket(store=store)
         self.host = host
         self.port = port
         self.gc_tuning = gc_tuning

@@ -1,0 +1,372 @@
+"""Routing: a client's messages into the sessions they are addressed to.
+
+:class:`Router` takes each ``msg``/``batch`` a link admits and, body by body,
+resolves the targets (a component id, ``$hub``, or a topic's subscribers)
+and appends **one shared** :class:`EncodedBody` to every target's outbound
+log, atomically (synchronously, so no other task sees half a fan-out). When a
+connected target's log is full the rest of the frame is held in the link's
+backlog and routed later, waiting (bounded by ``slow_consumer_timeout``, then
+the slow target is closed with 4004) -- the link's reader never waits.
+Messages to ``$hub`` run the hub's handlers; their replies, and the hub's own
+sends and publishes, go through the same appends.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import trio
+
+from .._core.coalesce import FanoutWindow
+from .._core.codec import EncodedBody
+from .._core.config import HubConfig
+from .._core.errors import CloseCode, ErrorCode
+from .._core.frames import HUB_ID, Body, Error, MessageFrame, Rejected
+from .._core.message import Message, reply_body
+from .link import Backlogged, HubLink
+from .sessions import HubSession, SessionRecorder, SessionTable
+from .stats import HubCounters
+
+log = logging.getLogger("genesis_trio.hub")
+
+HubHandler = Callable[[Message], Awaitable[Any]]
+"""A hub-side handler for messages addressed ``to: "$hub"``."""
+
+
+def _always() -> bool:
+    return True
+
+
+class Router:
+    """Routes messages between sessions (see the module docstring)."""
+
+    def __init__(
+        self,
+        config: HubConfig,
+        counters: HubCounters,
+        table: SessionTable,
+        recorder: SessionRecorder,
+        handlers: dict[str, HubHandler],
+    ) -> None:
+        self.config = config
+        self.counters = counters
+        self.table = table
+        self.recorder = recorder
+        self.handlers = handlers
+        self.fanout = FanoutWindow()
+
+    # -- targets ---------------------------------------------------------------
+
+    def by_id(self, component_id: str) -> Callable[[], Sequence[HubSession]]:
+        """The session of ``component_id`` (resolved again after every wait)."""
+        sessions = self.table.by_id
+
+        def resolve() -> Sequence[HubSession]:
+            target = sessions.get(component_id)
+            return (target,) if target is not None else ()
+
+        return resolve
+
+    def by_topic(self, topic: str) -> Callable[[], Sequence[HubSession]]:
+        """The subscribers of ``topic`` (resolved again after every wait)."""
+        subscribers = self.table.subscribers
+        return lambda: tuple(subscribers.get(topic, ()))
+
+    def by_sid(self, sid: str) -> Callable[[], Sequence[HubSession]]:
+        """The session ``sid``, while it lives (a reply to the requester's own session)."""
+        sessions = self.table.by_sid
+
+        def resolve() -> Sequence[HubSession]:
+            target = sessions.get(sid)
+            return (target,) if target is not None else ()
+
+        return resolve
+
+    # -- what a link's pipeline calls --------------------------------------------
+
+    def apply_ack(self, session: HubSession, seq: int) -> None:
+        """The client acknowledged up to ``seq`` (docs/protocol.md §2.5)."""
+        if session.outbound.ack(seq, sent_only=True):
+            session.room.unpark_all()
+            session.wake.set()
+            self.recorder.acked(session)
+
+    def admit(self, link: HubLink, frame: MessageFrame, size: int) -> None:
+        """Take a ``msg``/``batch``: route it now, or hold it behind those waiting."""
+        session = link.session
+        if frame.ack is not None:
+            self.apply_ack(session, frame.ack)
+        skip = session.inbound.admit(frame.seq, len(frame.bodies), self.config.window)
+        if skip:
+            self.counters.duplicates_dropped += skip
+            if skip == len(frame.bodies):
+                return
+        if link.backlog:
+            link.hold(frame, skip, size)
+            return
+        route_now = self.route_now
+        bodies = frame.bodies
+        seq = frame.seq
+        for i in range(skip, len(bodies)):
+            body = bodies[i]
+            n = seq + i
+            if type(body) is Rejected:
+                if not self._reject(link, body, n):
+                    return
+                continue
+            assert not isinstance(body, Rejected)
+            if not route_now(link, body, n):
+                link.hold(frame, i, size)
+                break
+        self.recorder.touched(session)  # acknowledged once stored
+
+    async def route_held(self, link: HubLink, item: Backlogged) -> bool:
+        """Route a held frame's remaining bodies, waiting for room; False if the link ended."""
+        frame = item.frame
+        assert frame is not None
+        bodies = frame.bodies
+        for i in range(item.next, len(bodies)):
+            item.next = i
+            body = bodies[i]
+            n = frame.seq + i
+            if type(body) is Rejected:
+                if not self._reject(link, body, n):
+                    return False
+                continue
+            assert not isinstance(body, Rejected)
+            if not self.route_now(link, body, n) and not await self._route_later(link, body, n):
+                return False
+        item.next = len(bodies)
+        self.recorder.touched(link.session)
+        return True
+
+    def say_bye(self, link: HubLink) -> None:
+        """``bye``: forget the session, close the link with 1000."""
+        self.table.remove(link.session)
+        link.close_soon(CloseCode.NORMAL, "bye")
+
+    def _reject(self, link: HubLink, body: Rejected, n: int) -> bool:
+        """Answer an invalid body (its number is consumed); False if the link must close."""
+        error = body.error
+        self.counters.errors_contained += 1
+        link.report(Error(error.code, str(error), n))
+        link.session.inbound.processed(n)
+        if link.count_bad_frame(trio.current_time()):
+            link.close_soon(CloseCode.TOO_MANY_ERRORS, "too many malformed frames")
+            return False
+        return True
+
+    def route_now(self, link: HubLink, body: Body, n: int) -> bool:
+        """Route message ``n`` without waiting, if possible (the common case).
+
+        Returns False when it must wait (a full target, or a handler on the
+        hub): then :meth:`_route_later` does it. Synchronous, so it costs no
+        coroutine per message and is atomic for Trio.
+        """
+        session = link.session
+        to = body.get("to")
+        table = self.table
+        targets: Sequence[HubSession]
+        if to is not None:
+            target = table.by_id.get(to)
+            if target is None:
+                if to == HUB_ID:
+                    return False
+                link.report(
+                    Error(
+                        ErrorCode.UNKNOWN_TARGET,
+                        f"no component {to!r} on this hub",
+                        n,
+                        body.get("id"),
+                    )
+                )
+                targets = ()
+            else:
+                targets = (target,)
+        else:
+            topic = body.get("topic")
+            if topic is None:
+                link.report(
+                    Error(ErrorCode.NO_TARGET, "a message needs 'to' or 'topic'", n, body.get("id"))
+                )
+                targets = ()
+            else:
+                targets = tuple(table.subscribers.get(topic, ()))
+        if targets:
+            if not self.has_room(targets):
+                return False
+            body["from"] = session.component_id
+            self.append_all(targets, EncodedBody(body))
+        session.inbound.processed(n)
+        self.counters.messages_in += 1
+        return True
+
+    async def _route_later(self, link: HubLink, body: Body, n: int) -> bool:
+        """The slow path of :meth:`route_now`; False if the link went away meanwhile."""
+        session = link.session
+        inbound = session.inbound
+        body["from"] = session.component_id
+        to = body.get("to")
+        if to == HUB_ID:
+            inbound.processed(n)
+            self.counters.messages_in += 1
+            await self._hub_message(link, body, n)
+            return link.attached
+
+        def valid() -> bool:
+            return link.attached and inbound.received == n - 1
+
+        resolve = self.by_id(to) if to is not None else self.by_topic(body["topic"])
+        if await self.deliver(resolve, EncodedBody(body), valid) < 0:
+            return False
+        inbound.processed(n)
+        self.counters.messages_in += 1
+        return True
+
+    # -- appending ----------------------------------------------------------------
+
+    async def deliver(
+        self,
+        resolve: Callable[[], Sequence[HubSession]],
+        out: EncodedBody,
+        valid: Callable[[], bool] = _always,
+    ) -> int:
+        """Append ``out`` to every target's log, atomically; return the target count.
+
+        Waits while a connected target's log is full; past the slow-consumer
+        timeout that target is closed (4004) and receives under retention
+        rules instead. Returns -1 if ``valid()`` fails after a wait.
+        """
+        deadline = math.inf
+        while True:
+            targets = resolve()
+            blocked = next((t for t in targets if self.blocks(t)), None)
+            if blocked is None:
+                break
+            if deadline == math.inf:
+                deadline = trio.current_time() + self.config.slow_consumer_timeout
+            with trio.move_on_at(deadline) as scope:
+                await blocked.room.park()
+            if scope.cancelled_caught:
+                for target in resolve():
+                    link = target.connection
+                    if link is not None and self.blocks(target):
+                        self.counters.slow_consumers_closed += 1
+                        link.close_soon(CloseCode.SLOW_CONSUMER, "buffer full: consumer too slow")
+            if not valid():
+                return -1
+        if not valid():
+            return -1
+        self.append_all(targets, out)
+        return len(targets)
+
+    @staticmethod
+    def blocks(target: HubSession) -> bool:
+        """A connected target whose log is full: wait for it (the sender itself included).
+
+        A client sending to itself waits for its own acknowledgements, which
+        its reader handles while the message waits.
+        """
+        return not target.outbound.has_room and target.connection is not None
+
+    @classmethod
+    def has_room(cls, targets: Sequence[HubSession]) -> bool:
+        """True when no target blocks (see :meth:`blocks`)."""
+        return not any(cls.blocks(target) for target in targets)
+
+    def append_all(
+        self, targets: Sequence[HubSession], out: EncodedBody, force: HubSession | None = None
+    ) -> None:
+        """Append ``out`` to every target's log (synchronously: atomic for Trio).
+
+        A connected target with room gets it; one that is away drops its oldest
+        messages to make room (retention). ``force`` is appended to even when
+        full (a notice that must not wait).
+        """
+        now = trio.current_time()
+        evicted = 0
+        recorder = self.recorder
+        shared = len(targets) > 1
+        if shared:
+            self.fanout.appended(len(targets), now)
+        size = out.size
+        for target in targets:
+            log_ = target.outbound
+            if target.connection is not None and (log_.has_room or target is force):
+                log_.append_unchecked(out, now, size)
+                target.wake.set()
+                dropped = 0
+            else:
+                dropped = log_.append_evicting(out, now, size)[1]
+                evicted += dropped
+            recorder.appended(target, log_.last_seq, out, now, shared)
+            if dropped:
+                recorder.acked(target)
+        if evicted:
+            self.counters.messages_evicted += evicted
+
+    # -- the hub's own handlers and notices -------------------------------------------
+
+    async def _hub_message(self, link: HubLink, body: Body, n: int) -> None:
+        """A message addressed to the hub itself: run its handler, contained."""
+        session = link.session
+        kind: str = body["type"]
+        handler = self.handlers.get(kind)
+        rid = body.get("id")
+        reply: Body | None = None
+        if handler is None:
+            msg = f"the hub has no handler for {kind!r}"
+            if rid is None:
+                link.report(Error(ErrorCode.NO_HANDLER, msg, n))
+            else:
+                reply = reply_body(
+                    kind, session.component_id, rid, error=(ErrorCode.NO_HANDLER, msg)
+                )
+        else:
+            try:
+                result = await handler(Message.from_body(body, n))
+            except Exception as exc:
+                self.counters.errors_contained += 1
+                log.exception("hub handler for %r failed (contained)", kind)
+                msg = f"{type(exc).__name__}: {exc}"[:200]
+                if rid is None:
+                    link.report(Error(ErrorCode.HANDLER_ERROR, msg, n))
+                else:
+                    error = (ErrorCode.HANDLER_ERROR, msg)
+                    reply = reply_body(kind, session.component_id, rid, error=error)
+            else:
+                if rid is not None:
+                    reply = reply_body(kind, session.component_id, rid, data=result)
+        if reply is not None:
+            reply["from"] = HUB_ID
+            await self.deliver(self.by_sid(session.sid), EncodedBody(reply))
+
+    def too_large(self, link: HubLink, out: EncodedBody, size: int) -> bytes:
+        """What a client gets in place of a message larger than it accepts (§2.3).
+
+        If the message was a request, its sender also gets the error as the
+        reply, at once.
+        """
+        self.counters.errors_contained += 1
+        body = out.body
+        kind = body.get("type", "?")
+        error = (
+            ErrorCode.TOO_LARGE,
+            f"a message of {size} bytes exceeds this client's max_size "
+            f"({link.max_frame}); it was not delivered",
+        )
+        notice: dict[str, object] = {
+            "type": kind,
+            "from": body.get("from", HUB_ID),
+            "error": {"code": error[0].value, "msg": error[1]},
+        }
+        rid, sender_id = body.get("id"), body.get("from")
+        requester = self.table.by_id.get(sender_id) if sender_id else None
+        if rid is not None and requester is not None and sender_id is not None:
+            reply = reply_body(kind, sender_id, rid, error=error)
+            reply["from"] = HUB_ID
+            self.append_all((requester,), EncodedBody(reply), force=requester)
+        return link.codec.encode(notice)
