@@ -22,11 +22,13 @@ def tests(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def lint(session: nox.Session) -> None:
-    """ruff (with the ASYNC rules) and the formatter check."""
-    session.install("ruff>=0.6")
+    """ruff (with the ASYNC rules), the formatter check, and the import-layer contracts."""
+    session.install("ruff>=0.6", "import-linter>=2.1")
     paths = ["genesis_trio", "tests", "examples", "bench", "tools", "noxfile.py"]
     session.run("ruff", "check", *paths)
     session.run("ruff", "format", "--check", *paths)
+    session.install("-e", ".")  # import-linter reads the installed package's imports
+    session.run("lint-imports")  # the layer contracts in pyproject.toml
 
 
 @nox.session(python=PYTHON)

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import trio
 
-from genesis_trio import HubConfig, ServeInfo, TranscendentalExternalWebSocket, serve_hub
+from genesis_trio.testing import RunningHub, start_hub
 
 DEFAULT_DEADLINE = 30.0
 MOCK_CLOCK_FIXTURES = {"autojump_clock", "mock_clock"}
@@ -43,27 +43,9 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, Any, Any]:
     return (yield)
 
 
-class RunningHub:
-    """A hub served by Hypercorn on a free loopback port."""
-
-    def __init__(self, hub: TranscendentalExternalWebSocket, info: ServeInfo) -> None:
-        self.hub = hub
-        self.info = info
-        self.url = info.ws_url
-
-
-async def start_hub(nursery: trio.Nursery, **options: Any) -> RunningHub:
-    """Start a hub (options: HubConfig fields) in ``nursery`` on 127.0.0.1:0."""
-    hub = TranscendentalExternalWebSocket(HubConfig(**options))
-    info: ServeInfo = await nursery.start(
-        functools.partial(serve_hub, hub, host="127.0.0.1", port=0)
-    )
-    return RunningHub(hub, info)
-
-
 @pytest.fixture
 async def hub(nursery: trio.Nursery) -> RunningHub:
-    """A hub with default settings, on a free port."""
+    """A hub with default settings, on a free port (the public testing kit's)."""
     return await start_hub(nursery)
 
 

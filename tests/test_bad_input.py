@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 from websockets.exceptions import InvalidStatus
 
-from .conftest import RunningHub
+from genesis_trio.testing import RunningHub
+
 from .test_protocol_conformance import JSON, MSGPACK, RawClient, clients, run, stats
 
 Keep = Callable[[RawClient], RawClient]

@@ -10,9 +10,7 @@ import pytest
 import trio
 
 from genesis_trio import Connected, LinkEvent, TranscendentalWebSocket, backoff
-from genesis_trio.testing import DeliveryChecker
-
-from .conftest import RunningHub
+from genesis_trio.testing import DeliveryChecker, RunningHub
 
 CLIENTS = 50
 MESSAGES = 500

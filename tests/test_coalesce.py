@@ -6,8 +6,7 @@ import trio
 
 from genesis_trio import TranscendentalWebSocket
 from genesis_trio._core.coalesce import Coalescer
-
-from .conftest import RunningHub
+from genesis_trio.testing import RunningHub
 
 
 def feed(c: Coalescer, rate: float, seconds: float = 0.05, start: float = 0.0) -> float:

@@ -19,8 +19,7 @@ from genesis_trio import (
     TranscendentalWebSocket,
     UnknownComponent,
 )
-
-from .conftest import RunningHub
+from genesis_trio.testing import RunningHub
 
 
 @pytest.mark.parametrize("codec", ["json", "msgpack"])

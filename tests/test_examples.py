@@ -8,7 +8,7 @@ from types import ModuleType
 
 import pytest
 
-from .conftest import RunningHub
+from genesis_trio.testing import RunningHub
 
 EXAMPLES = pathlib.Path(__file__).resolve().parent.parent / "examples"
 

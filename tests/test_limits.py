@@ -13,7 +13,8 @@ from .support.rawws import RawLink, Refused
 
 
 async def test_connection_limits_answer_with_http_status(nursery: trio.Nursery) -> None:
-    hub, info = await start_hub(nursery, max_connections=3, max_connections_per_address=2)
+    running = await start_hub(nursery, max_connections=3, max_connections_per_address=2)
+    hub, info = running.hub, running.info
     first = await RawLink.open(info.port)
     second = await RawLink.open(info.port)
     with pytest.raises(Refused) as per_address:

@@ -22,7 +22,7 @@ import trio
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
-from .conftest import RunningHub
+from genesis_trio.testing import RunningHub
 
 JSON = "genesis.v1.json"
 MSGPACK = "genesis.v1.msgpack"

@@ -29,7 +29,6 @@ from .._core.backoff import backoff
 from .._core.codec import CODECS_BY_NAME
 from .._core.config import ClientConfig
 from .._core.errors import (
-    CloseCode,
     ClosedError,
     ConnectionClosed,
     ErrorCode,
@@ -37,13 +36,13 @@ from .._core.errors import (
     LocalProtocolError,
     RemoteProtocolError,
     RequestTimeout,
-    SendTimeout,
 )
-from .._core.frames import Body, Bye, check_body, valid_component_id, valid_topic
+from .._core.frames import Body, check_body, valid_component_id, valid_topic
 from .._core.message import Message, reply_body
 from .._core.session import FRAME_OVERHEAD, ClientSession, OutboundLog
+from .._runtime.groups import single_exception
 from .dispatch import Dispatcher
-from .link import LinkKeeper
+from .keeper import LinkKeeper
 from .transport import StreamFactory
 from .types import (
     ClientCounters,
@@ -263,21 +262,7 @@ class TranscendentalWebSocket:
         limit = link.max_size if link is not None else self.config.max_message_size
         if len(payload) + FRAME_OVERHEAD > limit:
             raise ValueError(f"message of {len(payload)} bytes exceeds the limit of {limit} bytes")
-        out = self._session.outbound
-        if _full(out):
-            with trio.move_on_after(self.config.send_timeout):
-                while _full(out) and not self._closed:
-                    await self._links.room.park()
-            self._check_open()
-            if _full(out):
-                wait = self.config.send_timeout
-                raise SendTimeout(f"outbound buffer full ({out.capacity} messages) for {wait} s")
-        else:
-            await trio.lowlevel.checkpoint()
-        seq = out.append(payload, trio.current_time(), len(payload))
-        self._counters.messages_sent += 1
-        self._links.writer_wake.set()
-        return seq
+        return await self._links.enqueue(payload, self._check_open)
 
     def _release(self, generation: int, seq: int) -> None:
         self._links.release(generation, seq)
@@ -287,14 +272,7 @@ class TranscendentalWebSocket:
 
         Bound it with ``trio.fail_after`` / ``move_on_after`` as needed.
         """
-        out = self._session.outbound
-        target = out.last_seq
-        epoch = self._session.epoch
-        while out.entries and out.entries[0].seq <= target and epoch == self._session.epoch:
-            if self._closed:
-                raise ClosedError("the client is closed")
-            await self._links.acked.park()
-        await trio.lowlevel.checkpoint()
+        await self._links.flush(self._check_open)
 
     # -- subscriptions --------------------------------------------------------------
 
@@ -371,7 +349,7 @@ class TranscendentalWebSocket:
                 except BaseExceptionGroup as group:
                     # The hidden nursery holds at most our body's exception and
                     # run()'s failure: raise the one exception, not a group.
-                    leaf = _single_leaf(group)
+                    leaf = single_exception(group)
                     if leaf is None:
                         raise
                     raise leaf from None
@@ -383,26 +361,12 @@ class TranscendentalWebSocket:
         Raises :class:`HandshakeError` (refused upgrade, bad welcome, timeout)
         or ``OSError`` (no TCP connection). No-op while already connected.
         """
-        if self._closed:
-            raise ClosedError("the client is closed")
-        links = self._links
-        if links.link is not None:
-            await trio.lowlevel.checkpoint()
-            return
-        links.state = ConnectionState.CONNECTING
-        try:
-            await links.open_link()
-        except BaseException:
-            links.state = ConnectionState.DISCONNECTED
-            raise
+        self._check_open()
+        await self._links.connect()
 
     async def wait_connected(self) -> None:
         """Wait until a link is up (returns at once if it is)."""
-        while self._links.link is None:
-            if self._closed:
-                raise ClosedError("the client is closed")
-            await self._links.link_lot.park()
-        await trio.lowlevel.checkpoint()
+        await self._links.wait_connected(self._check_open)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Operate until closed or cancelled: keep a link up, dispatch messages.
@@ -448,22 +412,8 @@ class TranscendentalWebSocket:
         if self._closed:
             await trio.lowlevel.checkpoint()
             return
-        links = self._links
-        links.closing = True
-        link = links.link
-        with trio.move_on_after(self.config.close_timeout, shield=True):
-            if link is not None and link.conn.closed is None:
-                try:
-                    with trio.move_on_after(self.config.close_timeout / 2):
-                        await self.flush()
-                    if end_session:
-                        await link.conn.send(links.wire(self._codec.encode(Bye().wire())))
-                    await link.conn.aclose(CloseCode.NORMAL, "client closing")
-                except ConnectionClosed:
-                    pass
+        link = await self._links.close(end_session)
         self._closed = True
-        links.state = ConnectionState.CLOSED
-        links.wake_everyone()
         self._dispatcher.close()
         if self._run_scope is not None:
             self._run_scope.cancel()
@@ -474,46 +424,15 @@ class TranscendentalWebSocket:
 
     def statistics(self) -> ClientStatistics:
         """A frozen snapshot of this client's metrics."""
-        c = self._counters
-        rtt = self._links.rtt
-        p99 = rtt.percentile(0.99)
-        return ClientStatistics(
+        return self._counters.snapshot(
             component_id=self._session.component_id,
             state=self.state,
-            connects=c.connects,
-            reconnects=c.reconnects,
-            resumes_recovered=c.resumes_recovered,
-            resumes_failed=c.resumes_failed,
-            connect_failures=c.connect_failures,
-            messages_sent=c.messages_sent,
-            messages_received=c.messages_received,
-            messages_replayed=c.messages_replayed,
-            duplicates_dropped=c.duplicates_dropped,
-            errors_contained=c.errors_contained,
-            error_frames=c.error_frames,
             pending=len(self._session.outbound),
             inbox=len(self._dispatcher.inbox),
-            frames_sent=c.frames_sent,
-            collapse_factor=(c.messages_framed / c.frames_sent) if c.frames_sent else 1.0,
-            rtt_ewma_ms=None if rtt.srtt is None else rtt.srtt * 1000,
-            rtt_p99_ms=None if p99 is None else p99 * 1000,
+            rtt=self._links.rtt,
             breaker=self._links.breaker.state.value,
         )
 
     def get_stats(self) -> dict[str, Any]:
         """The metrics as a plain dict."""
         return attrs.asdict(self.statistics())
-
-
-def _full(out: OutboundLog[bytes]) -> bool:
-    return not out.has_room
-
-
-def _single_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
-    """The only exception inside ``group`` (nested groups included), or None."""
-    exc: BaseException = group
-    while isinstance(exc, BaseExceptionGroup):
-        if len(exc.exceptions) != 1:
-            return None
-        exc = exc.exceptions[0]
-    return exc

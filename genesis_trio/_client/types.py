@@ -10,6 +10,7 @@ import attrs
 import trio
 
 from .._core.errors import CloseCode, ConnectionClosed, RemoteError
+from .._core.heartbeat import RttEstimator
 from .._core.message import Message
 
 Handler = Callable[[Message], Awaitable[Any]]
@@ -139,6 +140,42 @@ class ClientCounters:
     error_frames: int = 0
     frames_sent: int = 0
     messages_framed: int = 0
+
+    def snapshot(
+        self,
+        *,
+        component_id: str | None,
+        state: ConnectionState,
+        pending: int,
+        inbox: int,
+        rtt: RttEstimator,
+        breaker: str,
+    ) -> ClientStatistics:
+        """Freeze the counters, with the rest of the client's state, into statistics."""
+        p99 = rtt.percentile(0.99)
+        frames = self.frames_sent
+        return ClientStatistics(
+            component_id=component_id,
+            state=state,
+            connects=self.connects,
+            reconnects=self.reconnects,
+            resumes_recovered=self.resumes_recovered,
+            resumes_failed=self.resumes_failed,
+            connect_failures=self.connect_failures,
+            messages_sent=self.messages_sent,
+            messages_received=self.messages_received,
+            messages_replayed=self.messages_replayed,
+            duplicates_dropped=self.duplicates_dropped,
+            errors_contained=self.errors_contained,
+            error_frames=self.error_frames,
+            pending=pending,
+            inbox=inbox,
+            frames_sent=frames,
+            collapse_factor=(self.messages_framed / frames) if frames else 1.0,
+            rtt_ewma_ms=None if rtt.srtt is None else rtt.srtt * 1000,
+            rtt_p99_ms=None if p99 is None else p99 * 1000,
+            breaker=breaker,
+        )
 
 
 @attrs.define(eq=False)

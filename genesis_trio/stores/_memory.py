@@ -22,13 +22,14 @@ class MemoryStore:
     fail_writes: int = 0
 
     async def open(self) -> StoredState:
-        """The current content."""
+        """The current content (message bodies: those a log references)."""
+        used = {e.msg_id for log in self.logs.values() for e in log.values() if e.msg_id}
         return StoredState(
             tuple(
                 StoredSession(row, tuple(sorted(self.logs.get(sid, {}).values(), key=_seq)))
                 for sid, row in self.rows.items()
             ),
-            dict(self.bodies),
+            {k: v for k, v in self.bodies.items() if k in used},
         )
 
     async def write(self, batch: StoreBatch) -> None:

@@ -88,6 +88,7 @@ class SQLiteStore:
         self._limiter = trio.CapacityLimiter(1)
         self._keys: dict[str, int] = {}  # sid -> key; touched only on the store's thread
         self._next_key = 1
+        self._fresh: list[str] = []  # keys given out in the transaction in progress
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)
@@ -178,6 +179,7 @@ class SQLiteStore:
         if key is None:
             key = self._keys[sid] = self._next_key
             self._next_key += 1
+            self._fresh.append(sid)
         return key
 
     # -- writing ------------------------------------------------------------------
@@ -190,6 +192,7 @@ class SQLiteStore:
         conn = self._conn
         if conn is None:
             raise StoreError("session store is not open")
+        self._fresh.clear()
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
@@ -198,14 +201,18 @@ class SQLiteStore:
             except BaseException:
                 if conn.in_transaction:  # SQLite rolls back by itself on SQLITE_FULL
                     conn.execute("ROLLBACK")
+                for sid in self._fresh:  # keys given out for rows that were not written
+                    del self._keys[sid]
                 raise
         except sqlite3.Error as exc:
             raise StoreError(f"session store write failed: {exc}") from None
+        for sid in batch.deletes:  # only now: a failed delete must find its key on retry
+            self._keys.pop(sid, None)
 
     def _apply(self, conn: sqlite3.Connection, batch: StoreBatch) -> None:
         key = self._key
         if batch.deletes:
-            gone = [(k,) for k in (self._keys.pop(sid, None) for sid in batch.deletes) if k]
+            gone = [(k,) for k in (self._keys.get(sid) for sid in batch.deletes) if k]
             conn.executemany("DELETE FROM sessions WHERE key = ?", gone)
             conn.executemany("DELETE FROM log WHERE key = ?", gone)
         if batch.messages:

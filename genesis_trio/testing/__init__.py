@@ -25,6 +25,7 @@ from ._checker import DeliveryChecker as DeliveryChecker
 from ._faults import FaultyStream as FaultyStream
 from ._faults import LinkFaults as LinkFaults
 from ._memory import MemoryHub as MemoryHub
+from ._memory import RunningHub as RunningHub
 from ._memory import start_hub as start_hub
 from ._memory import start_memory_hub as start_memory_hub
 
@@ -34,6 +35,7 @@ __all__ = [
     "FaultyStream",
     "LinkFaults",
     "MemoryHub",
+    "RunningHub",
     "start_hub",
     "start_memory_hub",
 ]

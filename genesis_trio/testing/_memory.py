@@ -6,6 +6,7 @@ import functools
 import socket
 from typing import Any
 
+import attrs
 import trio
 from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import ConnectionState
@@ -17,6 +18,7 @@ from .._hub.hub import TranscendentalExternalWebSocket
 from .._hub.hypercorn import GuardedTCPServer, serving_context
 from .._system.app import create_app
 from .._system.serve import ServeInfo, hypercorn_config, serve_hub
+from ..stores import SessionStore
 from ._faults import FaultyStream, LinkFaults
 
 
@@ -79,13 +81,21 @@ class MemoryHub:
         self._context = WorkerContext(None)
         self._next_port = 40000
 
-    async def open_stream(self, faults: LinkFaults | None = None) -> trio.abc.Stream:
-        """A new link to the hub: the hub side is served in the hub's nursery."""
+    async def open_stream(
+        self, faults: LinkFaults | None = None, *, lockstep: bool = False
+    ) -> trio.abc.Stream:
+        """A new link to the hub: the hub side is served in the hub's nursery.
+
+        ``lockstep``: no buffering at all -- a send waits until the other side
+        reads, as a socket whose buffers are full (a client that stops
+        reading then blocks the hub's sends to it).
+        """
         if faults is not None and faults.refuse > 0:
             faults.refuse -= 1
             await trio.lowlevel.checkpoint()
             raise ConnectionRefusedError("connection refused by LinkFaults")
-        client, server = trio.testing.memory_stream_pair()
+        pair = trio.testing.lockstep_stream_pair if lockstep else trio.testing.memory_stream_pair
+        client, server = pair()
         self._next_port += 1
         server_side = _ServerSide(server, ("127.0.0.1", self._next_port))
         tcp = GuardedTCPServer(
@@ -105,30 +115,62 @@ class MemoryHub:
         faults.connections += 1
         return stream
 
-    def stream_factory(self, faults: LinkFaults | None = None) -> Any:
+    def stream_factory(self, faults: LinkFaults | None = None, *, lockstep: bool = False) -> Any:
         """A ``stream_factory`` for :class:`TranscendentalWebSocket`."""
 
         async def factory(host: str, port: int) -> trio.abc.Stream:
-            return await self.open_stream(faults)
+            return await self.open_stream(faults, lockstep=lockstep)
 
         return factory
 
     def client(
-        self, component_id: str | None = None, *, faults: LinkFaults | None = None, **options: Any
+        self,
+        component_id: str | None = None,
+        *,
+        faults: LinkFaults | None = None,
+        lockstep: bool = False,
+        **options: Any,
     ) -> TranscendentalWebSocket:
         """A client wired to this hub (options as for :class:`TranscendentalWebSocket`)."""
-        return TranscendentalWebSocket(
-            self.url, component_id, stream_factory=self.stream_factory(faults), **options
-        )
+        factory = self.stream_factory(faults, lockstep=lockstep)
+        return TranscendentalWebSocket(self.url, component_id, stream_factory=factory, **options)
 
 
 async def start_memory_hub(
-    nursery: trio.Nursery, config: HubConfig | None = None, **options: Any
+    nursery: trio.Nursery,
+    config: HubConfig | None = None,
+    *,
+    store: SessionStore | None = None,
+    **options: Any,
 ) -> MemoryHub:
     """Start a hub (and its housekeeping) over in-memory streams in ``nursery``."""
-    hub = TranscendentalExternalWebSocket(config, **options)
+    hub = TranscendentalExternalWebSocket(config, store=store, **options)
     await nursery.start(hub.run)
     return MemoryHub(hub, nursery)
+
+
+@attrs.frozen
+class RunningHub:
+    """A hub served on a real socket by :func:`start_hub`."""
+
+    hub: TranscendentalExternalWebSocket
+    """The hub."""
+    info: ServeInfo
+    """Where it listens."""
+
+    @property
+    def url(self) -> str:
+        """Its WebSocket URL (``ws://127.0.0.1:PORT/ws``)."""
+        return self.info.ws_url
+
+    @property
+    def port(self) -> int:
+        """Its TCP port."""
+        return self.info.port
+
+    def client(self, component_id: str | None = None, **options: Any) -> TranscendentalWebSocket:
+        """A client of this hub (options as for :class:`TranscendentalWebSocket`)."""
+        return TranscendentalWebSocket(self.url, component_id, **options)
 
 
 async def start_hub(
@@ -137,9 +179,10 @@ async def start_hub(
     *,
     host: str = "127.0.0.1",
     port: int = 0,
+    store: SessionStore | None = None,
     **options: Any,
-) -> tuple[TranscendentalExternalWebSocket, ServeInfo]:
-    """Start a hub on a real socket (port 0: a free one); returns the hub and its address."""
-    hub = TranscendentalExternalWebSocket(config, **options)
+) -> RunningHub:
+    """Start a hub on a real socket (port 0: a free one) in ``nursery``."""
+    hub = TranscendentalExternalWebSocket(config, store=store, **options)
     info: ServeInfo = await nursery.start(functools.partial(serve_hub, hub, host=host, port=port))
-    return hub, info
+    return RunningHub(hub, info)
