@@ -12,6 +12,8 @@ import trio
 from genesis_trio import Connected, LinkEvent, TranscendentalWebSocket, backoff
 from genesis_trio.testing import DeliveryChecker, RunningHub
 
+from .support.workload import exchange
+
 CLIENTS = 50
 MESSAGES = 500
 MAX_CUTS = 60
@@ -88,8 +90,6 @@ async def test_real_sockets_cut_at_random_lose_nothing(hub: RunningHub) -> None:
         port = await nursery.start(proxy.serve)
         url = f"ws://127.0.0.1:{port}/ws"
         names = [f"s{i:02d}" for i in range(CLIENTS)]
-        done = trio.Event()
-        remaining = [CLIENTS]
         async with contextlib.AsyncExitStack() as stack:
             clients = [
                 await stack.enter_async_context(
@@ -103,22 +103,6 @@ async def test_real_sockets_cut_at_random_lose_nothing(hub: RunningHub) -> None:
                 for name in names
             ]
 
-            async def pump(i: int) -> None:
-                peer = names[(i + 1) % CLIENTS]
-                for n in range(MESSAGES):
-                    await clients[i].send(peer, "n", n)
-                    checker.sent((names[i], peer), n)
-                    if n % 100 == 99:
-                        await trio.sleep(0.01)
-
-            async def drain(i: int) -> None:
-                for _ in range(MESSAGES):
-                    message = await clients[i].receive()
-                    checker.delivered((message.sender, names[i]), message.data)
-                remaining[0] -= 1
-                if remaining[0] == 0:
-                    done.set()
-
             async def monkey() -> None:
                 while proxy.cuts < MAX_CUTS:
                     await trio.sleep(rng.uniform(0.001, 0.02))
@@ -126,10 +110,13 @@ async def test_real_sockets_cut_at_random_lose_nothing(hub: RunningHub) -> None:
 
             async with trio.open_nursery() as work:
                 work.start_soon(monkey)
-                for i in range(CLIENTS):
-                    work.start_soon(pump, i)
-                    work.start_soon(drain, i)
-                await done.wait()
+                await exchange(
+                    clients,
+                    lambda i: (i + 1) % CLIENTS,
+                    MESSAGES,
+                    checker,
+                    pause=lambda i, n: 0.01 if n % 100 == 99 else 0.0,
+                )
                 work.cancel_scope.cancel()
         nursery.cancel_scope.cancel()
 

@@ -19,6 +19,7 @@ from genesis_trio import Connected, LinkEvent, TranscendentalWebSocket, backoff
 from genesis_trio.testing import DeliveryChecker
 
 from .support.processes import free_port, start_cli_hub
+from .support.workload import exchange
 
 PAIRS = 3
 MESSAGES = 1500
@@ -53,9 +54,7 @@ async def test_sigkill_mid_traffic_loses_nothing(tmp_path: pathlib.Path) -> None
     delivered = Counter()
     links = Counter()
     per_client: dict[str, int] = dict.fromkeys(names, 0)
-    done = trio.Event()
     killer_done = trio.Event()
-    remaining = [len(names)]
 
     def listener(name: str) -> object:
         def on(event: LinkEvent) -> None:
@@ -65,9 +64,6 @@ async def test_sigkill_mid_traffic_loses_nothing(tmp_path: pathlib.Path) -> None
                 links.add()
 
         return on
-
-    def peer_of(i: int) -> str:
-        return names[i ^ 1]
 
     async with contextlib.AsyncExitStack() as stack:
         hub = await stack.enter_async_context(start_cli_hub(*args, port=port))
@@ -84,22 +80,6 @@ async def test_sigkill_mid_traffic_loses_nothing(tmp_path: pathlib.Path) -> None
             )
             for name in names
         ]
-
-        async def pump(i: int) -> None:
-            for n in range(MESSAGES):
-                await clients[i].send(peer_of(i), "n", n)
-                checker.sent((names[i], peer_of(i)), n)
-                if n % 100 == 99:
-                    await trio.sleep(0.005)
-
-        async def drain(i: int) -> None:
-            for _ in range(MESSAGES):
-                message = await clients[i].receive()
-                checker.delivered((message.sender, names[i]), message.data)
-                delivered.add()
-            remaining[0] -= 1
-            if remaining[0] == 0:
-                done.set()
 
         kills = 0
 
@@ -118,10 +98,14 @@ async def test_sigkill_mid_traffic_loses_nothing(tmp_path: pathlib.Path) -> None
 
         async with trio.open_nursery() as work:
             work.start_soon(killer)
-            for i in range(len(names)):
-                work.start_soon(pump, i)
-                work.start_soon(drain, i)
-            await done.wait()
+            await exchange(
+                clients,
+                lambda i: i ^ 1,
+                MESSAGES,
+                checker,
+                pause=lambda i, n: 0.005 if n % 100 == 99 else 0.0,
+                delivered=delivered.add,
+            )
             await killer_done.wait()
             work.cancel_scope.cancel()
 

@@ -19,7 +19,7 @@ from genesis_trio import (
     TranscendentalWebSocket,
     UnknownComponent,
 )
-from genesis_trio.testing import RunningHub
+from genesis_trio.testing import RunningHub, start_memory_hub
 
 
 @pytest.mark.parametrize("codec", ["json", "msgpack"])
@@ -160,16 +160,18 @@ async def test_hub_handler_error_is_contained(hub: RunningHub) -> None:
     assert calls == [1]
 
 
-async def test_request_timeout(hub: RunningHub) -> None:
-    async with (
-        TranscendentalWebSocket(hub.url, "impatient") as impatient,
-        TranscendentalWebSocket(hub.url, "silent") as silent,
-    ):
-        with pytest.raises(RequestTimeout):
-            await impatient.request("silent", "question", timeout=0.2)
-        msg = await silent.receive()  # no handler: it was queued for receive()
-        assert msg.id is not None
-        await silent.reply(msg, "late answer")
+async def test_request_timeout(autojump_clock: object) -> None:
+    async with trio.open_nursery() as nursery:
+        memory = await start_memory_hub(nursery)
+        async with memory.client("impatient") as impatient, memory.client("silent") as silent:
+            started = trio.current_time()
+            with pytest.raises(RequestTimeout):
+                await impatient.request("silent", "question", timeout=7.0)
+            assert trio.current_time() - started == pytest.approx(7.0)
+            msg = await silent.receive()  # no handler: it was queued for receive()
+            assert msg.id is not None
+            await silent.reply(msg, "late answer")  # too late: nobody waits, nothing breaks
+        nursery.cancel_scope.cancel()
 
 
 async def test_topics_fan_out(hub: RunningHub) -> None:

@@ -129,14 +129,12 @@ async def test_a_hub_writer_blocked_on_a_silent_peer_still_ends(autojump_clock: 
         client = memory.client("mute", faults=faults, lockstep=True, reconnect=False)
         await client.connect()
         faults.stall()  # the peer neither reads nor writes any more
-        for n in range(20):  # more than a lock-step link can hold: the hub's send blocks
+        for _ in range(20):  # more than a lock-step link can hold: the hub's send blocks
             await hub.send("mute", "n", "x" * 1000)
-        stalled_at = trio.current_time()
-        with trio.fail_after(60):
-            while hub.statistics().active_connections:
-                await trio.sleep(0.5)
-        assert trio.current_time() - stalled_at <= 5.0 + 5.0 + 2.0 + 1.0
+        assert hub.statistics().active_connections == 1
+        await trio.sleep(5.0 + 5.0 + 2.0 + 1.0)  # interval + grace + close_timeout (virtual)
         stats = hub.statistics()
+        assert stats.active_connections == 0
         assert stats.heartbeat_timeouts == 1
         assert stats.close_codes == {CloseCode.HEARTBEAT_TIMEOUT: 1}
         faults.unstall()

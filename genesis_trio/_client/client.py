@@ -430,7 +430,7 @@ class TranscendentalWebSocket:
             pending=len(self._session.outbound),
             inbox=len(self._dispatcher.inbox),
             rtt=self._links.rtt,
-            breaker=self._links.breaker.state.value,
+            breaker=self._links.breaker,
         )
 
     def get_stats(self) -> dict[str, Any]:

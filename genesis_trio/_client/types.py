@@ -9,6 +9,7 @@ from typing import Any
 import attrs
 import trio
 
+from .._core.backoff import CircuitBreaker
 from .._core.errors import CloseCode, ConnectionClosed, RemoteError
 from .._core.heartbeat import RttEstimator
 from .._core.message import Message
@@ -121,6 +122,8 @@ class ClientStatistics:
     """99th percentile of recent round-trip times, in milliseconds."""
     breaker: str
     """Circuit breaker state: closed, open or half_open."""
+    breaker_opened: int
+    """Times the circuit breaker opened (too many failed handshakes in a row)."""
 
 
 @attrs.define(eq=False)
@@ -149,7 +152,7 @@ class ClientCounters:
         pending: int,
         inbox: int,
         rtt: RttEstimator,
-        breaker: str,
+        breaker: CircuitBreaker,
     ) -> ClientStatistics:
         """Freeze the counters, with the rest of the client's state, into statistics."""
         p99 = rtt.percentile(0.99)
@@ -174,7 +177,8 @@ class ClientCounters:
             collapse_factor=(self.messages_framed / frames) if frames else 1.0,
             rtt_ewma_ms=None if rtt.srtt is None else rtt.srtt * 1000,
             rtt_p99_ms=None if p99 is None else p99 * 1000,
-            breaker=breaker,
+            breaker=breaker.state.value,
+            breaker_opened=breaker.times_opened,
         )
 
 

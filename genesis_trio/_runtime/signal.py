@@ -30,11 +30,6 @@ class Signal:
         """Forget a pending wake-up."""
         self._flag = False
 
-    @property
-    def is_set(self) -> bool:
-        """True when a wake-up is pending."""
-        return self._flag
-
     async def wait(self, deadline: float = math.inf) -> None:
         """Wait until ``set()`` or until the Trio clock reaches ``deadline``."""
         if self._flag:

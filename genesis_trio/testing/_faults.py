@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import attrs
@@ -73,6 +75,9 @@ class FaultyStream(trio.abc.HalfCloseableStream):
         self._inner = inner
         self._faults = faults
         self.broken = False
+        """True once cut (by a fault, or closed): the link is gone."""
+        self._closed = False
+        self._send_busy = False
 
     def break_now(self) -> None:
         """Close both directions at once (the peer sees EOF / a broken pipe)."""
@@ -82,29 +87,45 @@ class FaultyStream(trio.abc.HalfCloseableStream):
         receive.close()
 
     def _check(self) -> None:
+        if self._closed:
+            raise trio.ClosedResourceError("this stream was closed")
         if self.broken:
             raise trio.BrokenResourceError("link cut by LinkFaults")
+
+    @contextlib.contextmanager
+    def _sending(self) -> Iterator[None]:
+        """One sender at a time (send_all, send_eof, wait_send_all_might_not_block)."""
+        if self._send_busy:
+            raise trio.BusyResourceError("another task is sending on this stream")
+        self._send_busy = True
+        try:
+            yield
+        finally:
+            self._send_busy = False
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         """Send, subject to stall, delay, truncation and cuts."""
         faults = self._faults
-        self._check()
-        await faults._wait_flowing()
-        if faults.delay:
-            await trio.sleep(faults.delay)
-        self._check()
-        if faults._truncate and len(data) > 1:
-            faults._truncate = False
-            faults.truncations += 1
-            await self._inner.send_all(bytes(data[: len(data) // 2]))
-            faults.cuts += 1
-            self.break_now()
-            raise trio.BrokenResourceError("link cut mid-frame by LinkFaults")
-        await self._inner.send_all(data)
+        with self._sending():
+            self._check()
+            await faults._wait_flowing()
+            if faults.delay:
+                await trio.sleep(faults.delay)
+            self._check()
+            if faults._truncate and len(data) > 1:
+                faults._truncate = False
+                faults.truncations += 1
+                await self._inner.send_all(bytes(data[: len(data) // 2]))
+                faults.cuts += 1
+                self.break_now()
+                raise trio.BrokenResourceError("link cut mid-frame by LinkFaults")
+            await self._inner.send_all(data)
 
     async def wait_send_all_might_not_block(self) -> None:
         """Delegate."""
-        await self._inner.wait_send_all_might_not_block()
+        with self._sending():
+            self._check()
+            await self._inner.wait_send_all_might_not_block()
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
         """Receive, subject to stall, delay and cuts."""
@@ -112,6 +133,8 @@ class FaultyStream(trio.abc.HalfCloseableStream):
         try:
             data = await self._inner.receive_some(max_bytes)
         except trio.ClosedResourceError:
+            if self._closed:  # closed here, by another task: that is what it says
+                raise
             raise trio.BrokenResourceError("link cut by LinkFaults") from None
         faults = self._faults
         await faults._wait_flowing()
@@ -122,11 +145,15 @@ class FaultyStream(trio.abc.HalfCloseableStream):
 
     async def send_eof(self) -> None:
         """Delegate."""
-        await self._inner.send_eof()
+        with self._sending():
+            if self._closed:
+                raise trio.ClosedResourceError("this stream was closed")
+            await self._inner.send_eof()
 
     async def aclose(self) -> None:
         """Close both directions (while stalled, the close is lost like everything else)."""
         self.broken = True
+        self._closed = True
         if self._faults.stalled:
             await trio.lowlevel.checkpoint()
             return

@@ -1,6 +1,6 @@
 """A seeded chaos scenario: many clients, a ring of numbered messages, random faults.
 
-Used by tests/test_chaos.py (CI size) and ``nox -s soak`` (bigger). Runs on
+Used by tests/test_chaos.py (CI size; pass other sizes to run bigger). Runs on
 the caller's Trio clock: with ``MockClock(autojump_threshold=0)`` every timer
 (heartbeats, backoff, stalls) is virtual, and with Trio's scheduler seeded
 (Hypothesis' Trio integration makes it deterministic) the whole run is a
@@ -20,6 +20,8 @@ import trio
 
 from genesis_trio import Connected, LinkEvent, backoff
 from genesis_trio.testing import CheckReport, DeliveryChecker, LinkFaults, start_memory_hub
+
+from .workload import exchange
 
 
 @attrs.frozen
@@ -78,27 +80,10 @@ async def run_chaos(
             )
             for i in range(clients)
         ]
-        everything_received = trio.Event()
-        remaining = [clients]
+        pauses = [random.Random(seed * 7919 + i) for i in range(clients)]
 
-        async def pump(i: int) -> None:
-            ws = sockets[i]
-            peer = names[(i + 1) % clients]
-            pause = random.Random(seed * 7919 + i)
-            for n in range(messages):
-                await ws.send(peer, "n", n)
-                checker.sent((names[i], peer), n)
-                if n % 50 == 49:
-                    await trio.sleep(pause.uniform(0.0, 0.2))
-
-        async def drain(i: int) -> None:
-            ws = sockets[i]
-            for _ in range(messages):
-                message = await ws.receive()
-                checker.delivered((message.sender, names[i]), message.data)
-            remaining[0] -= 1
-            if remaining[0] == 0:
-                everything_received.set()
+        def pause(i: int, n: int) -> float:
+            return pauses[i].uniform(0.0, 0.2) if n % 50 == 49 else 0.0
 
         async def stall(f: LinkFaults, seconds: float) -> None:
             f.stall()
@@ -125,10 +110,7 @@ async def run_chaos(
                 await stack.enter_async_context(ws)
             async with trio.open_nursery() as work:
                 work.start_soon(monkey)
-                for i in range(clients):
-                    work.start_soon(pump, i)
-                    work.start_soon(drain, i)
-                await everything_received.wait()
+                await exchange(sockets, lambda i: (i + 1) % clients, messages, checker, pause=pause)
                 work.cancel_scope.cancel()
             for f in faults:
                 f.unstall()

@@ -1,14 +1,13 @@
-"""Regression: the client's inbox tags messages with the epoch only.
+"""Regression: a session the hub forgot, while the client's inbox still held its messages.
 
-``TranscendentalWebSocket`` queues accepted messages as ``(epoch, seq, body)``
-and its dispatcher releases ``seq`` when ``epoch == session.epoch``. A *new
-session* (new sid) also starts at epoch 1, so when the hub has forgotten the
-session (``session_expiry``, a hub restart without a store, or a 4007 reset)
-messages still queued from the old session carry the same epoch number as the
-new one; releasing their sequence numbers against the fresh InboundTracker
-raises ``LocalProtocolError`` in the dispatcher and takes the client down
-(or, once enough new messages arrived, acknowledges messages of the new
-session that the application has not seen).
+The client's inbox tags each message with a *generation* (bumped whenever
+sequence numbers restart: a new session or a new epoch), and the dispatcher
+releases ``seq`` only for the current generation. It used to tag with the
+epoch alone, but a *new session* (new sid) also starts at epoch 1: when the
+hub had forgotten the session (``session_expiry``, a hub restart without a
+store, a 4007 reset), messages still queued from the old session carried the
+same epoch as the new one, and releasing their numbers against the fresh
+tracker raised ``LocalProtocolError`` and took the client down.
 """
 
 from __future__ import annotations
