@@ -409,6 +409,9 @@ def test_invalid_client_body_is_rejected_alone(from_client: bool, body: object, 
     # docs/protocol.md 2.9: the body is not delivered, the error names its seq,
     # and its sequence number is consumed.
     good = {"type": "ok", "to": "b"}
+    if kind == "msg" and not isinstance(body, dict):  # the frame's own field is wrong
+        raises({"t": kind, "seq": 42, "m": body}, "client", ErrorCode.BAD_FIELD)
+        return
     m = body if kind == "msg" else [good, body, good]
     frame = parse_frame({"t": kind, "seq": 42, "m": m}, sender="client")
     assert isinstance(frame, MessageFrame)
@@ -425,11 +428,13 @@ def test_invalid_client_body_is_rejected_alone(from_client: bool, body: object, 
             assert b == good
 
 
-def test_msg_without_body_from_client_consumes_its_seq() -> None:
-    frame = parse_frame({"t": "msg", "seq": 7}, sender="client")
-    assert isinstance(frame, MessageFrame)
-    assert isinstance(frame.bodies[0], Rejected)
-    assert frame.bodies[0].error.seq == 7
+@pytest.mark.parametrize("m", [None, [{"type": "x"}], "body", 3])
+def test_msg_whose_m_is_not_a_map_is_rejected_whole(m: object) -> None:
+    """One rule with batch: a frame whose own field is wrong consumes nothing (§2.9)."""
+    frame = {"t": "msg", "seq": 7} if m is None else {"t": "msg", "seq": 7, "m": m}
+    exc = raises(frame, "client", ErrorCode.BAD_FIELD)
+    assert exc.seq == 7
+    assert exc.close_code is None
 
 
 @pytest.mark.parametrize("m", [None, [], {"type": "m"}, "x"], ids=repr)

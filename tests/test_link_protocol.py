@@ -11,8 +11,11 @@ import math
 import pytest
 import trio
 import trio.testing
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from genesis_trio import CloseCode, TranscendentalExternalWebSocket
+from genesis_trio._core.codec import JSON, MSGPACK, Codec
 from genesis_trio._core.link import Deliver, Idle, LinkProtocol, SendAck
 from genesis_trio._core.session import InboundTracker, OutboundLog
 from genesis_trio.stores import SQLiteStore
@@ -81,7 +84,7 @@ def test_deliveries_respect_the_window_and_the_frame_cap() -> None:
         OutboundLog(capacity=100),
         InboundTracker(),
         window=3,
-        max_frame=64 + 2 * 11,  # room for two 10-byte bodies in one frame
+        max_frame=JSON.overhead(1, None, 2) + 2 * 10,  # exactly two 10-byte bodies per frame
         encode=bytes,
     )
     for _ in range(5):
@@ -97,6 +100,43 @@ def test_deliveries_respect_the_window_and_the_frame_cap() -> None:
     third = p.poll(0.0)
     assert isinstance(third, Deliver)
     assert (third.seq, len(third.bodies)) == (4, 2)
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(
+    codec=st.sampled_from([JSON, MSGPACK]),
+    seq=st.integers(1, 2**63),
+    ack=st.none() | st.integers(0, 2**63),
+    sizes=st.lists(st.integers(0, 70_000), min_size=1, max_size=20),
+)
+def test_frame_overhead_is_exact(codec: Codec, seq: int, ack: int | None, sizes: list[int]) -> None:
+    """A client's max_size is the frame size, exactly (there used to be a ~64-byte margin)."""
+    bodies = [b"x" * n for n in sizes]
+    kind = "msg" if len(bodies) == 1 else "batch"
+    frame = codec.frame(kind, seq, bodies, ack)
+    assert len(frame) == codec.overhead(seq, ack, len(bodies)) + sum(sizes)
+
+
+def test_a_message_that_exactly_fits_max_size_is_delivered() -> None:
+    p = LinkProtocol(
+        OutboundLog(capacity=10), InboundTracker(), window=10, max_frame=1024, encode=bytes
+    )
+    body = b"y" * (1024 - JSON.overhead(1, None, 1))
+    p.outbound.append(body, 0.0)
+    p.outbound.append(b"z", 0.0)
+    step = p.poll(0.0)
+    assert isinstance(step, Deliver)
+    assert not step.oversized
+    assert step.first_size == 1024
+    assert len(JSON.frame(step.kind, step.seq, step.bodies, step.ack)) == 1024
+    p.outbound.append(body + b"!", 0.0)
+    second = p.poll(0.0)
+    assert isinstance(second, Deliver)
+    assert (second.seq, len(second.bodies), second.oversized) == (2, 1, False)
+    third = p.poll(0.0)
+    assert isinstance(third, Deliver)
+    assert third.oversized
+    assert third.first_size == 1025
 
 
 async def test_the_client_acknowledges_at_half_a_window(autojump_clock: object) -> None:

@@ -39,7 +39,7 @@ from .._core.errors import (
 )
 from .._core.frames import Body, check_body, valid_component_id, valid_topic
 from .._core.message import Message, reply_body
-from .._core.session import FRAME_OVERHEAD, ClientSession, OutboundLog
+from .._core.session import ClientSession, OutboundLog
 from .._runtime.groups import single_exception
 from .dispatch import Dispatcher
 from .keeper import LinkKeeper
@@ -55,6 +55,9 @@ from .types import (
 )
 
 log = logging.getLogger("genesis_trio.client")
+
+LARGEST = (1 << 53) - 1
+"""The largest sequence number the size check assumes (a frame's size grows with its digits)."""
 
 
 class TranscendentalWebSocket:
@@ -260,7 +263,7 @@ class TranscendentalWebSocket:
         payload = self._codec.encode(body)
         link = self._links.link
         limit = link.max_size if link is not None else self.config.max_message_size
-        if len(payload) + FRAME_OVERHEAD > limit:
+        if len(payload) + self._codec.overhead(LARGEST, LARGEST, 1) > limit:
             raise ValueError(f"message of {len(payload)} bytes exceeds the limit of {limit} bytes")
         return await self._links.enqueue(payload, self._check_open)
 

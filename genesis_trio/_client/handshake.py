@@ -75,6 +75,7 @@ async def open_link(
         window=welcome.window,
         max_frame=welcome.max_size,
         encode=_identity,
+        overhead=codec.overhead,
         max_batch=config.max_batch,
         ack_delay=config.ack_delay,
         coalescer=Coalescer(max_delay=config.coalesce_max_delay),

@@ -43,6 +43,13 @@ class Codec(Protocol):
         """Assemble a ``msg``/``batch`` frame from pre-encoded bodies."""
         ...
 
+    def overhead(self, seq: int, ack: int | None, count: int) -> int:
+        """Exactly how many bytes :meth:`frame` adds around ``count`` bodies.
+
+        ``count == 1`` is a ``msg`` frame, more a ``batch``.
+        """
+        ...
+
 
 class JsonCodec:
     """JSON (orjson) in text frames."""
@@ -73,6 +80,15 @@ class JsonCodec:
             return head + b',"m":' + bodies[0] + b"}"
         return head + b',"m":[' + b",".join(bodies) + b"]}"
 
+    def overhead(self, seq: int, ack: int | None, count: int) -> int:
+        """Bytes around the bodies: ``{"t":"msg","seq":N[,"ack":A],"m":`` ... ``}``."""
+        size = 14 + len(str(seq))  # {"t":"","seq":
+        if ack is not None:
+            size += 7 + len(str(ack))  # ,"ack":
+        if count == 1:
+            return size + 3 + 5 + 1  # msg ,"m": }
+        return size + 5 + 6 + count - 1 + 2  # batch ,"m":[ commas ]}
+
 
 def _mp_array_header(n: int) -> bytes:
     if n < 16:
@@ -80,6 +96,19 @@ def _mp_array_header(n: int) -> bytes:
     if n < 0x10000:
         return b"\xdc" + n.to_bytes(2, "big")
     return b"\xdd" + n.to_bytes(4, "big")
+
+
+def _mp_int_size(n: int) -> int:
+    """Bytes MessagePack takes for a non-negative integer."""
+    if n < 0x80:
+        return 1
+    if n < 0x100:
+        return 2
+    if n < 0x10000:
+        return 3
+    if n < 0x100000000:
+        return 5
+    return 9
 
 
 _MP_T = msgpack.packb("t")
@@ -128,6 +157,15 @@ class MsgpackCodec:
             parts.append(_mp_array_header(len(bodies)))
             parts.extend(bodies)
         return b"".join(parts)
+
+    def overhead(self, seq: int, ack: int | None, count: int) -> int:
+        """Bytes around the bodies: the map, its keys, the numbers, the array header."""
+        size = 1 + len(_MP_T) + len(_MP_SEQ) + _mp_int_size(seq) + len(_MP_M)
+        if ack is not None:
+            size += len(_MP_ACK) + _mp_int_size(ack)
+        if count == 1:
+            return size + len(_MP_KIND["msg"])
+        return size + len(_MP_KIND["batch"]) + len(_mp_array_header(count))
 
 
 JSON: Final = JsonCodec()

@@ -63,6 +63,17 @@ def _int(obj: dict[str, Any], key: str, *, default: int | None = None, minimum: 
     return value
 
 
+MAX_PING_ID: Final = (1 << 53) - 1
+"""Ping ids are at most this (what a JavaScript number holds exactly)."""
+
+
+def _ping_id(obj: dict[str, Any]) -> int:
+    value = _int(obj, "id")
+    if value > MAX_PING_ID:
+        raise _bad(f"field 'id' of a ping or pong must be at most 2**53 - 1, not {value}")
+    return value
+
+
 def _opt_str(obj: dict[str, Any], key: str, limit: int = MAX_REF_LEN) -> str | None:
     value = obj.get(key)
     if value is None:
@@ -275,6 +286,8 @@ def parse_frame(obj: object, *, sender: Side) -> Frame:
             raise _bad("field 'ack' must be an integer >= 0", seq=seq)
         m = obj.get("m")
         if t == "msg":
+            if not isinstance(m, dict):  # the frame's own field: nothing is consumed
+                raise _bad("field 'm' of a msg must be a map (one message body)", seq=seq)
             items = [m]
         elif isinstance(m, list) and m:
             items = m
@@ -293,9 +306,9 @@ def parse_frame(obj: object, *, sender: Side) -> Frame:
     if t == "ack":
         return Ack(_int(obj, "seq"))
     if t == "ping":
-        return Ping(_int(obj, "id"))
+        return Ping(_ping_id(obj))
     if t == "pong":
-        return Pong(_int(obj, "id"))
+        return Pong(_ping_id(obj))
     if t == "error":
         code = obj.get("code")
         msg = obj.get("msg", "")

@@ -26,7 +26,8 @@ from typing import Final, Generic, TypeVar
 import attrs
 
 from .coalesce import Coalescer, FanoutWindow
-from .session import FRAME_OVERHEAD, Entry, InboundTracker, OutboundLog, fit_frame
+from .codec import JSON
+from .session import Entry, InboundTracker, OutboundLog
 
 T = TypeVar("T")
 
@@ -45,6 +46,8 @@ class Deliver(Generic[T]):
     """An acknowledgement riding along, if one is owed."""
     oversized: bool
     """The first body alone exceeds the peer's frame cap (the shell decides what to send)."""
+    first_size: int
+    """The exact size of a ``msg`` frame carrying the first body alone."""
 
     @property
     def kind(self) -> str:
@@ -99,6 +102,7 @@ class LinkProtocol(Generic[T]):
         "max_batch",
         "max_frame",
         "outbound",
+        "overhead",
         "window",
     )
 
@@ -110,6 +114,7 @@ class LinkProtocol(Generic[T]):
         window: int,
         max_frame: int,
         encode: Callable[[T], bytes],
+        overhead: Callable[[int, int | None, int], int] = JSON.overhead,
         max_batch: int = 512,
         ack_delay: float = 0.02,
         coalescer: Coalescer | None = None,
@@ -123,6 +128,8 @@ class LinkProtocol(Generic[T]):
         self.max_frame = max_frame
         """The largest frame the peer accepts, in bytes."""
         self.encode = encode
+        self.overhead = overhead
+        """The codec's exact frame overhead (``Codec.overhead``): frames fit ``max_frame``."""
         self.max_batch = max_batch
         self.ack_delay = ack_delay
         self.coalescer = coalescer if coalescer is not None else Coalescer()
@@ -159,6 +166,17 @@ class LinkProtocol(Generic[T]):
         self.ack_deadline = math.inf
         return self.inbound.take_ack()
 
+    def _fit(self, seq: int, ack: int | None, bodies: list[bytes]) -> int:
+        """How many leading bodies fit in one frame of at most ``max_frame`` bytes (>= 1)."""
+        budget = self.max_frame
+        overhead = self.overhead
+        total = 0
+        for i, body in enumerate(bodies):
+            total += len(body)
+            if i and overhead(seq, ack, i + 1) + total > budget:
+                return i
+        return len(bodies)
+
     def poll(self, now: float) -> Step[T]:
         """What the writer does next: deliver, acknowledge, hold, yield or idle."""
         out = self.outbound
@@ -180,13 +198,16 @@ class LinkProtocol(Generic[T]):
             entries = out.take(min(room, self.max_batch))
             encode = self.encode
             bodies = [encode(entry.payload) for entry in entries]
-            n = fit_frame([len(body) for body in bodies], self.max_frame)
+            seq = entries[0].seq
+            ack = self.inbound.released if self.ack_owed > 0 else None
+            n = self._fit(seq, ack, bodies)
             if n < len(entries):  # the frame would exceed what the peer accepts
                 out.untake(len(entries) - n)
                 del entries[n:], bodies[n:]
-            oversized = len(bodies[0]) > self.max_frame - FRAME_OVERHEAD
-            ack = self._take_ack() if self.ack_owed > 0 else None
-            return Deliver(entries[0].seq, entries, bodies, ack, oversized)
+            first = self.overhead(seq, ack, 1) + len(bodies[0])
+            if ack is not None:
+                self._take_ack()
+            return Deliver(seq, entries, bodies, ack, first > self.max_frame, first)
         owed = self.ack_owed
         if owed > 0 and (now >= self.ack_deadline or owed >= self.half):
             return SendAck(self._take_ack())

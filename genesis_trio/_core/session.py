@@ -77,6 +77,8 @@ class OutboundLog(Generic[T]):
     """The peer's cumulative acknowledgement."""
     sent: int = 0
     """The newest sequence number handed to the current link."""
+    high_sent: int = 0
+    """The newest sequence number handed to any link in this epoch (acks may reach it)."""
     truncated: bool = False
     """True once unacknowledged messages were dropped (a gap for the peer)."""
     durable: int = UNBOUNDED
@@ -146,9 +148,10 @@ class OutboundLog(Generic[T]):
         """Apply a cumulative acknowledgement; return how many were released.
 
         ``sent_only``: an ack on a live link may not exceed what this side has
-        sent (resume acks, from ``hello``/``welcome``, may reach ``last_seq``).
+        ever sent in this epoch, on this link or an earlier one (resume acks,
+        from ``hello``/``welcome``, may reach ``last_seq``).
         """
-        limit = self.sent if sent_only else self.last_seq
+        limit = max(self.sent, self.high_sent) if sent_only else self.last_seq
         if seq > limit:
             raise _violation(f"ack {seq} is beyond the newest message sent ({limit})")
         if seq <= self.acked:
@@ -190,6 +193,7 @@ class OutboundLog(Generic[T]):
 
     def rewind(self) -> None:
         """A new link starts: everything unacknowledged is to be sent again."""
+        self.high_sent = max(self.high_sent, self.sent)
         self.sent = self.acked
 
     def renumber(self) -> None:
@@ -197,7 +201,7 @@ class OutboundLog(Generic[T]):
         for i, entry in enumerate(self.entries, start=1):
             entry.seq = i
         self.last_seq = len(self.entries)
-        self.acked = self.sent = 0
+        self.acked = self.sent = self.high_sent = 0
         self.truncated = False
 
     def payloads(self) -> Iterable[T]:
@@ -379,20 +383,3 @@ class ClientSession(Generic[T]):
             self.inbound.reset()
             self.outbound.renumber()
         return ResumeResult(w.recovered, self.outbound.unsent, first)
-
-
-FRAME_OVERHEAD = 64
-"""Bytes a ``msg``/``batch`` frame adds around its bodies, rounded up."""
-
-
-def fit_frame(sizes: list[int], budget: int) -> int:
-    """How many leading bodies of these sizes fit in one frame of ``budget`` bytes.
-
-    Always at least one: a body too large on its own is the caller's problem.
-    """
-    total = FRAME_OVERHEAD
-    for i, size in enumerate(sizes):
-        total += size + 1
-        if total > budget and i > 0:
-            return i
-    return len(sizes)

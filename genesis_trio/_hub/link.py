@@ -174,6 +174,7 @@ class HubLink:
             window=cfg.window,
             max_frame=min(max_frame, cfg.max_message_size),  # the client's hello.max_size
             encode=encode,
+            overhead=codec.overhead,
             max_batch=cfg.max_batch,
             ack_delay=cfg.ack_delay,
             coalescer=Coalescer(max_delay=cfg.coalesce_max_delay),
@@ -324,6 +325,11 @@ class HubLink:
             if code is None and self.crashed:
                 code, self.close_reason = CloseCode.INTERNAL_ERROR, "internal error"
                 self.close_code = code
+            try:  # the error frames that explain the close go first (bounded by our caller)
+                while self.control:
+                    await self.transport.send(self.control.pop(0))
+            except ConnectionClosed:
+                pass
             await self.transport.close(
                 code if code is not None else CloseCode.NORMAL, self.close_reason
             )
@@ -400,7 +406,7 @@ class HubLink:
                 bodies = step.bodies
                 if step.oversized:
                     out = step.entries[0].payload
-                    bodies[0] = self.services.too_large(self, out, len(bodies[0]))
+                    bodies[0] = self.services.too_large(self, out, step.first_size)
                 await send(codec.frame(step.kind, step.seq, bodies, step.ack))
                 counters.messages_out += len(bodies)
                 counters.delivery_frames += 1
