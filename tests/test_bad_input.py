@@ -201,6 +201,8 @@ FRAME_CASES = [
 async def test_bad_frame_draws_error_and_harms_no_one(
     hub: RunningHub, subprotocol: str, payload: Any, code: str, seq: int | None
 ) -> None:
+    """H8: bad frames draw their error and harm no one."""
+
     def bad(url: str, keep: Keep) -> None:
         client = join_bad(url, keep, subprotocols=[subprotocol])
         if isinstance(payload, (str, bytes)):
@@ -258,6 +260,8 @@ async def test_duplicate_hello_after_handshake_draws_error(hub: RunningHub) -> N
     ],
 )
 async def test_sequence_gap_closes_4007(hub: RunningHub, frames: list[dict[str, Any]]) -> None:
+    """H7: a sequence gap closes 4007."""
+
     def bad(url: str, keep: Keep) -> None:
         client = join_bad(url, keep)
         for frame in frames:
@@ -278,6 +282,8 @@ async def test_sequence_gap_closes_4007(hub: RunningHub, frames: list[dict[str, 
 async def test_ack_for_something_never_sent_closes_4007(
     hub: RunningHub, delivered: int, frame: dict[str, Any]
 ) -> None:
+    """H6: an ack of a number never sent closes 4007."""
+
     def bad(url: str, keep: Keep) -> None:
         client = join_bad(url, keep)
         sender = keep(RawClient.join(url, "sender"))
@@ -308,6 +314,8 @@ async def test_ack_for_something_never_sent_closes_4007(
     ],
 )
 async def test_bad_first_frame_closes(hub: RunningHub, first: Any, code: int) -> None:
+    """H2: a first frame that is not a valid hello closes 4000 (4008)."""
+
     def bad(url: str, keep: Keep) -> None:
         client = keep(RawClient.open(url))
         if isinstance(first, str):
@@ -320,6 +328,7 @@ async def test_bad_first_frame_closes(hub: RunningHub, first: Any, code: int) ->
 
 
 async def test_no_hello_within_handshake_timeout_closes_4002(hub_factory: Any) -> None:
+    """H2: no hello in time closes 4002."""
     fast = await hub_factory(handshake_timeout=0.5)
 
     def bad(url: str, keep: Keep) -> None:
@@ -330,6 +339,8 @@ async def test_no_hello_within_handshake_timeout_closes_4002(hub_factory: Any) -
 
 
 async def test_too_many_malformed_frames_close_4005(hub: RunningHub) -> None:
+    """H8: 10 malformed frames in 10 s close 4005."""
+
     def bad(url: str, keep: Keep) -> None:
         client = join_bad(url, keep)
         for i in range(10):
@@ -344,6 +355,7 @@ async def test_too_many_malformed_frames_close_4005(hub: RunningHub) -> None:
 
 
 async def test_message_larger_than_max_size_closes_1009(hub_factory: Any) -> None:
+    """H16: a message over the hub's max_size closes 1009."""
     small = await hub_factory(max_message_size=4096)
 
     def bad(url: str, keep: Keep) -> None:
@@ -360,6 +372,7 @@ async def test_message_larger_than_max_size_closes_1009(hub_factory: Any) -> Non
 
 
 async def test_decompression_bomb_closes_1009(hub_factory: Any) -> None:
+    """H16: also when it inflates past it."""
     small = await hub_factory(max_message_size=4096)
 
     def bad(url: str, keep: Keep) -> None:

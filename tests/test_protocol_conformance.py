@@ -304,6 +304,8 @@ async def run(fn: Callable[..., Any], *args: Any) -> Any:
 
 @pytest.mark.parametrize("codec", [JSON, MSGPACK])
 async def test_welcome_fields_have_documented_types_and_values(hub: RunningHub, codec: str) -> None:
+    """H1: the welcome has the fields of §2.2, of the documented types."""
+
     def scenario(url: str) -> tuple[dict[str, Any], dict[str, Any], str | None]:
         with clients() as keep:
             alice = keep(RawClient.join(url, "alice", subprotocols=[codec]))
@@ -340,6 +342,8 @@ async def test_welcome_fields_have_documented_types_and_values(hub: RunningHub, 
 
 
 async def test_two_raw_clients_exchange_messages_both_ways(hub: RunningHub) -> None:
+    """H4: exactly once, in order, `from` stamped."""
+
     def scenario(url: str) -> None:
         with clients() as keep:
             alice = keep(RawClient.join(url, "alice"))
@@ -379,6 +383,8 @@ async def test_two_raw_clients_exchange_messages_both_ways(hub: RunningHub) -> N
 
 
 async def test_batch_frames_are_accepted_and_delivered_in_order(hub: RunningHub) -> None:
+    """H4: batches and messages interoperate."""
+
     def scenario(url: str) -> None:
         with clients() as keep:
             alice = keep(RawClient.join(url, "alice"))
@@ -397,6 +403,8 @@ async def test_batch_frames_are_accepted_and_delivered_in_order(hub: RunningHub)
 
 
 async def test_acks_are_cumulative_and_never_exceed_what_was_sent(hub: RunningHub) -> None:
+    """H5: acks are cumulative and never exceed what was stored."""
+
     def scenario(url: str) -> None:
         with clients() as keep:
             alice = keep(RawClient.join(url, "alice"))
@@ -421,6 +429,8 @@ async def test_acks_are_cumulative_and_never_exceed_what_was_sent(hub: RunningHu
 
 
 async def test_request_reply_between_raw_clients(hub: RunningHub) -> None:
+    """H11: a request to a component is answered by its reply."""
+
     def scenario(url: str) -> None:
         with clients() as keep:
             client = keep(RawClient.join(url, "client"))
@@ -453,6 +463,8 @@ async def test_request_reply_between_raw_clients(hub: RunningHub) -> None:
 
 
 async def test_topics_via_hello_sub_and_unsub(hub: RunningHub) -> None:
+    """H10: hello.topics, sub and unsub set the subscriptions."""
+
     def scenario(url: str) -> None:
         with clients() as keep:
             alice = keep(RawClient.join(url, "alice", topics=["room.1"]))
@@ -504,6 +516,8 @@ async def test_topics_via_hello_sub_and_unsub(hub: RunningHub) -> None:
     ],
 )
 async def test_subprotocol_selects_encoding(hub: RunningHub, offer: list[str], chosen: str) -> None:
+    """H3: the subprotocol decides the encoding."""
+
     def scenario(url: str) -> None:
         with clients() as keep:
             client = keep(RawClient.open(url, subprotocols=offer))
@@ -537,6 +551,8 @@ async def test_msgpack_binary_payload_round_trips_as_bin(hub: RunningHub) -> Non
 
 
 async def test_no_subprotocol_offered_uses_json(hub: RunningHub) -> None:
+    """H3: none offered means JSON."""
+
     def scenario(url: str) -> None:
         with clients() as keep:
             client = keep(RawClient.open(url, subprotocols=None))
@@ -554,6 +570,8 @@ async def test_no_subprotocol_offered_uses_json(hub: RunningHub) -> None:
 
 
 async def test_only_unknown_subprotocols_are_refused_with_400(hub: RunningHub) -> None:
+    """H3: only unknown ones get HTTP 400."""
+
     def scenario(url: str) -> None:
         with pytest.raises(InvalidStatus) as info:
             RawClient.open(url, subprotocols=["chat.v9", "genesis.v2.json"])
@@ -571,6 +589,8 @@ async def test_only_unknown_subprotocols_are_refused_with_400(hub: RunningHub) -
 async def test_resume_redelivers_exactly_the_missed_messages(
     hub: RunningHub, hello_ack: int
 ) -> None:
+    """H12: an exact resume gets exactly the missed messages."""
+
     def scenario(url: str) -> None:
         with clients() as keep:
             alice = keep(RawClient.join(url, "alice"))
@@ -627,6 +647,8 @@ async def test_resume_redelivers_exactly_the_missed_messages(
 
 
 async def test_resume_with_unknown_sid_starts_a_new_session(hub: RunningHub) -> None:
+    """H12: an unknown sid gets a new session."""
+
     def scenario(url: str) -> None:
         with clients() as keep:
             bob = keep(RawClient.join(url, "bob"))
@@ -650,6 +672,8 @@ async def test_resume_with_unknown_sid_starts_a_new_session(hub: RunningHub) -> 
 
 
 async def test_bye_ends_the_session(hub: RunningHub) -> None:
+    """H14: bye ends the session."""
+
     def scenario(url: str) -> None:
         with clients() as keep:
             alice = keep(RawClient.join(url, "alice"))
@@ -669,6 +693,8 @@ async def test_bye_ends_the_session(hub: RunningHub) -> None:
 
 
 async def test_second_hello_without_sid_replaces_the_first(hub: RunningHub) -> None:
+    """H13: a hello without sid takes over (4001)."""
+
     def scenario(url: str) -> None:
         with clients() as keep:
             bob = keep(RawClient.join(url, "bob"))

@@ -353,7 +353,7 @@ async def test_a_backpressured_sender_keeps_its_link_in_memory(autojump_clock: o
 
 @pytest.mark.deadline(60)
 async def test_a_backpressured_sender_keeps_its_link_over_sockets() -> None:
-    """Defect 3 against the CLI hub: then no descriptor of A or B is left behind."""
+    """Defect 3 (and H9) against the CLI hub: then no descriptor of A or B is left behind."""
     args = ["--store", "none", "--retention-messages", "5", "--heartbeat-interval", "1"]
     async with start_cli_hub(*args) as hub:
         baseline = hub.open_fds()

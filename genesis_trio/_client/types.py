@@ -19,6 +19,7 @@ Handler = Callable[[Message], Awaitable[Any]]
 
 FATAL_CLOSE_CODES = frozenset(
     {
+        CloseCode.PROTOCOL_ERROR,
         CloseCode.POLICY_VIOLATION,
         CloseCode.BAD_HANDSHAKE,
         CloseCode.REPLACED,
