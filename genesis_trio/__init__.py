@@ -30,6 +30,14 @@ from ._core.errors import RemoteProtocolError as RemoteProtocolError
 from ._core.errors import RequestTimeout as RequestTimeout
 from ._core.errors import SendTimeout as SendTimeout
 from ._core.message import Message as Message
+from ._hub.auth import Authenticator as Authenticator
+from ._hub.auth import Authorizer as Authorizer
+from ._hub.auth import AuthRefused as AuthRefused
+from ._hub.auth import AuthRequest as AuthRequest
+from ._hub.auth import Identity as Identity
+from ._hub.auth import JWTAuthenticator as JWTAuthenticator
+from ._hub.auth import PatternAuthorizer as PatternAuthorizer
+from ._hub.auth import StaticTokens as StaticTokens
 from ._hub.hub import TranscendentalExternalWebSocket as TranscendentalExternalWebSocket
 from ._hub.hub import UnknownComponent as UnknownComponent
 from ._hub.stats import ComponentInfo as ComponentInfo
@@ -49,6 +57,10 @@ __version__ = "0.2.0"
 __all__ = [
     "JSON_SUBPROTOCOL",
     "MSGPACK_SUBPROTOCOL",
+    "AuthRefused",
+    "AuthRequest",
+    "Authenticator",
+    "Authorizer",
     "CircuitBreaker",
     "CircuitOpenError",
     "ClientConfig",
@@ -67,10 +79,13 @@ __all__ = [
     "HandshakeError",
     "HubConfig",
     "HubStatistics",
+    "Identity",
+    "JWTAuthenticator",
     "LinkEvent",
     "LocalProtocolError",
     "MemoryStore",
     "Message",
+    "PatternAuthorizer",
     "RemoteError",
     "RemoteProtocolError",
     "RequestTimeout",
@@ -78,6 +93,7 @@ __all__ = [
     "SendTimeout",
     "ServeInfo",
     "SessionStore",
+    "StaticTokens",
     "StoreError",
     "TranscendentalExternalWebSocket",
     "TranscendentalWebSocket",

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import ipaddress
 import logging
 import os
 import pathlib
 import signal
 import sys
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import trio
 
 from ._core.config import HubConfig
+from ._hub.auth import Authenticator, JWTAuthenticator, StaticTokens
 from ._hub.hub import TranscendentalExternalWebSocket
 from ._system.serve import GenesisHybridSystem, ServeInfo
 from .stores._protocol import SessionStore, StoreError
@@ -21,7 +24,13 @@ from .stores._sqlite import SQLiteStore
 
 ENV_PREFIX = "GENESIS_TRIO_"
 
-CONFIG_FLAGS: tuple[tuple[str, type, str], ...] = (
+
+def _optional_float(text: str) -> float | None:
+    """A float, or nothing (``""``/``none``: no limit)."""
+    return None if text.strip().lower() in ("", "none") else float(text)
+
+
+CONFIG_FLAGS: tuple[tuple[str, Any, str], ...] = (
     # (HubConfig field, type, help): each becomes --field-name and GENESIS_TRIO_FIELD_NAME
     ("max_message_size", int, "largest WebSocket message accepted, in bytes, after decompression"),
     ("retention_messages", int, "unacknowledged messages kept per session for resume"),
@@ -56,6 +65,20 @@ CONFIG_FLAGS: tuple[tuple[str, type, str], ...] = (
         int,
         "sessions held; at the limit the longest-disconnected one is forgotten (else 1013)",
     ),
+    ("token_grace", float, "seconds a link may outlive its credential's expiry (then 4009)"),
+    ("rate_messages", _optional_float, "messages per second one link may send (default: no limit)"),
+    ("rate_bytes", _optional_float, "bytes per second one link may send (default: no limit)"),
+    (
+        "identity_rate_messages",
+        _optional_float,
+        "messages per second all links of one identity may send together (default: no limit)",
+    ),
+    (
+        "identity_rate_bytes",
+        _optional_float,
+        "bytes per second all links of one identity may send together (default: no limit)",
+    ),
+    ("flood_timeout", float, "seconds over its rate limit after which a link is closed (1008)"),
 )
 
 
@@ -107,10 +130,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="this hub's name (default: hub-<random hex>)",
     )
     for field, kind, text in CONFIG_FLAGS:
+        default = getattr(defaults, field)
         serve.add_argument(
             "--" + field.replace("_", "-"),
             type=kind,
-            default=_env(field.upper(), str(getattr(defaults, field))),
+            default=_env(field.upper(), "" if default is None else str(default)),
             help=text,
         )
     serve.add_argument(
@@ -118,8 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[o.strip() for o in _env("ALLOWED_ORIGIN", "").split(",") if o.strip()],
         help=(
-            "accept browser connections only from this Origin (repeatable; in the environment, "
-            "comma-separated; default: any)"
+            "also accept browser connections from this Origin (repeatable; in the environment, "
+            "comma-separated; '*': any; default: the hub's own origin only)"
         ),
     )
     serve.add_argument(
@@ -136,6 +160,47 @@ def build_parser() -> argparse.ArgumentParser:
         default=_env("STORE_SYNC", "normal"),
         choices=["normal", "full"],
         help="SQLite durability: normal survives a killed hub; full also survives power loss",
+    )
+    security = serve.add_argument_group(
+        "security",
+        "Without an authenticator any client is anyone: safe on loopback only. Binding another "
+        "address needs one of --auth-* or an explicit --insecure (docs/security.md).",
+    )
+    security.add_argument(
+        "--auth-jwt-key-file",
+        default=_env("AUTH_JWT_KEY_FILE", ""),
+        help="authenticate with JSON Web Tokens: the HMAC secret or the PEM public key",
+    )
+    security.add_argument(
+        "--auth-jwt-algorithm",
+        action="append",
+        default=[a.strip() for a in _env("AUTH_JWT_ALGORITHM", "").split(",") if a.strip()],
+        help="an accepted JWT algorithm, such as HS256, RS256, ES256 (repeatable; required)",
+    )
+    security.add_argument(
+        "--auth-jwt-audience", default=_env("AUTH_JWT_AUDIENCE", ""), help="required JWT aud"
+    )
+    security.add_argument(
+        "--auth-jwt-issuer", default=_env("AUTH_JWT_ISSUER", ""), help="required JWT iss"
+    )
+    security.add_argument(
+        "--auth-token-file",
+        default=_env("AUTH_TOKEN_FILE", ""),
+        help=(
+            'authenticate with static tokens from a JSON file: {"tokens": [{"token", "sub", ...}]}'
+        ),
+    )
+    security.add_argument(
+        "--insecure",
+        action="store_true",
+        default=_env("INSECURE", "") in ("1", "true", "yes", "on"),
+        help="allow a non-loopback address without authentication (anyone can be anyone)",
+    )
+    security.add_argument(
+        "--certfile", default=_env("CERTFILE", ""), help="serve TLS (wss://): the PEM certificate"
+    )
+    security.add_argument(
+        "--keyfile", default=_env("KEYFILE", ""), help="serve TLS: the PEM private key"
     )
     serve.add_argument(
         "--gc-tuning",
@@ -176,6 +241,37 @@ def hub_config_from_args(args: argparse.Namespace) -> HubConfig:
     return HubConfig(**options)  # type: ignore[arg-type]
 
 
+def authenticator_from_args(args: argparse.Namespace) -> Authenticator | None:
+    """The authenticator the ``--auth-*`` flags describe (None: none)."""
+    if args.auth_jwt_key_file and args.auth_token_file:
+        raise SystemExit("genesis-trio: choose one of --auth-jwt-key-file and --auth-token-file")
+    try:
+        if args.auth_jwt_key_file:
+            if not args.auth_jwt_algorithm:
+                raise SystemExit("genesis-trio: --auth-jwt-key-file needs --auth-jwt-algorithm")
+            return JWTAuthenticator.from_file(
+                args.auth_jwt_key_file,
+                args.auth_jwt_algorithm,
+                audience=args.auth_jwt_audience or None,
+                issuer=args.auth_jwt_issuer or None,
+            )
+        if args.auth_token_file:
+            return StaticTokens.from_file(args.auth_token_file)
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"genesis-trio: cannot use the authentication settings: {exc}") from None
+    return None
+
+
+def is_loopback(host: str) -> bool:
+    """True for an address only this machine can reach (127.0.0.0/8, ::1, localhost)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 def default_store_path(port: int) -> pathlib.Path:
     """Where ``--store auto`` keeps sessions: a per-user data directory, one file per port."""
     base = os.environ.get("XDG_DATA_HOME") or os.path.join(
@@ -199,11 +295,29 @@ def store_from_args(args: argparse.Namespace) -> SessionStore | None:
 
 
 async def _serve(args: argparse.Namespace) -> None:
-    hub = TranscendentalExternalWebSocket(hub_config_from_args(args), store=store_from_args(args))
-    system = GenesisHybridSystem(
-        hub, host=args.host, port=args.port, gc_tuning=args.gc_tuning == "on"
-    )
     log = logging.getLogger("genesis_trio")
+    authenticator = authenticator_from_args(args)
+    if authenticator is None and not is_loopback(args.host):
+        if not args.insecure:
+            raise SystemExit(
+                f"genesis-trio: refusing to serve {args.host} without authentication: anyone "
+                "could use any component id. Give --auth-jwt-key-file or --auth-token-file, "
+                "or --insecure if you mean it (docs/security.md)."
+            )
+        log.warning("INSECURE: serving %s without authentication", args.host)
+    if bool(args.certfile) != bool(args.keyfile):
+        raise SystemExit("genesis-trio: TLS needs both --certfile and --keyfile")
+    hub = TranscendentalExternalWebSocket(
+        hub_config_from_args(args), store=store_from_args(args), authenticator=authenticator
+    )
+    system = GenesisHybridSystem(
+        hub,
+        host=args.host,
+        port=args.port,
+        certfile=args.certfile or None,
+        keyfile=args.keyfile or None,
+        gc_tuning=args.gc_tuning == "on",
+    )
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
 

@@ -21,7 +21,11 @@ IO_MODULES = {"trio", "anyio", "socket", "ssl", "asyncio", "threading", "sqlite3
 
 
 def imported_modules(path: pathlib.Path) -> set[str]:
+    """Modules imported at run time (``if TYPE_CHECKING:`` blocks are types only)."""
     tree = ast.parse(path.read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and getattr(node.test, "id", None) == "TYPE_CHECKING":
+            node.body = []
     names: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):

@@ -8,6 +8,8 @@ heartbeat and :class:`LinkProtocol` from what the welcome announced.
 
 from __future__ import annotations
 
+import inspect
+
 import trio
 
 from .._core.coalesce import Coalescer
@@ -43,6 +45,7 @@ async def open_link(
                 compress=config.compress,
                 max_message_size=config.max_message_size,
                 stream_factory=stream_factory,
+                ssl_context=config.ssl_context,
             )
             try:
                 welcome, rest, sample = await _handshake(conn, config, codec, session)
@@ -88,8 +91,12 @@ async def _handshake(
 ) -> tuple[Welcome, list[str | bytes], float]:
     if conn.subprotocol not in (None, codec.subprotocol):
         raise HandshakeError(f"hub chose subprotocol {conn.subprotocol!r}")
+    token = config.token
+    if callable(token):  # a provider: a fresh credential for every link
+        fresh = token()
+        token = await fresh if inspect.isawaitable(fresh) else fresh
     started = trio.current_time()
-    hello = session.hello(config.token, config.max_message_size)
+    hello = session.hello(token, config.max_message_size)
     encoded = codec.encode(hello.wire())
     await conn.send(encoded if codec.binary else encoded.decode())
     messages = await conn.receive_some()

@@ -11,6 +11,7 @@ has arrived (a list, so bursts cost one call) and answers pings inline.
 from __future__ import annotations
 
 import contextlib
+import ssl
 import ssl as _ssl
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from urllib.parse import urlsplit
@@ -272,8 +273,9 @@ async def connect_websocket(
                         raise HandshakeError(f"upgrade refused with HTTP {status}: {text}")
     except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
         with trio.CancelScope(shield=True):
-            await stream.aclose()
-        raise HandshakeError(f"connection lost during the upgrade: {exc}") from None
+            await trio.aclose_forcefully(stream)
+        why = exc.__cause__ if isinstance(exc.__cause__, ssl.SSLError) else exc
+        raise HandshakeError(f"connection lost during the upgrade: {why}") from None
     except BaseException:
         with trio.CancelScope(shield=True):
             await stream.aclose()

@@ -3,13 +3,25 @@
 from __future__ import annotations
 
 import secrets
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 import attrs
 from attrs import validators as v
 
+if TYPE_CHECKING:
+    import ssl  # only a type here: the core does no I/O
+
 _pos_f = v.gt(0.0)
 _pos_i = v.gt(0)
 _nonneg = v.ge(0.0)
+_opt_pos_f = v.optional(v.gt(0.0))
+
+
+def _lower_set(origins: object) -> frozenset[str]:
+    if isinstance(origins, str):
+        raise TypeError("allowed_origins is a collection of origins, not one string")
+    return frozenset(str(origin).lower().rstrip("/") for origin in origins)  # type: ignore[attr-defined]
 
 
 @attrs.frozen(kw_only=True)
@@ -51,9 +63,12 @@ class HubConfig:
     bad_frame_window: float = attrs.field(default=10.0, validator=_pos_f)
     """The window, in seconds, over which malformed frames are counted."""
     allowed_origins: frozenset[str] | None = attrs.field(
-        default=None, converter=attrs.converters.optional(frozenset)
+        default=None, converter=attrs.converters.optional(_lower_set)
     )
-    """Origins accepted in the upgrade request (None: any, or none sent)."""
+    """Origins accepted from browsers (None: the hub's own origin only; ``{"*"}``: any).
+
+    Clients that send no ``Origin`` (not browsers) are not affected.
+    """
     close_timeout: float = attrs.field(default=2.0, validator=_pos_f)
     """Bound on closing one link: past it the socket is dropped, whatever the peer does."""
     max_connections: int = attrs.field(default=10_000, validator=_pos_i)
@@ -68,6 +83,20 @@ class HubConfig:
     """Bytes of a link's messages held while they wait for room; past it the link is not read."""
     store_outage_timeout: float = attrs.field(default=10.0, validator=_pos_f)
     """A session store failing this long closes every link with 4006 until it recovers."""
+    token_grace: float = attrs.field(default=30.0, validator=_nonneg)
+    """How long a link may outlive its credential's expiry before it is closed with 4009."""
+    rate_messages: float | None = attrs.field(default=None, validator=_opt_pos_f)
+    """Messages per second one link may send (None: no limit); beyond the burst it is slowed."""
+    rate_bytes: float | None = attrs.field(default=None, validator=_opt_pos_f)
+    """Bytes per second one link may send (None: no limit)."""
+    identity_rate_messages: float | None = attrs.field(default=None, validator=_opt_pos_f)
+    """Messages per second all links of one identity may send together (None: no limit)."""
+    identity_rate_bytes: float | None = attrs.field(default=None, validator=_opt_pos_f)
+    """Bytes per second all links of one identity may send together (None: no limit)."""
+    rate_burst: float = attrs.field(default=2.0, validator=_pos_f)
+    """A rate limit's burst, in seconds of its rate."""
+    flood_timeout: float = attrs.field(default=10.0, validator=_pos_f)
+    """A link slowed by its rate limit this long without pause is closed with 1008."""
 
 
 @attrs.frozen(kw_only=True)
@@ -76,8 +105,11 @@ class ClientConfig:
 
     codec: str = attrs.field(default="json", validator=v.in_(("json", "msgpack")))
     """Wire encoding: ``"json"`` or ``"msgpack"``."""
-    token: str | None = None
-    """Credential sent in ``hello`` (for hubs that check one)."""
+    token: str | Callable[[], str | Awaitable[str]] | None = None
+    """Credential sent in ``hello``, or a (sync or async) function returning a fresh one,
+    called on every (re)connect."""
+    ssl_context: ssl.SSLContext | None = None
+    """TLS settings for ``wss://`` (None: the system's default, verifying the hostname)."""
     compress: bool = False
     """Offer permessage-deflate (costs ~300 KiB of zlib state per link)."""
     max_message_size: int = attrs.field(default=1 << 20, validator=_pos_i)

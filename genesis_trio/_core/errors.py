@@ -35,6 +35,8 @@ class ErrorCode(enum.StrEnum):
     """Nothing on the receiving side handles requests of this type."""
     INTERNAL = "internal"
     """The hub failed while processing the frame; the error was contained."""
+    FORBIDDEN = "forbidden"
+    """The sender's identity may not send, publish or subscribe there (nothing was done)."""
 
 
 class CloseCode(enum.IntEnum):
@@ -74,6 +76,8 @@ class CloseCode(enum.IntEnum):
     """A sequence number or acknowledgement broke the session rules."""
     UNSUPPORTED_VERSION = 4008
     """The ``hello`` asked for a protocol version the hub does not speak."""
+    CREDENTIALS_EXPIRED = 4009
+    """The link's credential expired: reconnect with a fresh one and resume."""
 
 
 class GenesisError(Exception):

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 import trio
 
@@ -26,6 +27,29 @@ Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 Abort = Callable[[], Awaitable[None]]
 
 
+class ServerTransport(Protocol):
+    """The hub's view of one accepted WebSocket (ASGI or in-memory)."""
+
+    codec: Codec
+    """The codec its subprotocol selected."""
+
+    async def receive(self) -> str | bytes | None:
+        """The next message, or None once the peer has gone."""
+        ...
+
+    async def send(self, data: bytes) -> None:
+        """Send one encoded frame (text or binary per the codec)."""
+        ...
+
+    async def close(self, code: int, reason: str) -> None:
+        """Close with a WebSocket close code; never raises."""
+        ...
+
+    async def abort(self) -> None:
+        """Drop the connection at once, without a close frame; never raises."""
+        ...
+
+
 class AsgiTransport:
     """:class:`ServerTransport` over an accepted ASGI WebSocket.
 
@@ -34,7 +58,17 @@ class AsgiTransport:
     send until the server gives up.
     """
 
-    __slots__ = ("_abort", "_binary", "_closed", "_gone", "_receive", "_send", "codec")
+    __slots__ = (
+        "_abort",
+        "_binary",
+        "_closed",
+        "_gone",
+        "_receive",
+        "_send",
+        "address",
+        "bearer",
+        "codec",
+    )
 
     def __init__(self, receive: Receive, send: Send, codec: Codec, abort: Abort | None) -> None:
         self._receive = receive
@@ -43,6 +77,10 @@ class AsgiTransport:
         """The codec the subprotocol selected."""
         self._binary = codec.binary
         self._abort = abort
+        self.bearer: str | None = None
+        """The token of an ``Authorization: Bearer`` upgrade header, if any."""
+        self.address: str | None = None
+        """The client's address."""
         self._closed = False
         self._gone = False
 
@@ -145,8 +183,8 @@ async def accept_websocket(
     has been answered (HTTP 403/400 with a reason) when this returns.
     """
     origin = _header(scope, b"origin")
-    if allowed_origins is not None and origin is not None and origin not in allowed_origins:
-        refusal = Refusal(403, f"origin {origin!r} is not allowed")
+    if origin is not None and not origin_allowed(origin, allowed_origins, scope):
+        refusal = Refusal(403, f"origin {origin[:200]!r} is not allowed")
         await deny(scope, send, refusal)
         return refusal
     offered: list[str] = list(scope.get("subprotocols") or [])
@@ -161,4 +199,37 @@ async def accept_websocket(
     if offered:
         accept["subprotocol"] = codec.subprotocol
     await send(accept)
-    return AsgiTransport(receive, send, codec, current_abort())
+    transport = AsgiTransport(receive, send, codec, current_abort())
+    authorization = _header(scope, b"authorization")
+    if authorization is not None and authorization[:7].lower() == "bearer ":
+        transport.bearer = authorization[7:].strip() or None
+    transport.address = client_address(scope)
+    return transport
+
+
+_DEFAULT_PORTS = {"http": 80, "ws": 80, "https": 443, "wss": 443}
+
+
+def _same_origin(origin: str, scope: Scope) -> bool:
+    """True when ``origin`` is the hub's own (its host and port, as the browser saw them)."""
+    parts = urlsplit(origin)
+    host = _header(scope, b"host")
+    if not parts.scheme or not parts.hostname or host is None:
+        return False
+    secure = scope.get("scheme") in ("wss", "https")
+    if (parts.scheme == "https") != secure:
+        return False
+    mine = urlsplit(f"//{host}")
+    try:
+        port, my_port = parts.port, mine.port
+    except ValueError:
+        return False
+    default = _DEFAULT_PORTS.get(parts.scheme)
+    return parts.hostname == (mine.hostname or "") and (port or default) == (my_port or default)
+
+
+def origin_allowed(origin: str, allowed: frozenset[str] | None, scope: Scope) -> bool:
+    """The Origin rule (docs/security.md): the hub's own, or a listed one, or any with ``*``."""
+    if allowed is None:
+        return _same_origin(origin, scope)
+    return "*" in allowed or origin.lower() in allowed or _same_origin(origin, scope)

@@ -10,15 +10,22 @@ bounded). Every way a handshake can fail has its close code (docs/protocol.md
 
 from __future__ import annotations
 
+import logging
 from typing import Protocol
 
+import attrs
 import trio
 
-from .._core.errors import CloseCode, ConnectionClosed, RemoteProtocolError
-from .._core.frames import Hello, Welcome, parse_frame
+from .._core.errors import CloseCode, ConnectionClosed, ErrorCode, RemoteProtocolError
+from .._core.frames import Error, Hello, Welcome, parse_frame
 from .._runtime.supervisor import Supervisor
-from .link import HubLink, LinkServices, ServerTransport
+from .auth import Authenticator, Authorizer, AuthRefused, AuthRequest, Identity, wall_to_trio
+from .endpoint import ServerTransport
+from .limits import RateLimiter
+from .link import HubLink, LinkServices
 from .sessions import SessionTable
+
+log = logging.getLogger("genesis_trio.hub")
 
 
 class LinkHost(LinkServices, Protocol):
@@ -34,9 +41,58 @@ class LinkHost(LinkServices, Protocol):
         """Runs every link: contains failures, bounds cleanups."""
         ...
 
+    @property
+    def authenticator(self) -> Authenticator | None:
+        """Who checks credentials (None: nobody; any client is anyone)."""
+        ...
+
+    @property
+    def authorizer(self) -> Authorizer | None:
+        """Who decides sends, publishes and subscriptions (None: everything is allowed)."""
+        ...
+
     def refusal(self) -> tuple[CloseCode, str] | None:
         """Why new links are refused right now (a failing store), if they are."""
         ...
+
+    @property
+    def limiter(self) -> RateLimiter:
+        """Makes each new link's rate limits."""
+        ...
+
+
+async def _authenticate(
+    host: LinkHost, transport: ServerTransport, hello: Hello
+) -> tuple[Hello, Identity] | None:
+    """Check the credential and the component id it may use; None after refusing (1008)."""
+    authenticator = host.authenticator
+    assert authenticator is not None
+    token = hello.token or getattr(transport, "bearer", None)
+    request = AuthRequest(token, hello.id, getattr(transport, "address", None))
+    reason = None
+    try:
+        with trio.fail_after(host.config.handshake_timeout):  # a user's authenticator too
+            identity = await authenticator.authenticate(request)
+    except AuthRefused as exc:
+        reason = f"authentication failed: {exc}"
+    except trio.TooSlowError:
+        reason = "authentication failed: no answer in time"
+    except Exception as exc:  # contained: an authenticator's bug is not the client's
+        log.error("authenticator failed (contained): %s", type(exc).__name__)
+        reason = "authentication failed"
+    if reason is None:
+        cid = hello.id or identity.default_component()
+        if cid is None:
+            reason = "name the component id (hello.id): this identity owns several"
+        elif not identity.may_use(cid):
+            reason = f"this identity may not use component id {cid!r}"
+        elif host.sessions.owned_elsewhere(cid, hello.sid, identity.subject):
+            reason = f"component id {cid!r} belongs to another identity"
+        else:
+            return attrs.evolve(hello, id=cid, token=None), identity
+    host.counters.auth_failures += 1
+    await transport.close(CloseCode.POLICY_VIOLATION, reason[:120])
+    return None
 
 
 async def _read_hello(host: LinkHost, transport: ServerTransport) -> Hello | None:
@@ -75,6 +131,20 @@ async def serve_link(host: LinkHost, transport: ServerTransport) -> None:
     hello = await _read_hello(host, transport)
     if hello is None:
         return
+    identity: Identity | None = None
+    forbidden: tuple[str, ...] = ()
+    if host.authenticator is not None:
+        checked = await _authenticate(host, transport, hello)
+        if checked is None:
+            return
+        hello, identity = checked
+        authorizer = host.authorizer
+        if authorizer is not None:
+            forbidden = tuple(t for t in hello.topics if not authorizer.may_subscribe(identity, t))
+            if forbidden:
+                hello = attrs.evolve(
+                    hello, topics=tuple(t for t in hello.topics if t not in forbidden)
+                )
     table = host.sessions
     now = trio.current_time()
     evicted = table.make_room(hello, now)
@@ -83,7 +153,7 @@ async def serve_link(host: LinkHost, transport: ServerTransport) -> None:
         await transport.close(CloseCode.TRY_AGAIN_LATER, "the hub is at its session limit")
         return
     c.sessions_evicted += evicted
-    opened = table.open(hello, now)
+    opened = table.open(hello, now, identity.subject if identity is not None else None)
     session = opened.session
     if opened.replaced is not None:
         c.replaced_connections += 1
@@ -95,6 +165,17 @@ async def serve_link(host: LinkHost, transport: ServerTransport) -> None:
             c.resumes_failed += 1
     c.messages_carried_over += opened.carried_over
     link = HubLink(host, session, transport, now, hello.max_size or cfg.max_message_size)
+    if identity is not None:
+        link.identity = identity
+        if identity.expires_at is not None:
+            link.expires = wall_to_trio(identity.expires_at, now) + cfg.token_grace
+    subject = identity.subject if identity is not None else None
+    link.limits = host.limiter.acquire(subject)
+    if forbidden:
+        link.report(
+            Error(ErrorCode.FORBIDDEN, f"may not subscribe to {', '.join(forbidden)}"[:200])
+        )
+        c.forbidden += len(forbidden)
     session.attach(link, now)
     welcome = Welcome(
         id=session.component_id,
@@ -131,6 +212,7 @@ async def serve_link(host: LinkHost, transport: ServerTransport) -> None:
     try:
         await host.supervisor.run(serve, cleanup=link.cleanup)
     finally:
+        host.limiter.release(subject)
         c.active_connections -= 1
         code = link.close_code
         if code is None:

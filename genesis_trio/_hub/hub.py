@@ -41,11 +41,12 @@ from .._core.frames import (
 from .._core.message import Message
 from .._runtime.supervisor import NO_RESTART, Supervisor
 from ..stores import SessionStore
+from .auth import Authenticator, Authorizer, PatternAuthorizer
 from .endpoint import AsgiTransport, Receive, Scope, Send, accept_websocket, client_address, deny
 from .handshake import serve_link
 from .hypercorn import ServingObserver
 from .journal import Journal, NullJournal
-from .limits import Admission
+from .limits import Admission, RateLimiter
 from .link import Backlogged, HubLink
 from .router import HubHandler, Router
 from .sessions import HubSession, SessionTable
@@ -72,11 +73,29 @@ class TranscendentalExternalWebSocket:
         config: HubConfig | None = None,
         *,
         store: SessionStore | None = None,
+        authenticator: Authenticator | None = None,
+        authorizer: Authorizer | None = None,
         **options: Any,
     ) -> None:
         base = config if config is not None else HubConfig()
         self.config: HubConfig = attrs.evolve(base, **options) if options else base
         self.store = store
+        self.authenticator = authenticator
+        """Who checks credentials at the handshake (None: nobody: any client is anyone)."""
+        if authorizer is None and authenticator is not None:
+            authorizer = PatternAuthorizer()
+        self.authorizer = authorizer
+        """Who decides each send, publish and subscription of an identity."""
+        cfg = self.config
+        self.limiter = RateLimiter(
+            link_messages=cfg.rate_messages,
+            link_bytes=cfg.rate_bytes,
+            identity_messages=cfg.identity_rate_messages,
+            identity_bytes=cfg.identity_rate_bytes,
+            burst=cfg.rate_burst,
+            flood_timeout=cfg.flood_timeout,
+        )
+        """Makes each link's rate limits (LinkHost)."""
         self.counters = HubCounters()
         """Counters behind :meth:`statistics` (mutable; read them through it)."""
         self.serving_observer: ServingObserver = self.counters
@@ -95,7 +114,7 @@ class TranscendentalExternalWebSocket:
         self.sessions = SessionTable(self.config, self.journal)
         self._handlers: dict[str, HubHandler] = {}
         self.router = Router(
-            self.config, self.counters, self.sessions, self.journal, self._handlers
+            self.config, self.counters, self.sessions, self.journal, self._handlers, authorizer
         )
         self.fanout = self.router.fanout
         self.admission = Admission(
@@ -378,7 +397,8 @@ class TranscendentalExternalWebSocket:
                 if frame.remove:
                     self.sessions.unsubscribe(link.session, frame.topics)
                 else:
-                    self.sessions.subscribe(link.session, frame.topics)
+                    allowed = self.router.may_subscribe(link, frame.topics)
+                    self.sessions.subscribe(link.session, allowed)
             elif kind is Bye:
                 if link.backlog:  # after the messages sent before it
                     link.hold(None, 0, 0)

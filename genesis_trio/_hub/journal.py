@@ -263,6 +263,7 @@ class Journal:
             log_.truncated,
             tuple(sorted(session.topics)),
             None if gone is None else self.wall(gone),
+            session.owner,
         )
 
     def _take(self) -> tuple[StoreBatch, list[_Snapshot], int]:

@@ -28,13 +28,16 @@ from typing import Final, Protocol
 import trio
 
 from .._core.coalesce import Coalescer, FanoutWindow
-from .._core.codec import Codec, EncodedBody
+from .._core.codec import EncodedBody
 from .._core.config import HubConfig
 from .._core.errors import CloseCode, ConnectionClosed
 from .._core.frames import Ack, Error, MessageFrame
 from .._core.heartbeat import Heartbeat
 from .._core.link import Deliver, Hold, Idle, LinkProtocol, SendAck
 from .._runtime.signal import Signal
+from .auth import Identity
+from .endpoint import ServerTransport
+from .limits import RateLimits
 from .sessions import HubSession
 from .stats import HubCounters
 
@@ -42,29 +45,6 @@ log = logging.getLogger("genesis_trio.hub")
 
 MAX_CONTROL_FRAMES: Final = 64
 """Control frames (pongs, errors) queued per link; more are dropped (they are advisory)."""
-
-
-class ServerTransport(Protocol):
-    """The hub's view of one accepted WebSocket (ASGI or in-memory)."""
-
-    codec: Codec
-    """The codec its subprotocol selected."""
-
-    async def receive(self) -> str | bytes | None:
-        """The next message, or None once the peer has gone."""
-        ...
-
-    async def send(self, data: bytes) -> None:
-        """Send one encoded frame (text or binary per the codec)."""
-        ...
-
-    async def close(self, code: int, reason: str) -> None:
-        """Close with a WebSocket close code; never raises."""
-        ...
-
-    async def abort(self) -> None:
-        """Drop the connection at once, without a close frame; never raises."""
-        ...
 
 
 class Backlogged:
@@ -136,7 +116,10 @@ class HubLink:
         "control",
         "crashed",
         "drained",
+        "expires",
         "heartbeat",
+        "identity",
+        "limits",
         "peer_closed",
         "protocol",
         "routing",
@@ -144,6 +127,7 @@ class HubLink:
         "services",
         "session",
         "transport",
+        "units",
         "wake",
     )
 
@@ -198,6 +182,14 @@ class HubLink:
         self._nursery: trio.Nursery | None = None
         self._closing = trio.Event()
         self._ended = trio.Event()
+        self.identity: Identity | None = None
+        """Who the client is (None: the hub does not authenticate)."""
+        self.expires = math.inf
+        """When the link must end because its credential expired (plus the grace)."""
+        self.limits: RateLimits | None = None
+        """The rate limits it answers to (None: none)."""
+        self.units = 0
+        """Messages the frame being processed carried (for the rate limits)."""
 
     @property
     def attached(self) -> bool:
@@ -343,6 +335,7 @@ class HubLink:
         cfg = services.config
         limit = cfg.max_backlog_bytes
         stall = cfg.slow_consumer_timeout
+        limits = self.limits
         while True:
             if self.backlog_bytes > limit:
                 # Backpressure: read nothing more until the router catches up. The
@@ -351,10 +344,14 @@ class HubLink:
                 await self.drained.wait()
                 heartbeat.received(trio.current_time())
                 continue
-            with trio.move_on_at(min(heartbeat.deadline(), self.sending_since + stall)) as timer:
+            deadline = min(heartbeat.deadline(), self.sending_since + stall, self.expires)
+            with trio.move_on_at(deadline) as timer:
                 data = await receive()
             if timer.cancelled_caught:
                 now = trio.current_time()
+                if now >= self.expires:
+                    self.close_soon(CloseCode.CREDENTIALS_EXPIRED, "the credential expired")
+                    return
                 if heartbeat.dead(now):
                     counters.heartbeat_timeouts += 1
                     self.close_soon(CloseCode.HEARTBEAT_TIMEOUT, "no frame from the client in time")
@@ -368,9 +365,21 @@ class HubLink:
                 self.peer_closed = True
                 return
             heartbeat.received(trio.current_time())
+            self.units = 1
             await process(data, self)
             if not self.attached:
                 return
+            if limits is not None:
+                slowed = limits.throttled_since is not None
+                pause = limits.pause(self.units, len(data), trio.current_time())
+                if pause is None:
+                    counters.floods_closed += 1
+                    self.close_soon(CloseCode.POLICY_VIOLATION, "rate limit exceeded for too long")
+                    return
+                if pause:
+                    counters.rate_limited += not slowed
+                    await trio.sleep(pause)  # read nothing meanwhile: the client is slowed down
+                    heartbeat.received(trio.current_time())
 
     async def _write_until_gone(self) -> None:
         try:

@@ -26,6 +26,7 @@ from .._core.config import HubConfig
 from .._core.errors import CloseCode, ErrorCode
 from .._core.frames import HUB_ID, Body, Error, MessageFrame, Rejected
 from .._core.message import Message, reply_body
+from .auth import Authorizer
 from .link import Backlogged, HubLink
 from .sessions import HubSession, SessionRecorder, SessionTable
 from .stats import HubCounters
@@ -50,7 +51,10 @@ class Router:
         table: SessionTable,
         recorder: SessionRecorder,
         handlers: dict[str, HubHandler],
+        authorizer: Authorizer | None = None,
     ) -> None:
+        self.authorizer = authorizer
+        """Decides each send and publish of authenticated links (None: all allowed)."""
         self.config = config
         self.counters = counters
         self.table = table
@@ -104,6 +108,7 @@ class Router:
             self.counters.duplicates_dropped += skip
             if skip == len(frame.bodies):
                 return
+        link.units = len(frame.bodies)
         if link.backlog:
             link.hold(frame, skip, size)
             return
@@ -168,6 +173,14 @@ class Router:
         """
         session = link.session
         to = body.get("to")
+        identity = link.identity
+        if (
+            identity is not None
+            and self.authorizer is not None
+            and not self._allowed(link, body, n)
+        ):
+            session.inbound.processed(n)
+            return True
         table = self.table
         targets: Sequence[HubSession]
         if to is not None:
@@ -203,6 +216,39 @@ class Router:
         session.inbound.processed(n)
         self.counters.messages_in += 1
         return True
+
+    def _allowed(self, link: HubLink, body: Body, n: int) -> bool:
+        """The authorizer's word on one body; a refusal is answered ``forbidden``."""
+        identity = link.identity
+        authorizer = self.authorizer
+        assert identity is not None
+        assert authorizer is not None
+        kind: str = body["type"]
+        to = body.get("to")
+        if to is not None:
+            allowed = authorizer.may_send(identity, to, kind)
+            where = f"send to {to!r}"
+        else:
+            topic = body.get("topic", "")
+            allowed = authorizer.may_publish(identity, topic, kind)
+            where = f"publish to {topic!r}"
+        if not allowed:
+            self.counters.forbidden += 1
+            link.report(Error(ErrorCode.FORBIDDEN, f"may not {where}", n, body.get("id")))
+        return allowed
+
+    def may_subscribe(self, link: HubLink, topics: tuple[str, ...]) -> tuple[str, ...]:
+        """The topics the link's identity may subscribe to; the others are answered."""
+        identity, authorizer = link.identity, self.authorizer
+        if identity is None or authorizer is None:
+            return topics
+        allowed = tuple(t for t in topics if authorizer.may_subscribe(identity, t))
+        if len(allowed) < len(topics):
+            refused = [t for t in topics if t not in allowed]
+            self.counters.forbidden += len(refused)
+            text = f"may not subscribe to {', '.join(refused)}"[:200]
+            link.report(Error(ErrorCode.FORBIDDEN, text))
+        return allowed
 
     async def _route_later(self, link: HubLink, body: Body, n: int) -> bool:
         """The slow path of :meth:`route_now`; False if the link went away meanwhile."""

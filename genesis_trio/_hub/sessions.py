@@ -83,6 +83,8 @@ class HubSession:
     outbound: OutboundLog[EncodedBody]
     inbound: InboundTracker = attrs.field(factory=InboundTracker)
     topics: set[str] = attrs.field(factory=set)
+    owner: str | None = None
+    """The identity (subject) that owns it, when the hub authenticates."""
     connection: LinkHandle | None = None
     """The live link, if any."""
     connected_at: float | None = None
@@ -205,6 +207,7 @@ class SessionTable:
         for stored in state.sessions:
             row = stored.row
             session = self._new(row.component_id, row.epoch, row.sid)
+            session.owner = row.owner
             log_ = session.outbound
             # Appends do not rewrite the header: the newest seq is in the log itself.
             newest = stored.entries[-1].seq if stored.entries else 0
@@ -234,8 +237,19 @@ class SessionTable:
             self._went_away(session)
         return len(state.sessions)
 
-    def open(self, hello: Hello, now: float) -> Opened:
-        """Find, resume or create the session a ``hello`` asks for."""
+    def owned_elsewhere(self, component_id: str, sid: str | None, owner: str) -> bool:
+        """True when the session this hello would take belongs to another identity.
+
+        A session with no owner (made while the hub did not authenticate) may
+        be claimed.
+        """
+        for session in (self.by_id.get(component_id), self.by_sid.get(sid) if sid else None):
+            if session is not None and session.owner not in (None, owner):
+                return True
+        return False
+
+    def open(self, hello: Hello, now: float, owner: str | None = None) -> Opened:
+        """Find, resume or create the session a ``hello`` asks for (``owner``: its identity)."""
         cid = hello.id
         known = self.by_sid.get(hello.sid) if hello.sid is not None else None
         if (
@@ -280,6 +294,9 @@ class SessionTable:
             recorder.rewritten(session)
         if replaced is not None:
             session.detach(now)
+        if owner is not None and session.owner != owner:
+            session.owner = owner
+            recorder.touched(session)
         self.set_topics(session, hello.topics)
         session.disconnected_at = None
         self._back(session)

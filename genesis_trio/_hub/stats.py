@@ -72,6 +72,10 @@ class HubCounters:
     replaced_connections: int = 0
     sessions_expired: int = 0
     serving_failures: int = 0
+    auth_failures: int = 0
+    forbidden: int = 0
+    rate_limited: int = 0
+    floods_closed: int = 0
     messages_carried_over: int = 0
     connections_refused: int = 0
     sessions_refused: int = 0
@@ -145,6 +149,14 @@ class HubStatistics:
     """Disconnected sessions forgotten early to make room under ``max_sessions``."""
     serving_failures: int
     """Exceptions of one connection contained by the serving stack (a bug to report)."""
+    auth_failures: int
+    """Handshakes refused with 1008: a credential refused, or a component id it may not use."""
+    forbidden: int
+    """Sends, publishes and subscriptions refused by the authorizer (``forbidden``)."""
+    rate_limited: int
+    """Times a link was slowed down by a rate limit."""
+    floods_closed: int
+    """Links closed with 1008 for staying over their rate limit past ``flood_timeout``."""
     replaced_connections: int
     """Connections closed with 4001 because a newer one took their place."""
     sessions_expired: int
@@ -198,6 +210,10 @@ def hub_snapshot(node_id: str, c: HubCounters, sessions: int, store: StoreStatus
         sessions_refused=c.sessions_refused,
         sessions_evicted=c.sessions_evicted,
         serving_failures=c.serving_failures,
+        auth_failures=c.auth_failures,
+        forbidden=c.forbidden,
+        rate_limited=c.rate_limited,
+        floods_closed=c.floods_closed,
         replaced_connections=c.replaced_connections,
         sessions_expired=c.sessions_expired,
         delivery_frames=c.delivery_frames,

@@ -31,16 +31,18 @@ class ServeInfo:
     host: str
     port: int
     urls: tuple[str, ...]
+    tls: bool = False
+    """True when it serves TLS (``wss://``, ``https://``)."""
 
     @property
     def ws_url(self) -> str:
-        """The WebSocket URL of the hub (``ws://host:port/ws``)."""
-        return f"ws://{self.host}:{self.port}/ws"
+        """The WebSocket URL of the hub (``ws://host:port/ws``, or ``wss://``)."""
+        return f"{'wss' if self.tls else 'ws'}://{self.host}:{self.port}/ws"
 
     @property
     def http_url(self) -> str:
-        """The base HTTP URL (``http://host:port``)."""
-        return f"http://{self.host}:{self.port}"
+        """The base HTTP URL (``http://host:port``, or ``https://``)."""
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.port}"
 
 
 def hypercorn_config(
@@ -66,16 +68,20 @@ async def serve_hub(
     port: int = 8000,
     app: Any = None,
     shutdown: trio.Event | None = None,
+    certfile: str | None = None,
+    keyfile: str | None = None,
     task_status: trio.TaskStatus[ServeInfo] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``hub`` (and ``app``, default :func:`create_app`) until cancelled or ``shutdown``.
 
     Starts ``hub.run`` beside Hypercorn; ``task_status.started`` gets the
-    bound address (bind port 0 for a free one). On shutdown every link is
-    closed with 1001 (going away) so clients resume elsewhere.
+    bound address (bind port 0 for a free one). ``certfile``/``keyfile``
+    (PEM) serve TLS. On shutdown every link is closed with 1001 (going away)
+    so clients resume elsewhere.
     """
     asgi = app if app is not None else create_app(hub)
-    config = hypercorn_config(host, port, hub.config)
+    tls = {"certfile": certfile, "keyfile": keyfile} if certfile else {}
+    config = hypercorn_config(host, port, hub.config, **tls)
     stop = shutdown if shutdown is not None else trio.Event()
 
     async def trigger() -> None:
@@ -98,7 +104,8 @@ async def serve_hub(
             urls = tuple(await nursery.start(run_hypercorn))
         bound_host, _, bound_port = urls[0].rpartition(":")
         bound_host = bound_host.split("//", 1)[-1].strip("[]")
-        task_status.started(ServeInfo(bound_host, int(bound_port), urls))
+        tls_on = urls[0].startswith("https")
+        task_status.started(ServeInfo(bound_host, int(bound_port), urls, tls_on))
 
 
 GC_THRESHOLDS = (50_000, 50, 100)
@@ -160,6 +167,8 @@ class GenesisHybridSystem:
         host: str = "127.0.0.1",
         port: int = 8000,
         store: SessionStore | None = None,
+        certfile: str | None = None,
+        keyfile: str | None = None,
         gc_tuning: bool = False,
     ) -> None:
         if hub is not None and store is not None:
@@ -168,6 +177,7 @@ class GenesisHybridSystem:
         self.host = host
         self.port = port
         self.gc_tuning = gc_tuning
+        self.certfile, self.keyfile = certfile, keyfile
         self.info: ServeInfo | None = None
         self._shutdown = trio.Event()
 
@@ -192,6 +202,8 @@ class GenesisHybridSystem:
                     host=self.host,
                     port=self.port,
                     shutdown=self._shutdown,
+                    certfile=self.certfile,
+                    keyfile=self.keyfile,
                     task_status=task_status,
                 )
                 nursery.cancel_scope.cancel()  # served to the end: stop housekeeping too

@@ -40,6 +40,8 @@ class SessionRow:
     topics: tuple[str, ...]
     disconnected_at: float | None
     """Wall-clock time the session lost its link (None: connected when written)."""
+    owner: str | None = None
+    """The identity (subject) that owns the session, when the hub authenticates."""
 
 
 class StoredEntry(NamedTuple):

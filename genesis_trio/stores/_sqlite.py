@@ -27,7 +27,8 @@ from ._protocol import (
     StoreError,
 )
 
-SCHEMA_VERSION: Final = 2
+SCHEMA_VERSION: Final = 3
+"""2 -> 3: sessions.owner (migrated in place, NULL for existing sessions)."""
 T = TypeVar("T")
 
 # Sessions get a small integer key: log rows are keyed (key, seq), so the
@@ -46,7 +47,8 @@ CREATE TABLE IF NOT EXISTS sessions (
     acked INTEGER NOT NULL,
     truncated INTEGER NOT NULL,
     topics TEXT NOT NULL,
-    disconnected_at REAL
+    disconnected_at REAL,
+    owner TEXT
 );
 CREATE TABLE IF NOT EXISTS messages (id INTEGER PRIMARY KEY, body BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS log (
@@ -123,6 +125,11 @@ class SQLiteStore:
             row = conn.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
             if row is None:
                 conn.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+            elif int(row[0]) == 2:  # add the owner column; every session keeps none
+                conn.execute("ALTER TABLE sessions ADD COLUMN owner TEXT")
+                conn.execute(
+                    "UPDATE meta SET value = ? WHERE key = 'schema'", (str(SCHEMA_VERSION),)
+                )
             elif int(row[0]) != SCHEMA_VERSION:
                 raise StoreError(
                     f"session store {self.path} has schema {row[0]}, expected {SCHEMA_VERSION}"
@@ -148,9 +155,9 @@ class SQLiteStore:
         sessions = []
         for record in conn.execute(
             "SELECT key, sid, component_id, epoch, received, last_seq, acked, truncated, topics,"
-            " disconnected_at FROM sessions"
+            " disconnected_at, owner FROM sessions"
         ):
-            key, sid, cid, epoch, received, last_seq, acked, truncated, topics, gone = record
+            key, sid, cid, epoch, received, last_seq, acked, truncated, topics, gone, owner = record
             row = SessionRow(
                 sid=sid,
                 component_id=cid,
@@ -161,6 +168,7 @@ class SQLiteStore:
                 truncated=bool(truncated),
                 topics=tuple(orjson.loads(topics)),
                 disconnected_at=gone,
+                owner=owner,
             )
             self._keys[sid] = key
             self._next_key = max(self._next_key, key + 1)
@@ -238,8 +246,8 @@ class SQLiteStore:
         if batch.sessions:
             conn.executemany(
                 "INSERT OR REPLACE INTO sessions (key, sid, component_id, epoch, received,"
-                " last_seq, acked, truncated, topics, disconnected_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " last_seq, acked, truncated, topics, disconnected_at, owner)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
                     (
                         key(r.sid),
@@ -252,6 +260,7 @@ class SQLiteStore:
                         int(r.truncated),
                         orjson.dumps(list(r.topics)).decode(),
                         r.disconnected_at,
+                        r.owner,
                     )
                     for r in batch.sessions.values()
                 ],

@@ -133,6 +133,7 @@ class RawLink:
         """The next frame (pings answered at the WebSocket level); None once closed."""
         while not self.frames:
             if self.close_code is not None:
+                await self.stream.aclose()  # the link is over: release the socket
                 return None
             try:
                 data = await self.stream.receive_some(65536)
@@ -140,6 +141,7 @@ class RawLink:
                 data = b""
             if not data:
                 self.close_code = self.close_code or 1006
+                await self.stream.aclose()
                 return None
             self.ws.receive_data(data)
             for event in self.ws.events():
