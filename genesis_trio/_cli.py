@@ -18,7 +18,7 @@ import trio
 from ._core.config import HubConfig
 from ._hub.auth import Authenticator, JWTAuthenticator, StaticTokens
 from ._hub.hub import TranscendentalExternalWebSocket
-from ._system.serve import GenesisHybridSystem, ServeInfo
+from ._system.serve import SHUTDOWN_GRACE, GenesisHybridSystem, ServeInfo
 from .stores._protocol import SessionStore, StoreError
 from .stores._sqlite import SQLiteStore
 
@@ -64,6 +64,12 @@ CONFIG_FLAGS: tuple[tuple[str, Any, str], ...] = (
         "max_sessions",
         int,
         "sessions held; at the limit the longest-disconnected one is forgotten (else 1013)",
+    ),
+    ("max_topics_per_session", int, "subscriptions one session may hold (more: error 'limit')"),
+    (
+        "max_subscriptions",
+        int,
+        "subscriptions all sessions hold together (more: error 'limit')",
     ),
     ("token_grace", float, "seconds a link may outlive its credential's expiry (then 4009)"),
     ("rate_messages", _optional_float, "messages per second one link may send (default: no limit)"),
@@ -339,11 +345,13 @@ async def _serve(args: argparse.Namespace) -> None:
             async for signum in signals:
                 if system.shutting_down:
                     log.warning("second signal: stopping now")
+                    system.stop_now()
                     nursery.cancel_scope.cancel()
                     break
                 log.info("%s: shutting down gracefully", signal.Signals(signum).name)
                 system.shutdown()
-                nursery.cancel_scope.deadline = trio.current_time() + 5.0
+                grace = hub.config.close_timeout + SHUTDOWN_GRACE
+                nursery.cancel_scope.deadline = trio.current_time() + grace
     log.info("stopped")
 
 

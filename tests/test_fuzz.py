@@ -11,6 +11,7 @@ must show no contained failure at the end.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -112,10 +113,8 @@ async def probe(port: int, payloads: list[str | bytes]) -> None:
             await link.stream.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             break
-    try:
+    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
         await link.send({"t": "ping", "id": 424242})
-    except (trio.BrokenResourceError, trio.ClosedResourceError):
-        pass
     with trio.fail_after(10):
         while True:
             frame = await link.receive()

@@ -2,7 +2,7 @@
 
 Same method as tests/test_protocol_conformance.py: a raw client written from
 the document, frames built by hand, the hub on a real socket. Each test names
-the rule it checks (H1..H16); a last test checks that every rule is named by
+the rule it checks (H1..H19); a last test checks that every rule is named by
 some test.
 """
 
@@ -254,6 +254,42 @@ async def test_max_size_is_the_frame_size_exactly(hub: RunningHub) -> None:
             )
 
     await run(scenario, hub.url)
+
+
+async def test_data_a_json_client_cannot_receive_becomes_a_notice(hub: RunningHub) -> None:
+    """H19: MessagePack bytes to a JSON client arrive as a `not_representable` notice.
+
+    Before the fix the hub's writer raised, the link closed 1011 and the
+    message was replayed on every resume: one message wedged its receiver.
+    """
+
+    def scenario(url: str) -> None:
+        with clients() as keep:
+            reader = keep(RawClient.join(url, "reader"))
+            sender = keep(RawClient.join(url, "sender", subprotocols=("genesis.v1.msgpack",)))
+            sender.send_msg({"type": "blob", "to": "reader", "data": b"\x00\x01"})
+            sender.send_msg({"type": "blob", "to": "reader", "data": b"\x02", "id": "r1"})
+            sender.send_msg({"type": "text", "to": "reader", "data": "after"})
+            first = reader.recv_body()
+            assert first[0] == 1
+            assert first[1]["error"]["code"] == "not_representable"
+            assert "bytes" in first[1]["error"]["msg"]
+            assert reader.recv_body()[1]["error"]["code"] == "not_representable"
+            assert reader.recv_body() == (
+                3,
+                {"type": "text", "to": "reader", "from": "sender", "data": "after"},
+            )
+            _, reply = sender.recv_body()
+            assert (reply["re"], reply["from"], reply["error"]["code"]) == (
+                "r1",
+                "$hub",
+                "not_representable",
+            )
+
+    await run(scenario, hub.url)
+    stats = hub.hub.get_stats()
+    assert stats["messages_not_representable"] == 2
+    assert 1011 not in stats["close_codes"]
 
 
 def test_every_hub_rule_is_tested() -> None:

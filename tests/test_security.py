@@ -273,7 +273,7 @@ async def test_static_tokens(nursery: trio.Nursery, tmp_path: Any) -> None:
     async with TranscendentalWebSocket(running.url, "robot-1", token=secret) as robot:
         await robot.send("robot-1", "hi", 1)
         assert (await robot.receive()).data == 1
-    with pytest.raises(Exception, match="1008|policy"):
+    with pytest.raises(Exception, match=r"1008|policy"):
         async with TranscendentalWebSocket(running.url, "robot-2", token="wrong-token-xxxxxxxx"):
             pass
 
@@ -315,7 +315,7 @@ async def test_tls(nursery: trio.Nursery, tmp_path: Any) -> None:
     async with TranscendentalWebSocket(url, "secure", ssl_context=trusting) as ws:
         await ws.send("secure", "x", "over tls")
         assert (await ws.receive()).data == "over tls"
-    with pytest.raises(HandshakeError, match="(?i)certificate|ssl|tls"):
+    with pytest.raises(HandshakeError, match=r"(?i)certificate|ssl|tls"):
         async with TranscendentalWebSocket(url, "naive", reconnect=False):
             pass  # the system's trust store does not know the test CA
     wrong_name = f"wss://127.0.0.2:{info.port}/ws"

@@ -40,18 +40,16 @@ from .._core.errors import (
 from .._core.frames import Body, check_body, valid_component_id, valid_topic
 from .._core.message import Message, reply_body
 from .._core.session import ClientSession, OutboundLog
+from .._runtime.dispatch import Dispatcher, Handler, Pending
 from .._runtime.groups import single_exception
-from .dispatch import Dispatcher
 from .keeper import LinkKeeper
 from .transport import StreamFactory
 from .types import (
     ClientCounters,
     ClientStatistics,
     ConnectionState,
-    Handler,
     LinkEvent,
     LinkLost,
-    Pending,
 )
 
 log = logging.getLogger("genesis_trio.client")

@@ -35,9 +35,9 @@ from .._core.frames import (
 )
 from .._core.heartbeat import RttEstimator
 from .._core.session import ClientSession
+from .._runtime.dispatch import Dispatcher
 from .._runtime.signal import Signal
 from .._runtime.supervisor import RestartPolicy, Supervisor
-from .dispatch import Dispatcher
 from .handshake import open_link
 from .link import ClientLink
 from .transport import StreamFactory

@@ -29,8 +29,8 @@ from .._core.frames import Ack, Error, MessageFrame, Ping, Pong, Rejected, parse
 from .._core.heartbeat import Heartbeat
 from .._core.link import Deliver, Hold, Idle, LinkProtocol, SendAck
 from .._core.session import ClientSession
+from .._runtime.dispatch import Dispatcher
 from .._runtime.signal import Signal
-from .dispatch import Dispatcher
 from .transport import ClientTransport
 from .types import ClientCounters
 

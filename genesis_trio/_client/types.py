@@ -3,19 +3,12 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Awaitable, Callable
-from typing import Any
 
 import attrs
-import trio
 
 from .._core.backoff import CircuitBreaker
-from .._core.errors import CloseCode, ConnectionClosed, RemoteError
+from .._core.errors import CloseCode, ConnectionClosed
 from .._core.heartbeat import RttEstimator
-from .._core.message import Message
-
-Handler = Callable[[Message], Awaitable[Any]]
-"""An async function handling one message; its return value answers requests."""
 
 FATAL_CLOSE_CODES = frozenset(
     {
@@ -181,12 +174,3 @@ class ClientCounters:
             breaker=breaker.state.value,
             breaker_opened=breaker.times_opened,
         )
-
-
-@attrs.define(eq=False)
-class Pending:
-    """A request waiting for its reply."""
-
-    event: trio.Event = attrs.field(factory=trio.Event)
-    value: Any = None
-    error: RemoteError | None = None

@@ -79,6 +79,10 @@ class HubConfig:
     """Sessions held; at the limit the longest-disconnected one is forgotten, or 1013."""
     anonymous_session_expiry: float = attrs.field(default=60.0, validator=_pos_f)
     """A disconnected session of a client that sent no id is forgotten after this."""
+    max_topics_per_session: int = attrs.field(default=1024, validator=_pos_i)
+    """Subscriptions one session may hold; more are refused with an error frame ``limit``."""
+    max_subscriptions: int = attrs.field(default=1_000_000, validator=_pos_i)
+    """Subscriptions all sessions hold together (about 200 bytes each); more are refused."""
     max_backlog_bytes: int = attrs.field(default=4 << 20, validator=_pos_i)
     """Bytes of a link's messages held while they wait for room; past it the link is not read."""
     store_outage_timeout: float = attrs.field(default=10.0, validator=_pos_f)

@@ -37,6 +37,11 @@ class ErrorCode(enum.StrEnum):
     """The hub failed while processing the frame; the error was contained."""
     FORBIDDEN = "forbidden"
     """The sender's identity may not send, publish or subscribe there (nothing was done)."""
+    LIMIT = "limit"
+    """A hub limit refused part of the request (subscriptions beyond the per-session or
+    hub-wide limit); the rest was done."""
+    NOT_REPRESENTABLE = "not_representable"
+    """A message's data has no form in the receiving client's codec (bytes for JSON...)."""
 
 
 class CloseCode(enum.IntEnum):

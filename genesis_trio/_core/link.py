@@ -27,6 +27,7 @@ import attrs
 
 from .coalesce import Coalescer, FanoutWindow
 from .codec import JSON
+from .frames import MessageFrame
 from .session import Entry, InboundTracker, OutboundLog
 
 T = TypeVar("T")
@@ -212,3 +213,21 @@ class LinkProtocol(Generic[T]):
         if owed > 0 and (now >= self.ack_deadline or owed >= self.half):
             return SendAck(self._take_ack())
         return Idle(self.ack_deadline if owed > 0 else math.inf)
+
+
+class Backlogged:
+    """A received ``msg``/``batch`` frame (or ``bye``) waiting in a hub link's backlog."""
+
+    __slots__ = ("frame", "next", "size")
+
+    def __init__(self, frame: MessageFrame | None, start: int, size: int) -> None:
+        self.frame = frame
+        """The frame; None stands for ``bye``."""
+        self.next = start
+        """Index of the next body to route."""
+        self.size = size
+        """Bytes the frame took on the wire (bounded per link)."""
+
+
+BYE: Final = None
+"""The backlog entry that stands for ``bye`` (ends the session after what came before)."""

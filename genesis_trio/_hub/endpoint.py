@@ -8,6 +8,7 @@ Starlette app mounts the hub (Starlette's WebSocket speaks ASGI too).
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, Protocol
 from urllib.parse import urlsplit
@@ -32,6 +33,8 @@ class ServerTransport(Protocol):
 
     codec: Codec
     """The codec its subprotocol selected."""
+    deadline: float
+    """When the link must be gone once it began closing (Trio clock; inf: not closing)."""
 
     async def receive(self) -> str | bytes | None:
         """The next message, or None once the peer has gone."""
@@ -62,9 +65,11 @@ class AsgiTransport:
         "_abort",
         "_binary",
         "_closed",
+        "_deadline",
         "_gone",
         "_receive",
         "_send",
+        "_waiting",
         "address",
         "bearer",
         "codec",
@@ -83,6 +88,24 @@ class AsgiTransport:
         """The client's address."""
         self._closed = False
         self._gone = False
+        self._deadline = math.inf
+        self._waiting: trio.CancelScope | None = None
+
+    @property
+    def deadline(self) -> float:
+        """When the link must be gone once it began closing (inf: not closing).
+
+        Set by the link when it begins closing, and by a shutdown; :meth:`finish`
+        keeps within it, even when it is brought forward while finishing.
+        """
+        return self._deadline
+
+    @deadline.setter
+    def deadline(self, value: float) -> None:
+        self._deadline = value
+        waiting = self._waiting
+        if waiting is not None and value < waiting.deadline:
+            waiting.deadline = value
 
     async def receive(self) -> str | bytes | None:
         """Next text/bytes message; None once the client disconnected."""
@@ -135,12 +158,19 @@ class AsgiTransport:
         Reading until the disconnect also keeps the server's queue towards us
         drained, so its reading task never blocks on an application that left.
         """
+        now = trio.current_time()
         for _ in range(2):
-            with trio.move_on_after(grace):
-                while not self._gone:
-                    await self.receive()
-                return
+            scope = self._waiting = trio.CancelScope(deadline=min(self._deadline, now + grace))
+            try:
+                with scope:
+                    while not self._gone:
+                        await self.receive()
+                    return
+            finally:
+                self._waiting = None
             await self.abort()
+            now = trio.current_time()
+            grace = min(grace, 1.0)  # after the abort: only the server's disconnect event
 
 
 async def deny(scope: Scope, send: Send, refusal: Refusal) -> None:
@@ -182,6 +212,11 @@ async def accept_websocket(
     The ``websocket.connect`` event has been received already; a refusal
     has been answered (HTTP 403/400 with a reason) when this returns.
     """
+    origins = [v for k, v in scope.get("headers") or () if k == b"origin"]
+    if len(origins) > 1:
+        refusal = Refusal(403, "more than one Origin header")
+        await deny(scope, send, refusal)
+        return refusal
     origin = _header(scope, b"origin")
     if origin is not None and not origin_allowed(origin, allowed_origins, scope):
         refusal = Refusal(403, f"origin {origin[:200]!r} is not allowed")

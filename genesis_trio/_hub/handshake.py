@@ -60,6 +60,11 @@ class LinkHost(LinkServices, Protocol):
         """Makes each new link's rate limits."""
         ...
 
+    @property
+    def handshakes(self) -> set[trio.CancelScope]:
+        """The scopes of handshakes waiting for their ``hello`` (cancelled at shutdown)."""
+        ...
+
 
 async def _authenticate(
     host: LinkHost, transport: ServerTransport, hello: Hello
@@ -95,6 +100,13 @@ async def _authenticate(
     return None
 
 
+def _limit_error(refused: tuple[str, ...]) -> Error:
+    """The error frame for subscriptions refused by the limits."""
+    return Error(
+        ErrorCode.LIMIT, f"subscription limit reached: not subscribed to {', '.join(refused)}"[:200]
+    )
+
+
 async def _read_hello(host: LinkHost, transport: ServerTransport) -> Hello | None:
     """The ``hello``, or None after answering why there is none (counted)."""
     counters = host.counters
@@ -128,7 +140,17 @@ async def serve_link(host: LinkHost, transport: ServerTransport) -> None:
         c.handshake_failures += 1
         await transport.close(*refusal)
         return
-    hello = await _read_hello(host, transport)
+    waiting = trio.CancelScope()
+    host.handshakes.add(waiting)
+    try:
+        with waiting:
+            hello = await _read_hello(host, transport)
+    finally:
+        host.handshakes.discard(waiting)
+    if waiting.cancelled_caught:  # the hub is shutting down
+        c.handshake_failures += 1
+        await transport.close(*(host.refusal() or (CloseCode.GOING_AWAY, "hub shutting down")))
+        return
     if hello is None:
         return
     identity: Identity | None = None
@@ -176,6 +198,8 @@ async def serve_link(host: LinkHost, transport: ServerTransport) -> None:
             Error(ErrorCode.FORBIDDEN, f"may not subscribe to {', '.join(forbidden)}"[:200])
         )
         c.forbidden += len(forbidden)
+    if opened.refused_topics:
+        link.report(_limit_error(opened.refused_topics))
     session.attach(link, now)
     welcome = Welcome(
         id=session.component_id,

@@ -22,22 +22,9 @@ from starlette.websockets import WebSocket
 
 from .._core.codec import EncodedBody
 from .._core.config import HubConfig
-from .._core.errors import CloseCode, ErrorCode, GenesisError, RemoteProtocolError
-from .._core.frames import (
-    HUB_ID,
-    Ack,
-    Bye,
-    Error,
-    Hello,
-    MessageFrame,
-    Ping,
-    Pong,
-    Subscribe,
-    check_body,
-    parse_frame,
-    valid_component_id,
-    valid_topic,
-)
+from .._core.errors import CloseCode, GenesisError, RemoteProtocolError
+from .._core.frames import HUB_ID, check_body, valid_component_id, valid_topic
+from .._core.link import Backlogged
 from .._core.message import Message
 from .._runtime.supervisor import NO_RESTART, Supervisor
 from ..stores import SessionStore
@@ -47,7 +34,8 @@ from .handshake import serve_link
 from .hypercorn import ServingObserver
 from .journal import Journal, NullJournal
 from .limits import Admission, RateLimiter
-from .link import Backlogged, HubLink
+from .link import HubLink
+from .pipeline import Pipeline
 from .router import HubHandler, Router
 from .sessions import HubSession, SessionTable
 from .stats import ComponentInfo, HubCounters, HubStatistics, hub_snapshot
@@ -117,6 +105,7 @@ class TranscendentalExternalWebSocket:
             self.config, self.counters, self.sessions, self.journal, self._handlers, authorizer
         )
         self.fanout = self.router.fanout
+        self.pipeline = Pipeline(self.router, self.sessions, self.counters)
         self.admission = Admission(
             self.config.max_connections, self.config.max_connections_per_address
         )
@@ -128,6 +117,11 @@ class TranscendentalExternalWebSocket:
             on_error=self._link_crashed,
         )
         self._running = False
+        self.draining = False
+        """True once :meth:`drain` began: new links are refused with 1001."""
+        self.handshakes: set[trio.CancelScope] = set()
+        """Handshakes waiting for their ``hello`` (LinkHost; cancelled by :meth:`drain`)."""
+        self._transports: set[AsgiTransport] = set()
 
     # -- what links and the journal call -------------------------------------------
 
@@ -152,6 +146,8 @@ class TranscendentalExternalWebSocket:
 
     def refusal(self) -> tuple[CloseCode, str] | None:
         """Why new links are refused right now, if they are (LinkHost)."""
+        if self.draining:
+            return CloseCode.GOING_AWAY, "hub shutting down"
         if not self.journal.durable:
             return None
         if not self._running:
@@ -160,11 +156,9 @@ class TranscendentalExternalWebSocket:
             return CloseCode.STORE_UNAVAILABLE, "session store unavailable"
         return None
 
-    async def process(self, data: str | bytes, link: HubLink) -> None:
-        """The per-message pipeline for one link (LinkServices)."""
-        await self._process_message_transcendentally(
-            data, link.session.component_id, connection=link
-        )
+    def process(self, data: str | bytes, link: HubLink) -> None:
+        """The per-frame pipeline for one link (LinkServices)."""
+        self.pipeline.process(data, link)
 
     async def route_held(self, link: HubLink, item: Backlogged) -> bool:
         """Route a held frame (LinkServices; the router does it)."""
@@ -174,9 +168,11 @@ class TranscendentalExternalWebSocket:
         """End a session on ``bye`` (LinkServices; the router does it)."""
         self.router.say_bye(link)
 
-    def too_large(self, link: HubLink, out: EncodedBody, size: int) -> bytes:
-        """The notice replacing a message too large for a client (LinkServices)."""
-        return self.router.too_large(link, out, size)
+    def undeliverable(self, link: HubLink, out: EncodedBody, problem: int | Exception) -> bytes:
+        """The notice replacing a message the link's client cannot receive (LinkServices)."""
+        if isinstance(problem, int):
+            return self.router.too_large(link, out, problem)
+        return self.router.not_representable(link, out, problem)
 
     # -- public API -------------------------------------------------------------
 
@@ -273,6 +269,39 @@ class TranscendentalExternalWebSocket:
                 closed += 1
         return closed
 
+    def drain(self) -> int:
+        """Begin shutting down: close every link with 1001, refuse new ones; return how many.
+
+        Handshakes still waiting for their ``hello`` are closed with 1001 too.
+        Each link closes within ``close_timeout``; sessions are kept for resume.
+        """
+        self._end_handshakes(self.config.close_timeout)
+        return self.close_all(CloseCode.GOING_AWAY, "hub shutting down")
+
+    def _end_handshakes(self, within: float) -> None:
+        self.draining = True
+        deadline = trio.current_time() + within
+        for transport in self._transports:
+            transport.deadline = min(transport.deadline, deadline)
+        for scope in list(self.handshakes):
+            scope.cancel()
+
+    def abort_all(self) -> int:
+        """Drop every link's socket at once, with no close handshake; return how many.
+
+        For a shutdown that must not wait (a second signal). Sessions are kept.
+        """
+        self._end_handshakes(0.0)
+        now = trio.current_time()
+        dropped = 0
+        for session in list(self.sessions.by_id.values()):
+            link = session.connection
+            if isinstance(link, HubLink):
+                link.transport.deadline = now
+                link.close_soon(CloseCode.GOING_AWAY, "hub stopping now")
+                dropped += 1
+        return dropped
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run until cancelled: load and journal the session store, expire sessions.
 
@@ -344,11 +373,13 @@ class TranscendentalExternalWebSocket:
             if not isinstance(accepted, AsgiTransport):
                 self.counters.handshake_failures += 1
                 return
+            self._transports.add(accepted)
             try:
                 await serve_link(self, accepted)
             finally:
                 with trio.CancelScope(shield=True):
                     await accepted.finish(self.config.close_timeout)
+                self._transports.discard(accepted)
         finally:
             self.admission.release(address)
 
@@ -363,9 +394,9 @@ class TranscendentalExternalWebSocket:
     ) -> None:
         """Decode, validate, route and record one WebSocket message of ``component_id``.
 
-        Never waits for room (messages that must wait are held by their link).
-        Every failure is contained here: the sender gets an error frame (and a
-        close code if the link cannot continue); no other link is harmed.
+        The seed's name for the per-frame pipeline (:class:`.pipeline.Pipeline`):
+        never waits for room, contains every failure (the sender gets an error
+        frame, and a close code if the link cannot continue).
         """
         link = connection
         if link is None:
@@ -374,54 +405,7 @@ class TranscendentalExternalWebSocket:
             if not isinstance(found, HubLink):
                 raise KeyError(f"no live link for component {component_id!r}")
             link = found
-        c = self.counters
-        try:
-            frame = parse_frame(link.codec.decode(msg), sender="client")
-            kind = type(frame)
-            if kind is MessageFrame:
-                assert isinstance(frame, MessageFrame)
-                self.router.admit(link, frame, len(msg))
-            elif kind is Ack:
-                assert isinstance(frame, Ack)
-                self.router.apply_ack(link.session, frame.seq)
-            elif kind is Ping:
-                assert isinstance(frame, Ping)
-                link.queue_control(link.codec.encode(Pong(frame.id).wire()))
-            elif kind is Pong:
-                assert isinstance(frame, Pong)
-                rtt = link.heartbeat.pong(frame.id, trio.current_time())
-                if rtt is not None:
-                    c.rtt.add(rtt)
-            elif kind is Subscribe:
-                assert isinstance(frame, Subscribe)
-                if frame.remove:
-                    self.sessions.unsubscribe(link.session, frame.topics)
-                else:
-                    allowed = self.router.may_subscribe(link, frame.topics)
-                    self.sessions.subscribe(link.session, allowed)
-            elif kind is Bye:
-                if link.backlog:  # after the messages sent before it
-                    link.hold(None, 0, 0)
-                else:
-                    self.router.say_bye(link)
-            elif kind is Hello:
-                raise RemoteProtocolError("hello was already received on this link")
-            elif kind is Error:
-                assert isinstance(frame, Error)
-                log.info("client %s reported error %s: %s", component_id, frame.code, frame.msg)
-        except RemoteProtocolError as exc:
-            c.errors_contained += 1
-            link.report(Error(exc.code, str(exc), exc.seq))
-            if exc.close_code is not None:
-                link.close_soon(exc.close_code, str(exc)[:120])
-            elif link.count_bad_frame(trio.current_time()):
-                link.close_soon(CloseCode.TOO_MANY_ERRORS, "too many malformed frames")
-        except Exception as exc:
-            c.errors_contained += 1
-            log.exception("contained error while processing a frame from %s", component_id)
-            link.report(
-                Error(ErrorCode.INTERNAL, f"internal error (contained): {type(exc).__name__}")
-            )
+        self.pipeline.process(msg, link)
 
 
 def _check(body: dict[str, Any]) -> None:

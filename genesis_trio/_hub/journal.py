@@ -27,6 +27,7 @@ import attrs
 import trio
 
 from .._core.codec import MSGPACK, EncodedBody
+from .._core.histogram import LATENCY_BUCKETS, SIZE_BUCKETS, Histogram
 from .._runtime.signal import Signal
 from ..stores import SessionRow, SessionStore, StoreBatch, StoredEntry, StoredState, StoreError
 from .stats import StoreStatus
@@ -45,6 +46,10 @@ class JournalCounters:
     rows_written: int = 0
     failures: int = 0
     last_error: str | None = None
+    commit_seconds: Histogram = attrs.field(factory=lambda: Histogram(LATENCY_BUCKETS))
+    """Time of each successful store write."""
+    commit_rows: Histogram = attrs.field(factory=lambda: Histogram(SIZE_BUCKETS))
+    """Rows written per commit (group-commit efficiency)."""
 
 
 @attrs.frozen
@@ -64,6 +69,8 @@ class NullJournal:
 
     def __init__(self, *, on_released: Callable[[HubSession], None]) -> None:
         self._on_released = on_released
+        self.counters = JournalCounters()
+        """Always zero: nothing is written."""
 
     def status(self) -> StoreStatus:
         """What the statistics say about the store: there is none."""
@@ -312,6 +319,7 @@ class Journal:
 
     async def _commit_once(self) -> bool:
         batch, snapshots, generation = self._take()
+        started = trio.current_time()
         try:
             await self.store.write(batch)
         except StoreError as exc:
@@ -319,8 +327,11 @@ class Journal:
             self.counters.last_error = str(exc)
             self._restore(batch, snapshots)
             return False
-        self.counters.commits += 1
-        self.counters.rows_written += batch.size
+        c = self.counters
+        c.commits += 1
+        c.rows_written += batch.size
+        c.commit_seconds.observe(trio.current_time() - started)
+        c.commit_rows.observe(batch.size)
         self.committed_generation = generation
         for snap in snapshots:
             session = snap.session

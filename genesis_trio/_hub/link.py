@@ -33,7 +33,7 @@ from .._core.config import HubConfig
 from .._core.errors import CloseCode, ConnectionClosed
 from .._core.frames import Ack, Error, MessageFrame
 from .._core.heartbeat import Heartbeat
-from .._core.link import Deliver, Hold, Idle, LinkProtocol, SendAck
+from .._core.link import BYE, Backlogged, Deliver, Hold, Idle, LinkProtocol, SendAck
 from .._runtime.signal import Signal
 from .auth import Identity
 from .endpoint import ServerTransport
@@ -44,24 +44,10 @@ from .stats import HubCounters
 log = logging.getLogger("genesis_trio.hub")
 
 MAX_CONTROL_FRAMES: Final = 64
-"""Control frames (pongs, errors) queued per link; more are dropped (they are advisory)."""
-
-
-class Backlogged:
-    """A ``msg``/``batch`` frame (or ``bye``) waiting in a link's backlog."""
-
-    __slots__ = ("frame", "next", "size")
-
-    def __init__(self, frame: MessageFrame | None, start: int, size: int) -> None:
-        self.frame = frame
-        """The frame; None stands for ``bye``."""
-        self.next = start
-        """Index of the next body to route."""
-        self.size = size
-        """Bytes the frame took on the wire (bounded per link)."""
-
-
-BYE: Final = None
+"""Control frames (pongs, errors) queued per link; errors beyond are dropped (advisory)."""
+CONTROL_HIGH_WATER: Final = MAX_CONTROL_FRAMES // 2
+"""Queued control frames at which the reader stops reading until the writer catches up
+(so every ping is answered: one frame read queues at most a pong and an error)."""
 
 
 class LinkServices(Protocol):
@@ -82,7 +68,7 @@ class LinkServices(Protocol):
         """Marks the moments after a wide fan-out (writers hold once for a batch)."""
         ...
 
-    async def process(self, data: str | bytes, link: HubLink) -> None:
+    def process(self, data: str | bytes, link: HubLink) -> None:
         """The per-message pipeline: decode, validate, act; never waits for room."""
         ...
 
@@ -94,8 +80,9 @@ class LinkServices(Protocol):
         """End the link's session (``bye``)."""
         ...
 
-    def too_large(self, link: HubLink, out: EncodedBody, size: int) -> bytes:
-        """The frame body that replaces a message larger than the link's client accepts."""
+    def undeliverable(self, link: HubLink, out: EncodedBody, problem: int | Exception) -> bytes:
+        """The notice replacing a message too large (``problem``: its size) or not
+        representable (the encoder's exception) for the link's client."""
         ...
 
 
@@ -150,7 +137,10 @@ class HubLink:
         )
 
         def encode(out: EncodedBody) -> bytes:
-            return out.encoded(codec)
+            try:
+                return out.encoded(codec)
+            except TypeError as exc:  # bytes for a JSON client, say: a notice instead
+                return services.undeliverable(self, out, exc)
 
         self.protocol: LinkProtocol[EncodedBody] = LinkProtocol(
             session.outbound,
@@ -244,10 +234,16 @@ class HubLink:
         """
         if self.close_code is None:
             self.close_code, self.close_reason = code, reason
+        self._start_closing()
         if self.attached:
             self.session.detach(trio.current_time())
         self._scope.cancel()
         self._closing.set()
+
+    def _start_closing(self) -> None:
+        """Start the link's one close clock: every later step keeps within it."""
+        if self.transport.deadline == math.inf:
+            self.transport.deadline = trio.current_time() + self.services.config.close_timeout
 
     # -- the backlog ------------------------------------------------------------
 
@@ -301,7 +297,8 @@ class HubLink:
             await self._closing.wait()
         finally:
             with trio.CancelScope(shield=True):
-                with trio.move_on_after(self.services.config.close_timeout):
+                self._start_closing()
+                with trio.move_on_at(self.transport.deadline):
                     await self._ended.wait()
                 if not self._ended.is_set():
                     log.info("link of %s did not end in time: aborted", self.session.component_id)
@@ -309,9 +306,14 @@ class HubLink:
                     await self.transport.abort()
 
     async def cleanup(self) -> None:
-        """Detach from the session and close the link; the caller bounds the time."""
+        """Detach from the session and close the link, within the link's close clock."""
         if self.attached:
             self.session.detach(trio.current_time())
+        self._start_closing()
+        with trio.move_on_at(self.transport.deadline):
+            await self._close_transport()
+
+    async def _close_transport(self) -> None:
         if not self.peer_closed:
             code = self.close_code
             if code is None and self.crashed:
@@ -336,7 +338,20 @@ class HubLink:
         limit = cfg.max_backlog_bytes
         stall = cfg.slow_consumer_timeout
         limits = self.limits
+        control = self.control
         while True:
+            if len(control) >= CONTROL_HIGH_WATER:
+                # Pongs and errors wait to be written: read nothing more until they
+                # are (every ping is answered); a peer that does not read is slow.
+                self.drained.clear()
+                with trio.move_on_after(stall):
+                    await self.drained.wait()
+                if len(control) >= CONTROL_HIGH_WATER:
+                    counters.slow_consumers_closed += 1
+                    self.close_soon(CloseCode.SLOW_CONSUMER, "the client does not read")
+                    return
+                heartbeat.received(trio.current_time())
+                continue
             if self.backlog_bytes > limit:
                 # Backpressure: read nothing more until the router catches up. The
                 # dead-peer clock stops meanwhile (nothing we do not read can count).
@@ -366,7 +381,7 @@ class HubLink:
                 return
             heartbeat.received(trio.current_time())
             self.units = 1
-            await process(data, self)
+            process(data, self)
             if not self.attached:
                 return
             if limits is not None:
@@ -405,8 +420,10 @@ class HubLink:
         while self.attached:
             wake.clear()
             now = trio.current_time()
-            while control:
-                await send(control.pop(0))
+            if control:
+                while control:
+                    await send(control.pop(0))
+                self.drained.set()
             ping = heartbeat.ping_due(now)
             if ping is not None:
                 await send(codec.encode(ping.wire()))
@@ -415,10 +432,13 @@ class HubLink:
                 bodies = step.bodies
                 if step.oversized:
                     out = step.entries[0].payload
-                    bodies[0] = self.services.too_large(self, out, step.first_size)
+                    bodies[0] = self.services.undeliverable(self, out, step.first_size)
                 await send(codec.frame(step.kind, step.seq, bodies, step.ack))
-                counters.messages_out += len(bodies)
+                n = len(bodies)
+                counters.messages_out += n
                 counters.delivery_frames += 1
+                counters.frame_messages.observe(n)
+                counters.delivery_seconds.observe(trio.current_time() - step.entries[0].stamp, n)
             elif type(step) is SendAck:
                 await send(codec.encode(Ack(step.seq).wire()))
             elif type(step) is Hold:

@@ -25,9 +25,10 @@ from .._core.codec import EncodedBody
 from .._core.config import HubConfig
 from .._core.errors import CloseCode, ErrorCode
 from .._core.frames import HUB_ID, Body, Error, MessageFrame, Rejected
+from .._core.link import Backlogged
 from .._core.message import Message, reply_body
 from .auth import Authorizer
-from .link import Backlogged, HubLink
+from .link import HubLink
 from .sessions import HubSession, SessionRecorder, SessionTable
 from .stats import HubCounters
 
@@ -391,7 +392,28 @@ class Router:
             await self.deliver(self.by_sid(session.sid), EncodedBody(reply))
 
     def too_large(self, link: HubLink, out: EncodedBody, size: int) -> bytes:
-        """What a client gets in place of a message larger than it accepts (§2.3).
+        """What a client gets in place of a message larger than it accepts (§2.3)."""
+        return self._undeliverable(
+            link,
+            out,
+            ErrorCode.TOO_LARGE,
+            f"a message of {size} bytes exceeds this client's max_size "
+            f"({link.max_frame}); it was not delivered",
+        )
+
+    def not_representable(self, link: HubLink, out: EncodedBody, exc: Exception) -> bytes:
+        """What a client gets in place of a message its codec cannot carry (§2.3)."""
+        self.counters.messages_not_representable += 1
+        return self._undeliverable(
+            link,
+            out,
+            ErrorCode.NOT_REPRESENTABLE,
+            f"the message's data cannot be encoded for this client "
+            f"({link.codec.subprotocol}): {exc}"[:200],
+        )
+
+    def _undeliverable(self, link: HubLink, out: EncodedBody, code: ErrorCode, msg: str) -> bytes:
+        """A notice in place of a message, with its sequence number: the gap is never silent.
 
         If the message was a request, its sender also gets the error as the
         reply, at once.
@@ -399,20 +421,15 @@ class Router:
         self.counters.errors_contained += 1
         body = out.body
         kind = body.get("type", "?")
-        error = (
-            ErrorCode.TOO_LARGE,
-            f"a message of {size} bytes exceeds this client's max_size "
-            f"({link.max_frame}); it was not delivered",
-        )
         notice: dict[str, object] = {
             "type": kind,
             "from": body.get("from", HUB_ID),
-            "error": {"code": error[0].value, "msg": error[1]},
+            "error": {"code": code.value, "msg": msg},
         }
         rid, sender_id = body.get("id"), body.get("from")
         requester = self.table.by_id.get(sender_id) if sender_id else None
         if rid is not None and requester is not None and sender_id is not None:
-            reply = reply_body(kind, sender_id, rid, error=error)
+            reply = reply_body(kind, sender_id, rid, error=(code, msg))
             reply["from"] = HUB_ID
             self.append_all((requester,), EncodedBody(reply), force=requester)
         return link.codec.encode(notice)

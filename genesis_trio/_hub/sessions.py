@@ -137,6 +137,8 @@ class Opened:
     """Unacknowledged messages moved from a replaced session into this one."""
     reason: str | None = None
     """Why a resume was not exact (``welcome.reason``), if it was asked for."""
+    refused_topics: tuple[str, ...] = ()
+    """Topics of the hello refused by the subscription limits."""
 
 
 @attrs.define(eq=False)
@@ -152,6 +154,8 @@ class SessionTable:
     """Disconnected named sessions by sid, longest-disconnected first."""
     away_anonymous: dict[str, HubSession] = attrs.field(factory=dict)
     """Disconnected anonymous sessions by sid, longest-disconnected first."""
+    subscriptions: int = 0
+    """Subscriptions held by all sessions (bounded by ``max_subscriptions``)."""
 
     def __len__(self) -> int:
         return len(self.by_id)
@@ -297,10 +301,10 @@ class SessionTable:
         if owner is not None and session.owner != owner:
             session.owner = owner
             recorder.touched(session)
-        self.set_topics(session, hello.topics)
+        refused = self.set_topics(session, hello.topics)
         session.disconnected_at = None
         self._back(session)
-        return Opened(session, recovered, resumed, replaced, carried, reason)
+        return Opened(session, recovered, resumed, replaced, carried, reason, refused)
 
     def remove(self, session: HubSession) -> None:
         """Forget a session (``bye``, replacement or expiry)."""
@@ -312,35 +316,48 @@ class SessionTable:
         session.room.unpark_all()
         self.recorder.deleted(session)
 
-    def set_topics(self, session: HubSession, topics: Any) -> None:
-        """Replace a session's subscriptions with ``topics``."""
+    def set_topics(self, session: HubSession, topics: Any) -> tuple[str, ...]:
+        """Replace a session's subscriptions with ``topics``; return those refused (limits)."""
         wanted = set(topics)
         self.unsubscribe(session, session.topics - wanted)
-        self.subscribe(session, wanted - session.topics)
+        return self.subscribe(session, [t for t in topics if t not in session.topics])
 
-    def subscribe(self, session: HubSession, topics: Any) -> None:
-        """Add subscriptions."""
+    def subscribe(self, session: HubSession, topics: Any) -> tuple[str, ...]:
+        """Add subscriptions; return the topics refused by the subscription limits."""
         changed = False
+        refused: list[str] = []
+        cfg = self.config
         for topic in topics:
+            if topic in session.topics:
+                continue
+            if (
+                len(session.topics) >= cfg.max_topics_per_session
+                or self.subscriptions >= cfg.max_subscriptions
+            ):
+                refused.append(topic)
+                continue
             self.subscribers.setdefault(topic, set()).add(session)
-            if topic not in session.topics:
-                session.topics.add(topic)
-                changed = True
+            session.topics.add(topic)
+            self.subscriptions += 1
+            changed = True
         if changed and session.sid in self.by_sid:
             self.recorder.touched(session)
+        return tuple(refused)
 
     def unsubscribe(self, session: HubSession, topics: Any) -> None:
         """Remove subscriptions."""
         changed = False
         for topic in list(topics):
+            if topic not in session.topics:
+                continue
             subs = self.subscribers.get(topic)
             if subs is not None:
                 subs.discard(session)
                 if not subs:
                     del self.subscribers[topic]
-            if topic in session.topics:
-                session.topics.discard(topic)
-                changed = True
+            session.topics.discard(topic)
+            self.subscriptions -= 1
+            changed = True
         if changed and session.sid in self.by_sid:
             self.recorder.touched(session)
 

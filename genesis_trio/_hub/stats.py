@@ -5,6 +5,7 @@ from __future__ import annotations
 import attrs
 
 from .._core.heartbeat import RttEstimator
+from .._core.histogram import LATENCY_BUCKETS, SIZE_BUCKETS, Histogram
 from .sessions import HubSession
 
 
@@ -68,6 +69,7 @@ class HubCounters:
     slow_consumers_closed: int = 0
     heartbeat_timeouts: int = 0
     messages_too_large: int = 0
+    messages_not_representable: int = 0
     handshake_failures: int = 0
     replaced_connections: int = 0
     sessions_expired: int = 0
@@ -82,6 +84,12 @@ class HubCounters:
     sessions_evicted: int = 0
     close_codes: dict[int, int] = attrs.field(factory=dict)
     rtt: RttEstimator = attrs.field(factory=lambda: RttEstimator(window=1024))
+    delivery_seconds: Histogram = attrs.field(factory=lambda: Histogram(LATENCY_BUCKETS))
+    """Hub receive (append to a session's log) to frame written, per message."""
+    frame_messages: Histogram = attrs.field(factory=lambda: Histogram(SIZE_BUCKETS))
+    """Messages per delivery frame written."""
+    rtt_seconds: Histogram = attrs.field(factory=lambda: Histogram(LATENCY_BUCKETS))
+    """Heartbeat round trips."""
 
     def message_too_large(self) -> None:
         """Hypercorn closed a link with 1009 (message too big, maybe after inflation)."""
@@ -139,6 +147,9 @@ class HubStatistics:
     """Connections closed with 4003 because the client fell silent."""
     messages_too_large: int
     """Connections closed with 1009: a message over ``max_message_size`` (after inflation)."""
+    messages_not_representable: int
+    """Messages replaced by a ``not_representable`` notice: their data has no form in the
+    receiver's codec (bytes for a JSON client)."""
     handshake_failures: int
     """Connections refused or dropped before a completed hello/welcome."""
     connections_refused: int
@@ -205,6 +216,7 @@ def hub_snapshot(node_id: str, c: HubCounters, sessions: int, store: StoreStatus
         slow_consumers_closed=c.slow_consumers_closed,
         heartbeat_timeouts=c.heartbeat_timeouts,
         messages_too_large=c.messages_too_large,
+        messages_not_representable=c.messages_not_representable,
         handshake_failures=c.handshake_failures,
         connections_refused=c.connections_refused,
         sessions_refused=c.sessions_refused,

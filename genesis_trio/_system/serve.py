@@ -24,6 +24,10 @@ from .app import create_app
 log = logging.getLogger("genesis_trio.serve")
 
 
+SHUTDOWN_GRACE = 3.0
+"""Seconds a graceful shutdown may take beyond ``close_timeout`` before it is cut short."""
+
+
 @attrs.frozen
 class ServeInfo:
     """Where a started hub listens."""
@@ -54,7 +58,7 @@ def hypercorn_config(
     config.websocket_max_message_size = hub_config.max_message_size
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")
-    config.graceful_timeout = 3.0
+    config.graceful_timeout = hub_config.close_timeout + 1.0  # each link closes within it
     config.backlog = 4096  # a reconnect storm after a restart arrives all at once
     for key, value in overrides.items():
         setattr(config, key, value)
@@ -86,7 +90,7 @@ async def serve_hub(
 
     async def trigger() -> None:
         await stop.wait()
-        hub.close_all()
+        hub.drain()
 
     async with trio.open_nursery() as nursery:
         await nursery.start(hub.run)
@@ -189,6 +193,11 @@ class GenesisHybridSystem:
     def shutdown(self) -> None:
         """Begin a graceful shutdown (links closed with 1001)."""
         self._shutdown.set()
+
+    def stop_now(self) -> None:
+        """Stop without waiting for links to close (their sockets are dropped)."""
+        self._shutdown.set()
+        self.hub.abort_all()
 
     async def run(
         self, *, task_status: trio.TaskStatus[ServeInfo] = trio.TASK_STATUS_IGNORED

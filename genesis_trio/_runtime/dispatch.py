@@ -1,12 +1,13 @@
-"""The client's dispatcher: received messages to the application, in order.
+"""The dispatcher: received messages to the application, in order.
 
-The link's reader never waits for the application: it hands each new
-message to :meth:`Dispatcher.deliver`, which resolves replies to pending
+Shared by the client and the hub's in-process components. The reader (a
+link's, or the hub's local link) never waits for the application: it hands
+each new message to :meth:`Dispatcher.deliver`, which resolves replies to pending
 requests at once and queues the message in the inbox. The dispatcher task
 (:meth:`Dispatcher.run`) takes the inbox in order, runs the handler of each
 message's type (answering requests with its result or its error) or queues
 it for ``receive()``, and then *releases* it: only released messages are
-acknowledged to the hub. The inbox is bounded by the flow-control window.
+acknowledged. The inbox is bounded by the flow-control window.
 """
 
 from __future__ import annotations
@@ -14,17 +15,36 @@ from __future__ import annotations
 import logging
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
+import attrs
 import trio
 
 from .._core.errors import ClosedError, RemoteError
 from .._core.frames import Body, Error
 from .._core.message import Message
-from .._runtime.signal import Signal
-from .types import ClientCounters, Handler, Pending
+from .signal import Signal
 
 log = logging.getLogger("genesis_trio.client")
+
+Handler = Callable[[Message], Awaitable[Any]]
+"""An async function handling one message; its return value answers requests."""
+
+
+class ErrorCounter(Protocol):
+    """Where the dispatcher counts the handler failures it contains."""
+
+    errors_contained: int
+
+
+@attrs.define(eq=False)
+class Pending:
+    """A request waiting for its reply."""
+
+    event: trio.Event = attrs.field(factory=trio.Event)
+    value: Any = None
+    error: RemoteError | None = None
+
 
 Reply = Callable[[Message, Any, str | None], Awaitable[int]]
 """Sends the reply to a request: ``(request, data, error_message)``."""
@@ -36,7 +56,7 @@ class Dispatcher:
     def __init__(
         self,
         inbox_size: int,
-        counters: ClientCounters,
+        counters: ErrorCounter,
         *,
         reply: Reply,
         release: Callable[[int, int], None],
