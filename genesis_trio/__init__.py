@@ -29,6 +29,8 @@ from ._core.errors import RemoteError as RemoteError
 from ._core.errors import RemoteProtocolError as RemoteProtocolError
 from ._core.errors import RequestTimeout as RequestTimeout
 from ._core.errors import SendTimeout as SendTimeout
+from ._core.errors import UnknownComponent as UnknownComponent
+from ._core.frames import PRESENCE_TOPIC as PRESENCE_TOPIC
 from ._core.message import Message as Message
 from ._hub.auth import Authenticator as Authenticator
 from ._hub.auth import Authorizer as Authorizer
@@ -39,9 +41,11 @@ from ._hub.auth import JWTAuthenticator as JWTAuthenticator
 from ._hub.auth import PatternAuthorizer as PatternAuthorizer
 from ._hub.auth import StaticTokens as StaticTokens
 from ._hub.hub import TranscendentalExternalWebSocket as TranscendentalExternalWebSocket
-from ._hub.hub import UnknownComponent as UnknownComponent
+from ._hub.local import LocalComponent as LocalComponent
+from ._hub.presence import PresenceEvent as PresenceEvent
 from ._hub.stats import ComponentInfo as ComponentInfo
 from ._hub.stats import HubStatistics as HubStatistics
+from ._hub.stats import LocalStatistics as LocalStatistics
 from ._system.app import GenesisApp as GenesisApp
 from ._system.app import create_app as create_app
 from ._system.serve import GenesisHybridSystem as GenesisHybridSystem
@@ -57,6 +61,7 @@ __version__ = "0.2.0"
 __all__ = [
     "JSON_SUBPROTOCOL",
     "MSGPACK_SUBPROTOCOL",
+    "PRESENCE_TOPIC",
     "AuthRefused",
     "AuthRequest",
     "Authenticator",
@@ -82,10 +87,13 @@ __all__ = [
     "Identity",
     "JWTAuthenticator",
     "LinkEvent",
+    "LocalComponent",
     "LocalProtocolError",
+    "LocalStatistics",
     "MemoryStore",
     "Message",
     "PatternAuthorizer",
+    "PresenceEvent",
     "RemoteError",
     "RemoteProtocolError",
     "RequestTimeout",

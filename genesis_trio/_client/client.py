@@ -17,7 +17,7 @@ from __future__ import annotations
 import itertools
 import logging
 import secrets
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from contextlib import AsyncExitStack
 from types import TracebackType
 from typing import Any
@@ -31,16 +31,14 @@ from .._core.config import ClientConfig
 from .._core.errors import (
     ClosedError,
     ConnectionClosed,
-    ErrorCode,
     GenesisError,
     LocalProtocolError,
     RemoteProtocolError,
-    RequestTimeout,
 )
-from .._core.frames import Body, check_body, valid_component_id, valid_topic
-from .._core.message import Message, reply_body
+from .._core.frames import Body, check_body, valid_component_id, valid_subscription
 from .._core.session import ClientSession, OutboundLog
-from .._runtime.dispatch import Dispatcher, Handler, Pending
+from .._runtime.component import ComponentBase
+from .._runtime.dispatch import Dispatcher
 from .._runtime.groups import single_exception
 from .keeper import LinkKeeper
 from .transport import StreamFactory
@@ -58,7 +56,7 @@ LARGEST = (1 << 53) - 1
 """The largest sequence number the size check assumes (a frame's size grows with its digits)."""
 
 
-class TranscendentalWebSocket:
+class TranscendentalWebSocket(ComponentBase):
     """The resilient client of a genesis_trio hub.
 
     Use it as ``async with TranscendentalWebSocket(uri, "my-id") as ws:``
@@ -87,7 +85,7 @@ class TranscendentalWebSocket:
             raise ValueError(f"invalid component id {component_id!r}")
         topics = tuple(topics)
         for topic in topics:
-            if not valid_topic(topic):
+            if not valid_subscription(topic):
                 raise ValueError(f"invalid topic name {topic!r}")
         self.uri = uri
         self._codec = CODECS_BY_NAME[self.config.codec]
@@ -115,6 +113,7 @@ class TranscendentalWebSocket:
             emit=self._emit,
         )
         self._ids = itertools.count(1)
+        self._request_timeout = cfg.request_timeout
         self._closed = False
         self._running = False
         self._run_scope: trio.CancelScope | None = None
@@ -156,23 +155,6 @@ class TranscendentalWebSocket:
 
     # -- handlers -----------------------------------------------------------------
 
-    def add_handler(self, type: str, handler: Handler) -> None:
-        """Call ``handler`` for every message of ``type``; for requests its result is the reply."""
-        self._dispatcher.handlers[type] = handler
-
-    def on(self, type: str) -> Callable[[Handler], Handler]:
-        """Decorator form of :meth:`add_handler`."""
-
-        def register(handler: Handler) -> Handler:
-            self.add_handler(type, handler)
-            return handler
-
-        return register
-
-    def set_default_handler(self, handler: Handler | None) -> None:
-        """Handle types with no handler (None: queue them for :meth:`receive`)."""
-        self._dispatcher.default_handler = handler
-
     def add_link_listener(self, listener: Callable[[LinkEvent], None]) -> None:
         """Call ``listener`` (synchronously) on every :class:`Connected`/:class:`Disconnected`."""
         self._listeners.append(listener)
@@ -198,53 +180,6 @@ class TranscendentalWebSocket:
     async def publish(self, topic: str, type: str, data: Any = None) -> int:
         """Publish to every subscriber of ``topic``; return the sequence number."""
         return await self._enqueue({"type": type, "data": data, "topic": topic})
-
-    async def send_message(self, message: Message | Mapping[str, Any]) -> int:
-        """Send a full message (a :class:`Message` or a wire-body dict)."""
-        return await self._enqueue(Message.coerce(message).body())
-
-    async def request(
-        self,
-        to: str,
-        type: str,
-        data: Any = None,
-        *,
-        timeout: float | None = None,  # noqa: ASYNC109 - a per-request deadline is the API
-    ) -> Any:
-        """Send a request and return the reply's data.
-
-        Raises :class:`RemoteError` if the peer's handler failed or the target
-        is unknown, :class:`RequestTimeout` after ``timeout`` seconds
-        (default ``request_timeout``).
-        """
-        rid = f"{self.component_id}.{next(self._ids)}"
-        pending = Pending()
-        registry = self._dispatcher.pending
-        registry[rid] = pending
-        limit = self.config.request_timeout if timeout is None else timeout
-        try:
-            with trio.fail_after(limit):
-                await self._enqueue({"type": type, "data": data, "to": to, "id": rid})
-                await pending.event.wait()
-        except trio.TooSlowError:
-            raise RequestTimeout(f"no reply to {type!r} from {to!r} within {limit} s") from None
-        finally:
-            registry.pop(rid, None)
-        if pending.error is not None:
-            raise pending.error
-        return pending.value
-
-    async def reply(self, request: Message, data: Any = None, *, error: str | None = None) -> int:
-        """Answer ``request`` (a message with an ``id``) with ``data`` or an error message."""
-        if request.id is None or request.sender is None:
-            raise LocalProtocolError("only a received request (with id and sender) can be answered")
-        failure = (ErrorCode.HANDLER_ERROR, error) if error is not None else None
-        return await self._enqueue(
-            reply_body(request.type, request.sender, request.id, data=data, error=failure)
-        )
-
-    async def _reply(self, request: Message, data: Any, error: str | None) -> int:
-        return await self.reply(request, data, error=error)
 
     def _check_open(self) -> None:
         if self._closed:
@@ -292,7 +227,7 @@ class TranscendentalWebSocket:
 
     async def _change_topics(self, topics: tuple[str, ...], *, remove: bool) -> None:
         for topic in topics:
-            if not valid_topic(topic):
+            if not valid_subscription(topic):
                 raise ValueError(f"invalid topic name {topic!r}")
         current = self._session.topics
         changed = tuple(t for t in topics if (t in current) == remove)
@@ -303,21 +238,6 @@ class TranscendentalWebSocket:
         await self._links.change_topics(changed, remove=remove)
 
     # -- receiving ----------------------------------------------------------------
-
-    async def receive(self) -> Message:
-        """The next message that no handler took (in order)."""
-        return await self._dispatcher.receive()
-
-    def __aiter__(self) -> AsyncIterator[Message]:
-        return self._dispatcher.messages()
-
-    async def process_message(self, message: Message | Mapping[str, Any]) -> Any:
-        """Dispatch one message through the handlers and return the handler's result.
-
-        With no handler for its type (and no default handler) the message is
-        queued for :meth:`receive` and the result is None.
-        """
-        return (await self._dispatcher.dispatch(Message.coerce(message)))[1]
 
     # -- lifecycle ----------------------------------------------------------------
 

@@ -148,5 +148,9 @@ class RemoteError(GenesisError):
         self.message = message
 
 
+class UnknownComponent(GenesisError, LookupError):
+    """The hub holds no session for that component id."""
+
+
 class ClosedError(GenesisError):
     """The client or hub has been closed and cannot be used any more."""

@@ -50,6 +50,17 @@ def valid_topic(value: object) -> bool:
     return isinstance(value, str) and _valid_topic(value)
 
 
+PRESENCE_TOPIC: Final = "$presence"
+"""The system topic on which the hub publishes who joins and leaves (docs/api.md)."""
+SYSTEM_TOPICS: Final = frozenset({PRESENCE_TOPIC})
+"""Topics only the hub publishes to; clients may subscribe to them."""
+
+
+def valid_subscription(value: object) -> bool:
+    """True when ``value`` may be subscribed to: a legal topic name or a system topic."""
+    return valid_topic(value) or value in SYSTEM_TOPICS
+
+
 def _bad(
     message: str, code: ErrorCode = ErrorCode.BAD_FIELD, seq: int | None = None
 ) -> RemoteProtocolError:
@@ -88,7 +99,7 @@ def _topics(obj: dict[str, Any], key: str) -> tuple[str, ...]:
     if not isinstance(value, list) or len(value) > MAX_TOPICS:
         raise _bad(f"field {key!r} must be a list of at most {MAX_TOPICS} topics")
     for topic in value:
-        if not valid_topic(topic):
+        if not valid_subscription(topic):
             raise _bad(f"invalid topic name {topic!r}")
     return tuple(value)
 
@@ -255,7 +266,9 @@ def check_body(obj: object, *, from_client: bool) -> Body:
     if to is not None and not (valid_component_id(to) or to == HUB_ID):
         raise _bad(f"field 'to' is not a valid component id: {to!r}")
     topic = obj.get("topic")
-    if topic is not None and not valid_topic(topic):
+    if topic is not None and not (
+        valid_topic(topic) or (not from_client and topic in SYSTEM_TOPICS)
+    ):
         raise _bad(f"field 'topic' is not a valid topic name: {topic!r}")
     if from_client and to is not None and topic is not None:
         raise _bad("a message has 'to' or 'topic', not both")

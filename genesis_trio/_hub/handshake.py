@@ -201,6 +201,7 @@ async def serve_link(host: LinkHost, transport: ServerTransport) -> None:
     if opened.refused_topics:
         link.report(_limit_error(opened.refused_topics))
     session.attach(link, now)
+    table.joined(session, opened.recovered)
     welcome = Welcome(
         id=session.component_id,
         sid=session.sid,

@@ -13,7 +13,8 @@ name): decode, validate, contain errors, act.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import attrs
@@ -22,20 +23,25 @@ from starlette.websockets import WebSocket
 
 from .._core.codec import EncodedBody
 from .._core.config import HubConfig
-from .._core.errors import CloseCode, GenesisError, RemoteProtocolError
-from .._core.frames import HUB_ID, check_body, valid_component_id, valid_topic
+from .._core.errors import CloseCode, UnknownComponent
+from .._core.frames import PRESENCE_TOPIC, valid_component_id
 from .._core.link import Backlogged
 from .._core.message import Message
 from .._runtime.supervisor import NO_RESTART, Supervisor
 from ..stores import SessionStore
-from .auth import Authenticator, Authorizer, PatternAuthorizer
-from .endpoint import AsgiTransport, Receive, Scope, Send, accept_websocket, client_address, deny
-from .handshake import serve_link
+from .auth import Authenticator, Authorizer, Identity, PatternAuthorizer
+from .endpoint import Receive, Scope, Send
+from .gate import Gate
 from .hypercorn import ServingObserver
 from .journal import Journal, NullJournal
-from .limits import Admission, RateLimiter
+from .limits import RateLimiter
 from .link import HubLink
+from .local import LocalComponent
+from .notices import Notices
+from .outbox import Outbox
 from .pipeline import Pipeline
+from .presence import Presence, PresenceEvent
+from .requests import HubRequests
 from .router import HubHandler, Router
 from .sessions import HubSession, SessionTable
 from .stats import ComponentInfo, HubCounters, HubStatistics, hub_snapshot
@@ -43,11 +49,7 @@ from .stats import ComponentInfo, HubCounters, HubStatistics, hub_snapshot
 log = logging.getLogger("genesis_trio.hub")
 
 
-class UnknownComponent(GenesisError, LookupError):
-    """The hub holds no session for that component id."""
-
-
-class TranscendentalExternalWebSocket:
+class TranscendentalExternalWebSocket(Outbox):
     """The hub endpoint: sessions, routing, delivery guarantees, statistics.
 
     Mount :meth:`handle_connection` at ``/ws`` of an ASGI app (see
@@ -101,15 +103,29 @@ class TranscendentalExternalWebSocket:
         )
         self.sessions = SessionTable(self.config, self.journal)
         self._handlers: dict[str, HubHandler] = {}
+        self.requests = HubRequests()
+        """The hub's own requests waiting for replies."""
         self.router = Router(
-            self.config, self.counters, self.sessions, self.journal, self._handlers, authorizer
+            self.config,
+            self.counters,
+            self.sessions,
+            self.journal,
+            self._handlers,
+            authorizer,
+            on_reply=self.requests.resolve,
+            system={"presence": self._presence_request},
         )
+        self.notices = Notices(self.counters, self.sessions, self.router.append_all)
+        """What clients get in place of messages they cannot receive."""
+        self.presence = Presence(
+            self.config.node_id,
+            self.sessions,
+            lambda out: self.router.deliver(self.router.by_topic(PRESENCE_TOPIC), out),
+        )
+        """Join and leave events on ``$presence``, member lists."""
+        self.sessions.observer = self.presence
         self.fanout = self.router.fanout
         self.pipeline = Pipeline(self.router, self.sessions, self.counters)
-        self.admission = Admission(
-            self.config.max_connections, self.config.max_connections_per_address
-        )
-        """Live links in all and per client address (see :mod:`.limits`)."""
         self.supervisor = Supervisor(
             "hub-links",
             NO_RESTART,
@@ -117,11 +133,10 @@ class TranscendentalExternalWebSocket:
             on_error=self._link_crashed,
         )
         self._running = False
-        self.draining = False
-        """True once :meth:`drain` began: new links are refused with 1001."""
-        self.handshakes: set[trio.CancelScope] = set()
-        """Handshakes waiting for their ``hello`` (LinkHost; cancelled by :meth:`drain`)."""
-        self._transports: set[AsgiTransport] = set()
+        self.gate = Gate(self)
+        """Admits, accepts and drains WebSocket connections (the ``/ws`` endpoint)."""
+        self.handshakes = self.gate.handshakes
+        """Handshakes waiting for their ``hello`` (LinkHost)."""
 
     # -- what links and the journal call -------------------------------------------
 
@@ -146,7 +161,7 @@ class TranscendentalExternalWebSocket:
 
     def refusal(self) -> tuple[CloseCode, str] | None:
         """Why new links are refused right now, if they are (LinkHost)."""
-        if self.draining:
+        if self.gate.draining:
             return CloseCode.GOING_AWAY, "hub shutting down"
         if not self.journal.durable:
             return None
@@ -171,8 +186,8 @@ class TranscendentalExternalWebSocket:
     def undeliverable(self, link: HubLink, out: EncodedBody, problem: int | Exception) -> bytes:
         """The notice replacing a message the link's client cannot receive (LinkServices)."""
         if isinstance(problem, int):
-            return self.router.too_large(link, out, problem)
-        return self.router.not_representable(link, out, problem)
+            return self.notices.too_large(link, out, problem)
+        return self.notices.not_representable(link, out, problem)
 
     # -- public API -------------------------------------------------------------
 
@@ -189,66 +204,71 @@ class TranscendentalExternalWebSocket:
 
         return register
 
-    async def send(self, to: str, type: str, data: Any = None) -> int:
-        """Send ``type``/``data`` from the hub (``$hub``) to component ``to``.
-
-        Returns the message's sequence number in that component's session
-        once it is stored there (delivered exactly once, now or after it
-        resumes); waits (bounded) while its buffer is full. Raises
-        :class:`UnknownComponent` when the hub holds no session for ``to``.
-        """
-        body: dict[str, Any] = {"type": type, "to": to}
-        if data is not None:
-            body["data"] = data
-        return await self._send_body(to, body)
-
-    async def publish(self, topic: str, type: str, data: Any = None) -> int:
-        """Publish ``type``/``data`` from the hub to ``topic``; return the subscribers reached."""
-        if not valid_topic(topic):
-            raise ValueError(f"invalid topic name {topic!r}")
-        body: dict[str, Any] = {"type": type, "topic": topic, "from": HUB_ID}
-        if data is not None:
-            body["data"] = data
-        _check(body)
-        count = await self.router.deliver(self.router.by_topic(topic), EncodedBody(body))
-        await self.journal.wait_committed()
-        return count
-
-    async def send_message_transcendentally(
-        self, component_id: str, message: Message | Mapping[str, Any]
-    ) -> bool:
-        """Deliver ``message`` from the hub to ``component_id`` (the seed's name for :meth:`send`).
-
-        Returns True once accepted into the component's session (delivered
-        exactly once, now or after it resumes), False when no session exists
-        for that id. Waits (bounded) while the component's buffer is full.
-        """
-        body = Message.coerce(message).body()
-        body["to"] = component_id
-        body.pop("topic", None)
-        try:
-            await self._send_body(component_id, body)
-        except UnknownComponent:
-            return False
-        return True
-
-    async def _send_body(self, to: str, body: dict[str, Any]) -> int:
-        if not valid_component_id(to):
-            raise ValueError(f"invalid component id {to!r}")
-        body["from"] = HUB_ID
-        _check(body)
-        target = self.sessions.by_id.get(to)
-        if target is None:
-            raise UnknownComponent(f"no component {to!r} on this hub")
-        if await self.router.deliver(self.router.by_id(to), EncodedBody(body)) == 0:
-            raise UnknownComponent(f"component {to!r} left while the message waited")
-        seq = self.sessions.by_id[to].outbound.last_seq
-        await self.journal.wait_committed()
-        return seq
-
     def components(self) -> list[ComponentInfo]:
-        """One frozen row per session (connected or waiting for resume)."""
-        return [ComponentInfo.of(session) for session in self.sessions.by_id.values()]
+        """One frozen row per session (connected or waiting for resume), by component id."""
+        return [self._info(self.sessions.by_id[cid]) for cid in sorted(self.sessions.by_id)]
+
+    def component(self, component_id: str) -> ComponentInfo:
+        """The row of one session; :class:`UnknownComponent` if there is none."""
+        session = self.sessions.by_id.get(component_id)
+        if session is None:
+            raise UnknownComponent(f"no component {component_id!r} on this hub")
+        return self._info(session)
+
+    def _info(self, session: HubSession) -> ComponentInfo:
+        return ComponentInfo.of(session, self.config.node_id, trio.current_time(), time.time())
+
+    def topics(self) -> dict[str, int]:
+        """Subscriber counts by topic, sorted by topic."""
+        subscribers = self.sessions.subscribers
+        return {topic: len(subscribers[topic]) for topic in sorted(subscribers)}
+
+    def disconnect(self, component_id: str, *, forget: bool = False) -> bool:
+        """Close the component's link (1000, it may resume); with ``forget``, end its session.
+
+        Returns False when there was no link to close (and, with ``forget``,
+        no session). :class:`UnknownComponent` when the hub holds no session.
+        """
+        session = self.sessions.by_id.get(component_id)
+        if session is None:
+            raise UnknownComponent(f"no component {component_id!r} on this hub")
+        link = session.connection
+        if link is not None:
+            reason = "session ended by an operator" if forget else "disconnected by an operator"
+            link.close_soon(CloseCode.NORMAL, reason)
+        if forget:
+            self.sessions.remove(session, "forgotten")
+            return True
+        return link is not None
+
+    def local(self, component_id: str, *, topics: Iterable[str] = ()) -> LocalComponent:
+        """An in-process component attached to a session of this hub (see :class:`LocalComponent`).
+
+        ``async with hub.local("svc") as svc`` (the hub must be running).
+        """
+        if not valid_component_id(component_id):
+            raise ValueError(f"invalid component id {component_id!r}")
+        return LocalComponent(self, component_id, topics=tuple(topics))
+
+    def _presence_request(self, identity: Identity | None, message: Message) -> Any:
+        """The built-in ``presence`` request: the members of ``data.topic`` (one page)."""
+        data = message.data
+        if not isinstance(data, Mapping) or not isinstance(data.get("topic"), str):
+            raise ValueError("a presence request's data is {topic, after?}")
+        topic: str = data["topic"]
+        authorizer = self.authorizer
+        if (
+            identity is not None
+            and authorizer is not None
+            and not authorizer.may_subscribe(identity, topic)
+        ):
+            raise PermissionError(f"may not see the members of {topic!r}")
+        return self.presence.members(topic, data.get("after"))
+
+    @property
+    def ready(self) -> bool:
+        """True while the hub accepts links: running, its store healthy, not draining."""
+        return self.refusal() is None and (self._running or not self.journal.durable)
 
     def statistics(self) -> HubStatistics:
         """A frozen snapshot of the metrics."""
@@ -264,8 +284,9 @@ class TranscendentalExternalWebSocket:
         """Close every live link (sessions are kept for resume); return how many."""
         closed = 0
         for session in list(self.sessions.by_id.values()):
-            if session.connection is not None:
-                session.connection.close_soon(code, reason)
+            link = session.connection
+            if isinstance(link, HubLink):  # local components stay (no socket to lose)
+                link.close_soon(code, reason)
                 closed += 1
         return closed
 
@@ -275,23 +296,15 @@ class TranscendentalExternalWebSocket:
         Handshakes still waiting for their ``hello`` are closed with 1001 too.
         Each link closes within ``close_timeout``; sessions are kept for resume.
         """
-        self._end_handshakes(self.config.close_timeout)
+        self.gate.end_handshakes(self.config.close_timeout)
         return self.close_all(CloseCode.GOING_AWAY, "hub shutting down")
-
-    def _end_handshakes(self, within: float) -> None:
-        self.draining = True
-        deadline = trio.current_time() + within
-        for transport in self._transports:
-            transport.deadline = min(transport.deadline, deadline)
-        for scope in list(self.handshakes):
-            scope.cancel()
 
     def abort_all(self) -> int:
         """Drop every link's socket at once, with no close handshake; return how many.
 
         For a shutdown that must not wait (a second signal). Sessions are kept.
         """
-        self._end_handshakes(0.0)
+        self.gate.end_handshakes(0.0)
         now = trio.current_time()
         dropped = 0
         for session in list(self.sessions.by_id.values()):
@@ -327,6 +340,8 @@ class TranscendentalExternalWebSocket:
                 )
                 log.info("session store %s: %d sessions loaded", journal.store.name, loaded)
             await nursery.start(journal.run)
+            await nursery.start(self.presence.run)
+            self.presence.emit(PresenceEvent.STARTED)
             self._running = True
             task_status.started()
             try:
@@ -358,30 +373,7 @@ class TranscendentalExternalWebSocket:
 
     async def asgi(self, scope: Scope, receive: Receive, send: Send) -> None:
         """The same endpoint as a raw ASGI app (what :func:`create_app` mounts at ``/ws``)."""
-        message = await receive()
-        if message["type"] != "websocket.connect":
-            return
-        del message
-        address = client_address(scope)
-        refusal = self.admission.admit(address)
-        if refusal is not None:
-            self.counters.connections_refused += 1
-            await deny(scope, send, refusal)
-            return
-        try:
-            accepted = await accept_websocket(scope, receive, send, self.config.allowed_origins)
-            if not isinstance(accepted, AsgiTransport):
-                self.counters.handshake_failures += 1
-                return
-            self._transports.add(accepted)
-            try:
-                await serve_link(self, accepted)
-            finally:
-                with trio.CancelScope(shield=True):
-                    await accepted.finish(self.config.close_timeout)
-                self._transports.discard(accepted)
-        finally:
-            self.admission.release(address)
+        await self.gate.asgi(scope, receive, send)
 
     # -- the per-message pipeline -----------------------------------------------
 
@@ -406,11 +398,3 @@ class TranscendentalExternalWebSocket:
                 raise KeyError(f"no live link for component {component_id!r}")
             link = found
         self.pipeline.process(msg, link)
-
-
-def _check(body: dict[str, Any]) -> None:
-    """Validate a body the hub's own API builds; a bad one is the caller's ValueError."""
-    try:
-        check_body(body, from_client=False)
-    except RemoteProtocolError as exc:
-        raise ValueError(str(exc)) from None

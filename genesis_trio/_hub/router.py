@@ -27,7 +27,7 @@ from .._core.errors import CloseCode, ErrorCode
 from .._core.frames import HUB_ID, Body, Error, MessageFrame, Rejected
 from .._core.link import Backlogged
 from .._core.message import Message, reply_body
-from .auth import Authorizer
+from .auth import Authorizer, Identity
 from .link import HubLink
 from .sessions import HubSession, SessionRecorder, SessionTable
 from .stats import HubCounters
@@ -36,6 +36,12 @@ log = logging.getLogger("genesis_trio.hub")
 
 HubHandler = Callable[[Message], Awaitable[Any]]
 """A hub-side handler for messages addressed ``to: "$hub"``."""
+
+SystemHandler = Callable[[Identity | None, Message], Any]
+"""A built-in ``$hub`` request (``presence``): synchronous, told the sender's identity.
+
+PermissionError answers ``forbidden``, ValueError ``bad_field``.
+"""
 
 
 def _always() -> bool:
@@ -53,6 +59,9 @@ class Router:
         recorder: SessionRecorder,
         handlers: dict[str, HubHandler],
         authorizer: Authorizer | None = None,
+        *,
+        on_reply: Callable[[Body], None] | None = None,
+        system: dict[str, SystemHandler] | None = None,
     ) -> None:
         self.authorizer = authorizer
         """Decides each send and publish of authenticated links (None: all allowed)."""
@@ -61,6 +70,10 @@ class Router:
         self.table = table
         self.recorder = recorder
         self.handlers = handlers
+        self.on_reply = on_reply
+        """Takes replies addressed to ``$hub`` (answers to the hub's own requests)."""
+        self.system = system if system is not None else {}
+        """Built-in ``$hub`` requests, used when no handler of that type was added."""
         self.fanout = FanoutWindow()
 
     # -- targets ---------------------------------------------------------------
@@ -260,7 +273,7 @@ class Router:
         if to == HUB_ID:
             inbound.processed(n)
             self.counters.messages_in += 1
-            await self._hub_message(link, body, n)
+            await self.hub_message(link.session, link.identity, body, n, link.report)
             return link.attached
 
         def valid() -> bool:
@@ -357,79 +370,48 @@ class Router:
 
     # -- the hub's own handlers and notices -------------------------------------------
 
-    async def _hub_message(self, link: HubLink, body: Body, n: int) -> None:
-        """A message addressed to the hub itself: run its handler, contained."""
-        session = link.session
+    async def hub_message(
+        self,
+        session: HubSession,
+        identity: Identity | None,
+        body: Body,
+        n: int,
+        report: Callable[[Error], None],
+    ) -> None:
+        """A message addressed to the hub itself: a reply, or run its handler (contained).
+
+        ``report`` sends an error frame to the sender (a message that is no request).
+        """
+        if body.get("re") is not None:
+            if self.on_reply is not None:
+                self.on_reply(body)
+            return
         kind: str = body["type"]
-        handler = self.handlers.get(kind)
         rid = body.get("id")
-        reply: Body | None = None
-        if handler is None:
-            msg = f"the hub has no handler for {kind!r}"
-            if rid is None:
-                link.report(Error(ErrorCode.NO_HANDLER, msg, n))
-            else:
-                reply = reply_body(
-                    kind, session.component_id, rid, error=(ErrorCode.NO_HANDLER, msg)
-                )
-        else:
-            try:
+        error: tuple[ErrorCode, str] | None = None
+        result: Any = None
+        handler = self.handlers.get(kind)
+        built_in = self.system.get(kind) if handler is None else None
+        try:
+            if handler is not None:
                 result = await handler(Message.from_body(body, n))
-            except Exception as exc:
+            elif built_in is not None:
+                result = built_in(identity, Message.from_body(body, n))
+            else:
+                error = (ErrorCode.NO_HANDLER, f"the hub has no handler for {kind!r}")
+        except PermissionError as exc:
+            error = (ErrorCode.FORBIDDEN, str(exc)[:200])
+        except Exception as exc:
+            if built_in is not None and isinstance(exc, ValueError):
+                error = (ErrorCode.BAD_FIELD, str(exc)[:200])
+            else:
                 self.counters.errors_contained += 1
                 log.exception("hub handler for %r failed (contained)", kind)
-                msg = f"{type(exc).__name__}: {exc}"[:200]
-                if rid is None:
-                    link.report(Error(ErrorCode.HANDLER_ERROR, msg, n))
-                else:
-                    error = (ErrorCode.HANDLER_ERROR, msg)
-                    reply = reply_body(kind, session.component_id, rid, error=error)
-            else:
-                if rid is not None:
-                    reply = reply_body(kind, session.component_id, rid, data=result)
-        if reply is not None:
-            reply["from"] = HUB_ID
-            await self.deliver(self.by_sid(session.sid), EncodedBody(reply))
-
-    def too_large(self, link: HubLink, out: EncodedBody, size: int) -> bytes:
-        """What a client gets in place of a message larger than it accepts (§2.3)."""
-        return self._undeliverable(
-            link,
-            out,
-            ErrorCode.TOO_LARGE,
-            f"a message of {size} bytes exceeds this client's max_size "
-            f"({link.max_frame}); it was not delivered",
-        )
-
-    def not_representable(self, link: HubLink, out: EncodedBody, exc: Exception) -> bytes:
-        """What a client gets in place of a message its codec cannot carry (§2.3)."""
-        self.counters.messages_not_representable += 1
-        return self._undeliverable(
-            link,
-            out,
-            ErrorCode.NOT_REPRESENTABLE,
-            f"the message's data cannot be encoded for this client "
-            f"({link.codec.subprotocol}): {exc}"[:200],
-        )
-
-    def _undeliverable(self, link: HubLink, out: EncodedBody, code: ErrorCode, msg: str) -> bytes:
-        """A notice in place of a message, with its sequence number: the gap is never silent.
-
-        If the message was a request, its sender also gets the error as the
-        reply, at once.
-        """
-        self.counters.errors_contained += 1
-        body = out.body
-        kind = body.get("type", "?")
-        notice: dict[str, object] = {
-            "type": kind,
-            "from": body.get("from", HUB_ID),
-            "error": {"code": code.value, "msg": msg},
-        }
-        rid, sender_id = body.get("id"), body.get("from")
-        requester = self.table.by_id.get(sender_id) if sender_id else None
-        if rid is not None and requester is not None and sender_id is not None:
-            reply = reply_body(kind, sender_id, rid, error=(code, msg))
-            reply["from"] = HUB_ID
-            self.append_all((requester,), EncodedBody(reply), force=requester)
-        return link.codec.encode(notice)
+                error = (ErrorCode.HANDLER_ERROR, f"{type(exc).__name__}: {exc}"[:200])
+        if rid is None:
+            if error is not None:
+                report(Error(error[0], error[1], n))
+            return
+        reply = reply_body(kind, session.component_id, rid, data=result, error=error)
+        reply["from"] = HUB_ID
+        await self.deliver(self.by_sid(session.sid), EncodedBody(reply))

@@ -73,6 +73,22 @@ class SessionRecorder(Protocol):
         ...
 
 
+class SessionObserver(Protocol):
+    """Told when a session's presence changes (the hub's presence events)."""
+
+    def joined(self, session: HubSession, resumed: bool) -> None:
+        """A link attached (``resumed``: the session continued exactly)."""
+        ...
+
+    def went_away(self, session: HubSession) -> None:
+        """The link went; the session waits for a resume."""
+        ...
+
+    def left(self, session: HubSession, reason: str) -> None:
+        """The session ended (``bye``, ``replaced``, ``evicted``, ``expired``, ``forgotten``)."""
+        ...
+
+
 @attrs.define(eq=False)
 class HubSession:
     """One component's session on the hub."""
@@ -122,6 +138,11 @@ class HubSession:
         if self.on_detach is not None:
             self.on_detach(self)
 
+    def release(self) -> None:
+        """Let go of the link for another to take over at once (no presence change)."""
+        self.connection = None
+        self.room.unpark_all()
+
 
 @attrs.frozen
 class Opened:
@@ -156,6 +177,8 @@ class SessionTable:
     """Disconnected anonymous sessions by sid, longest-disconnected first."""
     subscriptions: int = 0
     """Subscriptions held by all sessions (bounded by ``max_subscriptions``)."""
+    observer: SessionObserver | None = None
+    """Told of presence changes (the hub's presence)."""
 
     def __len__(self) -> int:
         return len(self.by_id)
@@ -166,6 +189,13 @@ class SessionTable:
         away = self.away_anonymous if session.anonymous else self.away
         away.pop(session.sid, None)
         away[session.sid] = session
+        if self.observer is not None:
+            self.observer.went_away(session)
+
+    def joined(self, session: HubSession, resumed: bool) -> None:
+        """A link attached to ``session`` (after :meth:`open`): tell the observer."""
+        if self.observer is not None:
+            self.observer.joined(session, resumed)
 
     def _back(self, session: HubSession) -> None:
         (self.away_anonymous if session.anonymous else self.away).pop(session.sid, None)
@@ -185,7 +215,7 @@ class SessionTable:
             return 0  # a replacement: one session out, one in
         for away in (self.away_anonymous, self.away):
             if away:
-                self.remove(next(iter(away.values())))
+                self.remove(next(iter(away.values())), "evicted")
                 return 1
         return None
 
@@ -289,15 +319,15 @@ class SessionTable:
             if existing is not None:
                 replaced = existing.connection
                 carried_payloads = list(existing.outbound.payloads())
-                self.remove(existing)
+                self.remove(existing, "replaced")
             session = self._new(cid)
             for payload in carried_payloads:
                 session.outbound.append_evicting(payload, now, payload.size)
             carried = len(carried_payloads)
             recovered = False
             recorder.rewritten(session)
-        if replaced is not None:
-            session.detach(now)
+        if replaced is not None and session is existing:
+            session.release()  # the new link takes over at once
         if owner is not None and session.owner != owner:
             session.owner = owner
             recorder.touched(session)
@@ -306,8 +336,10 @@ class SessionTable:
         self._back(session)
         return Opened(session, recovered, resumed, replaced, carried, reason, refused)
 
-    def remove(self, session: HubSession) -> None:
-        """Forget a session (``bye``, replacement or expiry)."""
+    def remove(self, session: HubSession, reason: str = "bye") -> None:
+        """Forget a session (``reason``: see :meth:`SessionObserver.left`)."""
+        if self.by_sid.get(session.sid) is session and self.observer is not None:
+            self.observer.left(session, reason)
         if self.by_id.get(session.component_id) is session:
             del self.by_id[session.component_id]
         self.by_sid.pop(session.sid, None)
@@ -369,7 +401,7 @@ class SessionTable:
         expiry = cfg.anonymous_session_expiry if session.anonymous else cfg.session_expiry
         if now - session.disconnected_at >= expiry:
             dropped = len(session.outbound)
-            self.remove(session)
+            self.remove(session, "expired")
             return dropped
         dropped = session.outbound.expire(now - self.config.retention_seconds)
         if dropped:

@@ -16,19 +16,43 @@ class ComponentInfo:
     component_id: str
     """The component id."""
     connected: bool
-    """True while a link is attached."""
+    """True while a link (or a local component) is attached."""
     anonymous: bool
     """True when the hub assigned the id (the client sent none)."""
     topics: tuple[str, ...]
     """Subscriptions, sorted."""
     pending: int
-    """Messages for it not yet acknowledged."""
+    """Messages for it not yet acknowledged (``pending_out``)."""
     epoch: int
     """The session's epoch."""
+    node: str = ""
+    """The hub that holds the session."""
+    local: bool = False
+    """True for an in-process component (``hub.local``)."""
+    owner: str | None = None
+    """The identity that owns it (with authentication)."""
+    connected_since: float | None = None
+    """When the current link attached (Unix time), while connected."""
+    disconnected_since: float | None = None
+    """When the last link went (Unix time), while disconnected."""
+    pending_in: int = 0
+    """Messages it sent that wait for room at their targets (its link's backlog)."""
+    rtt_ms: float | None = None
+    """Its link's smoothed heartbeat round trip, in milliseconds."""
 
     @classmethod
-    def of(cls, session: HubSession) -> ComponentInfo:
-        """The row of ``session``."""
+    def of(
+        cls, session: HubSession, node: str = "", now: float = 0.0, wall: float = 0.0
+    ) -> ComponentInfo:
+        """The row of ``session`` (``now``: the Trio clock, ``wall``: Unix time, at once)."""
+        link = session.connection
+        backlog = getattr(link, "backlog", None)
+        heartbeat = getattr(link, "heartbeat", None)
+        srtt = heartbeat.rtt.srtt if heartbeat is not None else None
+
+        def unix(stamp: float | None) -> float | None:
+            return None if stamp is None else round(wall - (now - stamp), 3)
+
         return cls(
             session.component_id,
             session.connected,
@@ -36,7 +60,45 @@ class ComponentInfo:
             tuple(sorted(session.topics)),
             len(session.outbound),
             session.epoch,
+            node=node,
+            local=link is not None and backlog is None,
+            owner=session.owner,
+            connected_since=unix(session.connected_at) if link is not None else None,
+            disconnected_since=unix(session.disconnected_at) if link is None else None,
+            pending_in=sum(
+                len(item.frame.bodies) - item.next for item in backlog if item.frame is not None
+            )
+            if backlog
+            else 0,
+            rtt_ms=None if srtt is None else round(srtt * 1000, 3),
         )
+
+
+@attrs.define(eq=False)
+class LocalCounters:
+    """Mutable counters of one local component."""
+
+    messages_sent: int = 0
+    messages_received: int = 0
+    requests_sent: int = 0
+    errors_contained: int = 0
+
+
+@attrs.frozen
+class LocalStatistics:
+    """A snapshot of a local component's metrics."""
+
+    component_id: str
+    attached: bool
+    """True while it holds its session (between start and close)."""
+    messages_sent: int
+    messages_received: int
+    """Messages handed to handlers or ``receive()``, replies included."""
+    requests_sent: int
+    errors_contained: int
+    """Handler exceptions caught (answered as errors to requests)."""
+    pending: int
+    """Messages for it in its session not yet handled."""
 
 
 @attrs.frozen

@@ -1,0 +1,56 @@
+"""Requests the hub itself sends (``hub.request``), waiting for their replies.
+
+A reply is a message to ``$hub`` whose ``re`` names a request id this
+registry issued; the router hands it here before any hub handler sees it.
+A reply that arrives after its request gave up is dropped (and counted).
+"""
+
+from __future__ import annotations
+
+import itertools
+import secrets
+from typing import Final
+
+from .._core.errors import RemoteError
+from .._core.frames import Body
+from .._runtime.dispatch import Pending
+
+MAX_PENDING: Final = 10_000
+"""Hub requests waiting at once; more raise at once."""
+
+
+class HubRequests:
+    """Pending hub requests by id."""
+
+    def __init__(self, limit: int = MAX_PENDING) -> None:
+        self.limit = limit
+        self.pending: dict[str, Pending] = {}
+        self._prefix = f"$hub.{secrets.token_hex(4)}."
+        self._ids = itertools.count(1)
+        self.late_replies = 0
+        """Replies that came after their request gave up (or named no request)."""
+
+    def open(self) -> tuple[str, Pending]:
+        """A new request id and its waiter; RuntimeError past :data:`MAX_PENDING`."""
+        if len(self.pending) >= self.limit:
+            raise RuntimeError(f"{self.limit} hub requests are waiting already")
+        rid = f"{self._prefix}{next(self._ids)}"
+        pending = self.pending[rid] = Pending()
+        return rid, pending
+
+    def close(self, rid: str) -> None:
+        """The request is over (answered or given up)."""
+        self.pending.pop(rid, None)
+
+    def resolve(self, body: Body) -> None:
+        """A reply to ``$hub``: wake its request (a late one is counted and dropped)."""
+        waiter = self.pending.get(body.get("re", ""))
+        if waiter is None:
+            self.late_replies += 1
+            return
+        error = body.get("error")
+        if error is not None:
+            waiter.error = RemoteError(str(error.get("code")), str(error.get("msg", "")))
+        else:
+            waiter.value = body.get("data")
+        waiter.event.set()
