@@ -34,7 +34,7 @@ def lint(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def typecheck(session: nox.Session) -> None:
     """mypy --strict on the package."""
-    session.install("-e", ".", "mypy>=1.11", "msgpack-types>=0.3")
+    session.install("-e", ".", "mypy>=1.11", "msgpack-types>=0.3", "types-jsonschema>=4.23")
     session.run("mypy")
 
 

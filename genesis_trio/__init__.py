@@ -5,6 +5,7 @@ talking through dropped links and hub restarts: every message is delivered
 exactly once and in order, per session and direction (docs/guarantees.md).
 """
 
+from ._api.routes import TranscendentalAPI as TranscendentalAPI
 from ._client.client import TranscendentalWebSocket as TranscendentalWebSocket
 from ._client.types import ClientStatistics as ClientStatistics
 from ._client.types import Connected as Connected
@@ -48,7 +49,7 @@ from ._hub.stats import HubStatistics as HubStatistics
 from ._hub.stats import LocalStatistics as LocalStatistics
 from ._system.app import GenesisApp as GenesisApp
 from ._system.app import create_app as create_app
-from ._system.serve import GenesisHybridSystem as GenesisHybridSystem
+from ._system.hybrid import GenesisHybridSystem as GenesisHybridSystem
 from ._system.serve import ServeInfo as ServeInfo
 from ._system.serve import serve_hub as serve_hub
 from .stores import MemoryStore as MemoryStore
@@ -103,6 +104,7 @@ __all__ = [
     "SessionStore",
     "StaticTokens",
     "StoreError",
+    "TranscendentalAPI",
     "TranscendentalExternalWebSocket",
     "TranscendentalWebSocket",
     "UnknownComponent",

@@ -18,7 +18,8 @@ import trio
 from ._core.config import HubConfig
 from ._hub.auth import Authenticator, JWTAuthenticator, StaticTokens
 from ._hub.hub import TranscendentalExternalWebSocket
-from ._system.serve import SHUTDOWN_GRACE, GenesisHybridSystem, ServeInfo
+from ._system.hybrid import GenesisHybridSystem
+from ._system.serve import SHUTDOWN_GRACE, ServeInfo
 from .stores._protocol import SessionStore, StoreError
 from .stores._sqlite import SQLiteStore
 
@@ -203,6 +204,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="allow a non-loopback address without authentication (anyone can be anyone)",
     )
     security.add_argument(
+        "--api-public",
+        action="store_true",
+        default=_env("API_PUBLIC", "") in ("1", "true", "yes", "on"),
+        help=(
+            "without authentication, let the HTTP API and /metrics answer clients that are not "
+            "on loopback (with authentication they need an admin token; docs/api.md)"
+        ),
+    )
+    security.add_argument(
         "--certfile", default=_env("CERTFILE", ""), help="serve TLS (wss://): the PEM certificate"
     )
     security.add_argument(
@@ -323,6 +333,7 @@ async def _serve(args: argparse.Namespace) -> None:
         certfile=args.certfile or None,
         keyfile=args.keyfile or None,
         gc_tuning=args.gc_tuning == "on",
+        api_public=args.api_public,
     )
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
@@ -339,7 +350,7 @@ async def _serve(args: argparse.Namespace) -> None:
                 hub.store.name if hub.store is not None else "none",
             )
             print(
-                f"genesis-trio: hub ready at {info.ws_url} (health: {info.http_url}/health)",
+                f"genesis-trio: hub ready at {info.ws_url} (API: {info.http_url}/api)",
                 flush=True,
             )
             async for signum in signals:

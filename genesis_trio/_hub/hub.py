@@ -25,6 +25,7 @@ from .._core.codec import EncodedBody
 from .._core.config import HubConfig
 from .._core.errors import CloseCode, UnknownComponent
 from .._core.frames import PRESENCE_TOPIC, valid_component_id
+from .._core.histogram import Histogram
 from .._core.link import Backlogged
 from .._core.message import Message
 from .._runtime.supervisor import NO_RESTART, Supervisor
@@ -204,9 +205,30 @@ class TranscendentalExternalWebSocket(Outbox):
 
         return register
 
-    def components(self) -> list[ComponentInfo]:
-        """One frozen row per session (connected or waiting for resume), by component id."""
-        return [self._info(self.sessions.by_id[cid]) for cid in sorted(self.sessions.by_id)]
+    def components(
+        self,
+        *,
+        topic: str | None = None,
+        connected: bool | None = None,
+        after: str | None = None,
+        limit: int | None = None,
+    ) -> list[ComponentInfo]:
+        """One frozen row per session (connected or waiting for resume), by component id.
+
+        Filters: subscribers of ``topic``, ``connected`` or not, ids after
+        ``after``; at most ``limit`` rows (a page: go on from the last id).
+        """
+        table = self.sessions
+        pool = table.subscribers.get(topic, ()) if topic is not None else table.by_id.values()
+        ids = sorted(
+            s.component_id
+            for s in pool
+            if (connected is None or s.connected == connected)
+            and (after is None or s.component_id > after)
+        )
+        if limit is not None:
+            ids = ids[: max(0, limit)]
+        return [self._info(table.by_id[cid]) for cid in ids]
 
     def component(self, component_id: str) -> ComponentInfo:
         """The row of one session; :class:`UnknownComponent` if there is none."""
@@ -272,9 +294,27 @@ class TranscendentalExternalWebSocket(Outbox):
 
     def statistics(self) -> HubStatistics:
         """A frozen snapshot of the metrics."""
+        presence = self.presence
         return hub_snapshot(
-            self.config.node_id, self.counters, len(self.sessions), self.journal.status()
+            self.config.node_id,
+            self.counters,
+            len(self.sessions),
+            self.journal.status(),
+            presence_events=presence.published,
+            presence_dropped=presence.dropped,
+            late_replies=self.requests.late_replies,
         )
+
+    def histograms(self) -> dict[str, Histogram]:
+        """The distributions behind ``/metrics`` by metric name (live objects: read only)."""
+        c, j = self.counters, self.journal.counters
+        return {
+            "delivery_latency_seconds": c.delivery_seconds,
+            "delivery_frame_messages": c.frame_messages,
+            "heartbeat_rtt_seconds": c.rtt_seconds,
+            "store_commit_seconds": j.commit_seconds,
+            "store_commit_rows": j.commit_rows,
+        }
 
     def get_stats(self) -> dict[str, Any]:
         """The metrics as a plain dict (names documented in docs/metrics.md)."""

@@ -254,9 +254,17 @@ class HubStatistics:
     """Failed store writes (each retried; nothing unstored is acknowledged)."""
     close_codes: dict[int, int]
     """Links ended, by close code (1006: the peer left without a close handshake)."""
+    presence_events: int = 0
+    """Presence messages routed to ``$presence`` (each to every subscriber)."""
+    presence_dropped: int = 0
+    """Presence changes dropped: its queue was full (subscribers far too slow)."""
+    late_replies: int = 0
+    """Replies to the hub's own requests that came after the request gave up."""
 
 
-def hub_snapshot(node_id: str, c: HubCounters, sessions: int, store: StoreStatus) -> HubStatistics:
+def hub_snapshot(
+    node_id: str, c: HubCounters, sessions: int, store: StoreStatus, **extra: int
+) -> HubStatistics:
     """Freeze the counters into a :class:`HubStatistics`."""
     p99 = c.rtt.percentile(0.99)
     return HubStatistics(
@@ -300,4 +308,5 @@ def hub_snapshot(node_id: str, c: HubCounters, sessions: int, store: StoreStatus
         store_rows_written=store.rows_written,
         store_failures=store.failures,
         close_codes=dict(c.close_codes),
+        **extra,
     )

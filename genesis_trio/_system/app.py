@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse
-from starlette.routing import BaseRoute, Route, WebSocketRoute
+from starlette.exceptions import HTTPException
+from starlette.routing import BaseRoute
 
+from .._api.problems import Problem, on_http_exception, on_problem
+from .._api.routes import TranscendentalAPI
 from .._hub.endpoint import Receive, Scope, Send
 from .._hub.hub import TranscendentalExternalWebSocket
 
@@ -16,13 +17,21 @@ class GenesisApp:
 
     WebSocket upgrades to ``ws_path`` go straight to the hub (raw ASGI: no
     framework objects per connection); everything else goes to ``http``, a
-    Starlette app (health, and the REST API and demo pages as they land).
+    Starlette app (the HTTP API, probes, metrics, and your routes).
     """
 
-    def __init__(self, hub: TranscendentalExternalWebSocket, http: Starlette, ws_path: str) -> None:
+    def __init__(
+        self,
+        hub: TranscendentalExternalWebSocket,
+        http: Starlette,
+        ws_path: str,
+        api: TranscendentalAPI | None = None,
+    ) -> None:
         self.hub = hub
         self.http = http
         self.ws_path = ws_path
+        self.api = api
+        """The HTTP API (None when it was left out)."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Dispatch one ASGI connection."""
@@ -37,29 +46,23 @@ def create_app(
     *,
     routes: list[BaseRoute] | None = None,
     ws_path: str = "/ws",
+    api: TranscendentalAPI | bool = True,
 ) -> GenesisApp:
-    """An ASGI app serving ``hub`` at ``ws_path`` and ``GET /health``.
+    """An ASGI app serving ``hub`` at ``ws_path`` and its HTTP API (docs/api.md).
 
-    Extra Starlette ``routes`` are added to the HTTP side.
+    ``api``: True for a :class:`TranscendentalAPI` with its defaults
+    (loopback only without authentication), an instance of your own, or
+    False for ``/health`` and ``/ready`` only. Extra Starlette ``routes`` are
+    added to the HTTP side.
     """
+    from .. import __version__
 
-    async def health(request: Request) -> JSONResponse:
-        stats = hub.statistics()
-        return JSONResponse(
-            {
-                "status": "ok",
-                "node": stats.node_id,
-                "active_connections": stats.active_connections,
-                "sessions": stats.sessions,
-                "store_healthy": stats.store_healthy,
-            }
-        )
-
+    if api is True:
+        api = TranscendentalAPI(hub, version=__version__)
+    probes = api if api else TranscendentalAPI(hub, version=__version__)
+    served = api.routes() if api else probes.routes()[:2]
     http = Starlette(
-        routes=[
-            Route("/health", health, methods=["GET"]),
-            WebSocketRoute(ws_path, hub.handle_connection),
-            *(routes or []),
-        ]
+        routes=[*served, *(routes or [])],
+        exception_handlers={Problem: on_problem, HTTPException: on_http_exception},
     )
-    return GenesisApp(hub, http, ws_path)
+    return GenesisApp(hub, http, ws_path, api or None)

@@ -1,4 +1,4 @@
-"""Serving the hub on Hypercorn's Trio worker, and ``GenesisHybridSystem``."""
+"""Serving the hub on Hypercorn's Trio worker; process-wide memory tuning."""
 
 from __future__ import annotations
 
@@ -18,7 +18,6 @@ from hypercorn.trio import serve as hypercorn_serve
 from .._core.config import HubConfig
 from .._hub.hub import TranscendentalExternalWebSocket
 from .._hub.hypercorn import serving_context
-from ..stores import SessionStore
 from .app import create_app
 
 log = logging.getLogger("genesis_trio.serve")
@@ -155,78 +154,3 @@ def release_free_memory() -> bool:
         return False
     trim(0)
     return True
-
-
-class GenesisHybridSystem:
-    """Hub, HTTP API and in-process components on one Trio scheduler.
-
-    ``await nursery.start(system.run)`` returns the :class:`ServeInfo`;
-    cancelling the task (or :meth:`shutdown`) stops everything gracefully.
-    """
-
-    def __init__(
-        self,
-        hub: TranscendentalExternalWebSocket | None = None,
-        *,
-        host: str = "127.0.0.1",
-        port: int = 8000,
-        store: SessionStore | None = None,
-        certfile: str | None = None,
-        keyfile: str | None = None,
-        gc_tuning: bool = False,
-    ) -> None:
-        if hub is not None and store is not None:
-            raise ValueError("give the store to the hub, or no hub (then one is made with it)")
-        self.hub = hub if hub is not None else TranscendentalExternalWebSocket(store=store)
-        self.host = host
-        self.port = port
-        self.gc_tuning = gc_tuning
-        self.certfile, self.keyfile = certfile, keyfile
-        self.info: ServeInfo | None = None
-        self._shutdown = trio.Event()
-
-    @property
-    def shutting_down(self) -> bool:
-        """True once :meth:`shutdown` was called."""
-        return self._shutdown.is_set()
-
-    def shutdown(self) -> None:
-        """Begin a graceful shutdown (links closed with 1001)."""
-        self._shutdown.set()
-
-    def stop_now(self) -> None:
-        """Stop without waiting for links to close (their sockets are dropped)."""
-        self._shutdown.set()
-        self.hub.abort_all()
-
-    async def run(
-        self, *, task_status: trio.TaskStatus[ServeInfo] = trio.TASK_STATUS_IGNORED
-    ) -> None:
-        """Serve until cancelled or shut down."""
-        async with trio.open_nursery() as nursery:
-
-            async def serve(task_status: trio.TaskStatus[ServeInfo]) -> None:
-                await serve_hub(
-                    self.hub,
-                    host=self.host,
-                    port=self.port,
-                    shutdown=self._shutdown,
-                    certfile=self.certfile,
-                    keyfile=self.keyfile,
-                    task_status=task_status,
-                )
-                nursery.cancel_scope.cancel()  # served to the end: stop housekeeping too
-
-            info: ServeInfo = await nursery.start(serve)
-            self.info = info
-            if self.gc_tuning:
-                tune_gc()
-                nursery.start_soon(self._trim_periodically)
-            task_status.started(info)
-
-    async def _trim_periodically(self) -> None:
-        if not release_free_memory():
-            return  # not glibc
-        while True:
-            await trio.sleep(TRIM_INTERVAL)
-            release_free_memory()
