@@ -398,6 +398,7 @@ class TranscendentalExternalWebSocket(Outbox):
             finally:
                 self._running = False
                 nursery.cancel_scope.cancel()
+                self.presence.flush(self.router.append_all)  # before the last commit
                 with trio.CancelScope(shield=True):
                     await journal.aclose()
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import enum
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final
 
 import trio
@@ -110,6 +110,18 @@ class Presence:
         async for body in self._receive:
             await self._deliver(EncodedBody(body))
             self.published += 1
+
+    def flush(self, append: Callable[[Sequence[HubSession], EncodedBody], None]) -> int:
+        """Append what is still queued at once (at shutdown: no waiting); return how many."""
+        flushed = 0
+        while True:
+            try:
+                body = self._receive.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel):
+                return flushed
+            append(tuple(self.table.subscribers.get(PRESENCE_TOPIC, ())), EncodedBody(body))
+            self.published += 1
+            flushed += 1
 
     # -- queries ---------------------------------------------------------------------
 
