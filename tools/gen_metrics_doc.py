@@ -11,7 +11,8 @@ import pathlib
 
 import attrs
 
-from genesis_trio import ClientStatistics, HubStatistics
+from genesis_trio import ClientStatistics, HubStatistics, LocalStatistics
+from genesis_trio._api.metrics import GAUGES, HISTOGRAM_HELP, LABELS, PREFIX
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -46,10 +47,19 @@ def main() -> None:
         "",
         "## Hub: `TranscendentalExternalWebSocket.get_stats()`",
         "",
-        "| name | meaning |",
+        "| name | meaning | Prometheus (`GET /metrics`) |",
+        "|---|---|---|",
+    ]
+    for f in attrs.fields(HubStatistics):
+        lines.append(f"| `{f.name}` | {hub[f.name]} | {prometheus(f.name)} |")
+    lines += [
+        "",
+        "`/metrics` also has these histograms (`_bucket`, `_sum`, `_count`):",
+        "",
+        "| metric | what |",
         "|---|---|",
     ]
-    lines += [f"| `{f.name}` | {hub[f.name]} |" for f in attrs.fields(HubStatistics)]
+    lines += [f"| `{PREFIX}{name}` | {text} |" for name, text in HISTOGRAM_HELP.items()]
     lines += [
         "",
         "## Client: `TranscendentalWebSocket.get_stats()`",
@@ -58,7 +68,28 @@ def main() -> None:
         "|---|---|",
     ]
     lines += [f"| `{f.name}` | {client[f.name]} |" for f in attrs.fields(ClientStatistics)]
+    local = field_docs(ROOT / "genesis_trio" / "_hub" / "stats.py", "LocalStatistics")
+    lines += [
+        "",
+        "## In-process component: `LocalComponent.get_stats()`",
+        "",
+        "| name | meaning |",
+        "|---|---|",
+    ]
+    lines += [f"| `{f.name}` | {local.get(f.name, '')} |" for f in attrs.fields(LocalStatistics)]
     (ROOT / "docs" / "metrics.md").write_text("\n".join(lines) + "\n")
+
+
+def prometheus(name: str) -> str:
+    """The metric a statistic becomes in ``/metrics``."""
+    if name in LABELS:
+        key = "node" if name == "node_id" else name
+        return f"label `{key}` of `{PREFIX}hub_info`"
+    if name == "close_codes":
+        return f"`{PREFIX}links_closed_total{{code}}`"
+    if name in GAUGES:
+        return f"`{PREFIX}{name}` (gauge)"
+    return f"`{PREFIX}{name.removesuffix('_total')}_total` (counter)"
 
 
 if __name__ == "__main__":

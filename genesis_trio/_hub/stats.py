@@ -89,12 +89,15 @@ class LocalStatistics:
     """A snapshot of a local component's metrics."""
 
     component_id: str
+    """Its component id."""
     attached: bool
     """True while it holds its session (between start and close)."""
     messages_sent: int
+    """Messages it sent (requests and replies included)."""
     messages_received: int
     """Messages handed to handlers or ``receive()``, replies included."""
     requests_sent: int
+    """Requests it sent."""
     errors_contained: int
     """Handler exceptions caught (answered as errors to requests)."""
     pending: int
