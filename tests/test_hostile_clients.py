@@ -143,3 +143,40 @@ async def test_shutdown_keeps_its_bound_whatever_the_links_do() -> None:
         with trio.fail_after(5):  # 10 s is what the graceful path would take
             assert await hub.process.wait() == 0
         await stuck.drop()
+
+
+async def _optimistic_hello(port: int) -> bytes:
+    """The upgrade request and a hello frame in one TCP write (RFC 6455 says: wait for 101)."""
+    link = await RawLink.open(port)  # a normal link first, for its encoder only
+    frame = link.encode({"t": "hello", "v": 1, "id": "eager"})
+    await link.close()
+    request = (
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        await stream.send_all(request + frame)
+        answer = b""
+        while chunk := await stream.receive_some(65536):
+            answer += chunk
+    return answer
+
+
+@pytest.mark.deadline(60)
+async def test_provoked_tracebacks_cannot_flood_the_log() -> None:
+    """Frames sent before the 101 got HTTP 400 and wrote 3 tracebacks each, at will.
+
+    (Hypercorn's HTTP/1.1 parser takes the early frame for a second request.)
+    Tracebacks a client can provoke now have a budget: 10 per minute per logger.
+    """
+    async with start_cli_hub("--store", "none") as hub:
+        for _ in range(40):
+            answer = await _optimistic_hello(hub.port)
+            assert answer.startswith(b"HTTP/1.1 400")
+        assert hub.alive
+        logged = hub.log().count("Traceback")
+        assert 0 < logged <= 2 * 10 * 2, logged  # two loggers; a contained failure may print two
+        link = await RawLink.open(hub.port)
+        assert (await link.hello("after"))["t"] == "welcome"
+        await link.close()

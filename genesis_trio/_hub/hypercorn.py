@@ -34,6 +34,7 @@ import trio
 from hypercorn.trio.tcp_server import TCPServer
 
 from .._core.deflate import BoundedPerMessageDeflate, inflate_limit, release_extensions
+from .._runtime.logs import budget_tracebacks
 
 log = logging.getLogger("genesis_trio.serve")
 
@@ -187,6 +188,7 @@ def guard_hypercorn() -> None:
 
     if getattr(ws_stream, "_genesis_guarded", False):
         return
+    budget_tracebacks("hypercorn.error", log.name)  # tracebacks a client can provoke
     setattr(ws_stream, "PerMessageDeflate", _tracking_deflate_class())  # noqa: B010
     setattr(ws_stream, "WebsocketBuffer", _counting_buffer_class())  # noqa: B010
     setattr(run, "TCPServer", GuardedTCPServer)  # noqa: B010

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import pathlib
+
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.routing import BaseRoute
+from starlette.routing import BaseRoute, Mount
+from starlette.staticfiles import StaticFiles
 
 from .._api.problems import Problem, on_http_exception, on_problem
 from .._api.routes import TranscendentalAPI
 from .._hub.endpoint import Receive, Scope, Send
 from .._hub.hub import TranscendentalExternalWebSocket
+
+STATIC = pathlib.Path(__file__).resolve().parent.parent / "static"
+"""Files served at ``/static`` (the browser client ``genesis.js``)."""
 
 
 class GenesisApp:
@@ -48,7 +54,7 @@ def create_app(
     ws_path: str = "/ws",
     api: TranscendentalAPI | bool = True,
 ) -> GenesisApp:
-    """An ASGI app serving ``hub`` at ``ws_path`` and its HTTP API (docs/api.md).
+    """An ASGI app serving ``hub`` at ``ws_path``, its HTTP API (docs/api.md) and ``/static``.
 
     ``api``: True for a :class:`TranscendentalAPI` with its defaults
     (loopback only without authentication), an instance of your own, or
@@ -61,8 +67,9 @@ def create_app(
         api = TranscendentalAPI(hub, version=__version__)
     probes = api if api else TranscendentalAPI(hub, version=__version__)
     served = api.routes() if api else probes.routes()[:2]
+    static = Mount("/static", StaticFiles(directory=STATIC, check_dir=False), name="static")
     http = Starlette(
-        routes=[*served, *(routes or [])],
+        routes=[*served, static, *(routes or [])],
         exception_handlers={Problem: on_problem, HTTPException: on_http_exception},
     )
     return GenesisApp(hub, http, ws_path, api or None)
