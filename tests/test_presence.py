@@ -230,3 +230,29 @@ def test_no_queue_without_subscribers() -> None:
 
     stats = trio.run(main)
     assert (stats["presence_events"], stats["presence_dropped"]) == (0, 0)
+
+
+async def test_statistics_on_the_stats_topic(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    """``$stats`` carries get_stats() every second while someone listens; admins only."""
+    hub = await start_memory_hub(nursery)
+    async with hub.client("dash", topics=["$stats"]) as dash:
+        first, second = await dash.receive(), await dash.receive()
+        assert (first.type, first.topic, first.sender) == ("stats", "$stats", "$hub")
+        assert set(first.data) == set(hub.hub.get_stats())
+        assert second.data["connections_total"] >= first.data["connections_total"]
+    assert hub.hub.ticker.ticks >= 2
+    tokens = StaticTokens(
+        [
+            {"token": "a" * 20, "sub": "ops", "admin": True},
+            {"token": "b" * 20, "sub": "app"},
+        ]
+    )
+    guarded = await start_memory_hub(nursery, authenticator=tokens)
+    async with (
+        guarded.client("ops", token="a" * 20, topics=["$stats"]) as ops,
+        guarded.client("app", token="b" * 20, topics=["$stats"]),
+    ):
+        assert (await ops.receive()).type == "stats"
+        assert guarded.hub.topics() == {"$stats": 1}

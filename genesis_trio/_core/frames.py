@@ -52,7 +52,9 @@ def valid_topic(value: object) -> bool:
 
 PRESENCE_TOPIC: Final = "$presence"
 """The system topic on which the hub publishes who joins and leaves (docs/api.md)."""
-SYSTEM_TOPICS: Final = frozenset({PRESENCE_TOPIC})
+STATS_TOPIC: Final = "$stats"
+"""The system topic on which the hub publishes its statistics every second (docs/api.md)."""
+SYSTEM_TOPICS: Final = frozenset({PRESENCE_TOPIC, STATS_TOPIC})
 """Topics only the hub publishes to; clients may subscribe to them."""
 
 

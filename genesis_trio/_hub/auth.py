@@ -32,6 +32,7 @@ import attrs
 import jwt
 
 from .._core.errors import GenesisError
+from .._core.frames import STATS_TOPIC
 
 HMAC_ALGORITHMS: Final = frozenset({"HS256", "HS384", "HS512"})
 PUBLIC_KEY_ALGORITHMS: Final = frozenset(
@@ -157,7 +158,9 @@ class PatternAuthorizer:
         return _matches(topic, identity.publish)
 
     def may_subscribe(self, identity: Identity, topic: str) -> bool:
-        """``topic`` matches one of ``identity.subscribe``."""
+        """``topic`` matches one of ``identity.subscribe``; ``$stats`` needs ``admin`` too."""
+        if topic == STATS_TOPIC and not identity.admin:
+            return False
         return _matches(topic, identity.subscribe)
 
 

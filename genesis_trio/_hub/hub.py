@@ -46,6 +46,7 @@ from .requests import HubRequests
 from .router import HubHandler, Router
 from .sessions import HubSession, SessionTable
 from .stats import ComponentInfo, HubCounters, HubStatistics, hub_snapshot
+from .ticker import StatsTicker
 
 log = logging.getLogger("genesis_trio.hub")
 
@@ -125,6 +126,8 @@ class TranscendentalExternalWebSocket(Outbox):
         )
         """Join and leave events on ``$presence``, member lists."""
         self.sessions.observer = self.presence
+        self.ticker = StatsTicker(self.sessions, self.get_stats, self.router.append_all)
+        """Statistics on ``$stats`` every second while someone listens."""
         self.fanout = self.router.fanout
         self.pipeline = Pipeline(self.router, self.sessions, self.counters)
         self.supervisor = Supervisor(
@@ -381,6 +384,7 @@ class TranscendentalExternalWebSocket(Outbox):
                 log.info("session store %s: %d sessions loaded", journal.store.name, loaded)
             await nursery.start(journal.run)
             await nursery.start(self.presence.run)
+            await nursery.start(self.ticker.run)
             self.presence.emit(PresenceEvent.STARTED)
             self._running = True
             task_status.started()
