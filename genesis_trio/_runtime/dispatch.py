@@ -172,14 +172,32 @@ class Dispatcher:
         except trio.EndOfChannel:
             raise ClosedError("the client is closed") from None
 
-    async def messages(self) -> AsyncIterator[Message]:
-        """Messages no handler took, until the client closes."""
-        while True:
-            try:
-                yield await self._app_recv.receive()
-            except trio.EndOfChannel:
-                return
+    def messages(self) -> AsyncIterator[Message]:
+        """Messages no handler took, until the client closes.
+
+        A plain iterator, not an async generator: leaving an ``async for``
+        early leaves nothing to clean up.
+        """
+        return _Messages(self._app_recv)
 
     def close(self) -> None:
         """No more messages for the application (``receive`` raises ClosedError)."""
         self._app_send.close()
+
+
+class _Messages:
+    """``async for`` over a receive channel; ends when the channel is closed."""
+
+    __slots__ = ("_channel",)
+
+    def __init__(self, channel: trio.MemoryReceiveChannel[Message]) -> None:
+        self._channel = channel
+
+    def __aiter__(self) -> _Messages:
+        return self
+
+    async def __anext__(self) -> Message:
+        try:
+            return await self._channel.receive()
+        except trio.EndOfChannel:
+            raise StopAsyncIteration from None
