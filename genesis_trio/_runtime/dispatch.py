@@ -140,7 +140,11 @@ class Dispatcher:
         """Run ``msg``'s handler: (True, its result), or queue it: (False, None)."""
         handler = self.handlers.get(msg.type) or self.default_handler
         if handler is None:
-            await self._app_send.send(msg)
+            # Queue without a checkpoint when there is room: ``send`` would yield
+            # after queueing, and an application that takes the message and closes
+            # at once would close before the message is released (and see it again).
+            if not self._queue_nowait(msg):
+                await self._app_send.send(msg)
             return False, None
         return True, await handler(msg)
 
