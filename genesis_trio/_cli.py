@@ -15,6 +15,7 @@ from typing import Any
 
 import trio
 
+from . import _ops
 from ._core.config import HubConfig
 from ._hub.auth import Authenticator, JWTAuthenticator, StaticTokens
 from ._hub.hub import TranscendentalExternalWebSocket
@@ -233,6 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["debug", "info", "warning", "error"],
         help="logging verbosity",
     )
+    _ops.add_parsers(sub, _HelpFormatter)  # stats, components, send, publish, request, tail
     return parser
 
 
@@ -242,9 +244,15 @@ def _serve_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return serve
 
 
+def known_env(parser: argparse.ArgumentParser) -> set[str]:
+    """Every ``GENESIS_TRIO_*`` variable a flag reads (``serve``'s and the operator commands')."""
+    serve = {env_name(a.dest) for a in _serve_parser(parser)._actions if a.option_strings}
+    return serve | set(_ops.ENV_VARS)
+
+
 def unknown_env(environ: Mapping[str, str], parser: argparse.ArgumentParser) -> list[str]:
     """``GENESIS_TRIO_*`` variables that name no flag (each is a mistake: say so)."""
-    known = {env_name(a.dest) for a in _serve_parser(parser)._actions if a.option_strings}
+    known = known_env(parser)
     return sorted(k for k in environ if k.startswith(ENV_PREFIX) and k not in known)
 
 
@@ -379,13 +387,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     stray = unknown_env(os.environ, parser)
     if stray:
-        known = [env_name(a.dest) for a in _serve_parser(parser)._actions if a.option_strings]
+        known = sorted(known_env(parser))
         for name in stray:
             hint = difflib.get_close_matches(name, known, n=1)
             also = f" (did you mean {hint[0]}?)" if hint else ""
             print(f"genesis-trio: unknown environment variable {name}{also}", file=sys.stderr)
         return 2
     args = parser.parse_args(argv)
+    if args.command in _ops.COMMANDS:
+        return _ops.run(args)
     logging.basicConfig(
         level=getattr(logging, args.log_level.upper()),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -150,6 +150,7 @@ async def test_exactly_once_across_a_hub_restart(autojump_clock: trio.testing.Mo
             switch.hub = hub2
             got = await collect(watcher, 2)
             if got[0].data["event"] == "disconnected":  # hub 1 stored it as it stopped
+                assert got[0].data["node"] == hub1.hub.config.node_id
                 got = got[1:] + await collect(watcher, 1)
             assert [m.data["event"] for m in got] == ["started", "resumed"]
             assert got[0].data["node"] == hub2.hub.config.node_id

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+from collections.abc import Callable
 
 import trio
 from starlette.requests import Request
 
-from .._hub.auth import Authenticator, AuthRefused, AuthRequest
+from .._hub.auth import Authenticator, AuthRefused, AuthRequest, Identity
 from .problems import Problem
 
 log = logging.getLogger("genesis_trio.api")
@@ -34,11 +35,18 @@ class Access:
     """The API's access rule (see the module docstring)."""
 
     def __init__(
-        self, authenticator: Authenticator | None, *, public: bool, timeout: float = 5.0
+        self,
+        authenticator: Authenticator | None,
+        *,
+        public: bool,
+        timeout: float = 5.0,
+        on_refused: Callable[[], None] | None = None,
     ) -> None:
         self.authenticator = authenticator
         self.public = public
         self.timeout = timeout
+        self.on_refused = on_refused or (lambda: None)
+        """Told of every 401 (the hub counts them in ``auth_failures``)."""
 
     async def check(self, request: Request) -> None:
         """Raise a 401/403 :class:`Problem` unless ``request`` may use the API."""
@@ -48,6 +56,17 @@ class Access:
             if not self.public and not is_loopback(address):
                 raise Problem(403, "the API answers loopback clients only (see docs/api.md)")
             return
+        try:
+            identity = await self._identity(request, authenticator, address)
+        except Problem:
+            self.on_refused()
+            raise
+        if not identity.admin:
+            raise Problem(403, f"identity {identity.subject!r} is not an admin")
+
+    async def _identity(
+        self, request: Request, authenticator: Authenticator, address: str | None
+    ) -> Identity:
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise Problem(401, "send Authorization: Bearer <token> of an admin identity")
@@ -63,5 +82,4 @@ class Access:
         except Exception:  # an authenticator's bug is not the caller's
             log.exception("authenticator failed on an API request (contained)")
             raise Problem(401, "token refused: authentication failed") from None
-        if not identity.admin:
-            raise Problem(403, f"identity {identity.subject!r} is not an admin")
+        return identity

@@ -23,6 +23,10 @@ MAX_PAGE = 1000
 
 _ID = {"type": "string", "pattern": r"^[A-Za-z0-9_][A-Za-z0-9._:@-]{0,127}$"}
 _TOPIC = {"type": "string", "pattern": r"^[A-Za-z0-9_][A-Za-z0-9._:/@-]{0,255}$"}
+_SUBSCRIPTION = {
+    "type": "string",
+    "pattern": r"^(\$presence|\$stats|[A-Za-z0-9_][A-Za-z0-9._:/@-]{0,255})$",
+}
 _TYPE = {"type": "string", "minLength": 1, "maxLength": MAX_TYPE_LEN}
 
 SCHEMAS: dict[str, Any] = {
@@ -179,6 +183,7 @@ _BAD = {"400": _problem("Invalid input (the detail says what).")}
 _ID_PARAM = {"name": "id", "in": "path", "required": True, "schema": _ID}
 _BODY_ERRORS = {
     **_BAD,
+    "408": _problem("The body did not arrive in time (10 s)."),
     "413": _problem("Body larger than the hub's max_message_size."),
     "415": _problem("Not application/json."),
 }
@@ -196,12 +201,26 @@ PATHS: dict[str, Any] = {
     "/health": {
         "get": {
             "summary": "Liveness: the process serves.",
+            "security": [],
             "responses": {"200": _json("Health", "Alive.")},
+        }
+    },
+    "/api/openapi.json": {
+        "get": {
+            "summary": "This document.",
+            "security": [],
+            "responses": {
+                "200": {
+                    "description": "The OpenAPI document.",
+                    "content": {"application/json": {"schema": {"type": "object"}}},
+                }
+            },
         }
     },
     "/ready": {
         "get": {
             "summary": "Readiness: running, store writable, not draining.",
+            "security": [],
             "responses": {
                 "200": _json("Ready", "Accepting links."),
                 "503": _problem("Not ready (the detail says why)."),
@@ -220,7 +239,7 @@ PATHS: dict[str, Any] = {
             "Sessions, by component id, one page.",
             {"200": _json("ComponentPage", "A page."), **_BAD},
             parameters=[
-                {"name": "topic", "in": "query", "schema": _TOPIC},
+                {"name": "topic", "in": "query", "schema": _SUBSCRIPTION},
                 {"name": "connected", "in": "query", "schema": {"type": "boolean"}},
                 {"name": "after", "in": "query", "schema": _ID},
                 {
@@ -235,11 +254,15 @@ PATHS: dict[str, Any] = {
         "parameters": [_ID_PARAM],
         "get": _op(
             "One session.",
-            {"200": _json("Component", "The session."), "404": _problem("No such session.")},
+            {
+                "200": _json("Component", "The session."),
+                "404": _problem("No such session."),
+                **_BAD,
+            },
         ),
         "delete": _op(
             "Close its link (it may resume); `forget=true` also ends its session.",
-            {"200": _json("Disconnected", "Done."), "404": _problem("No such session.")},
+            {"200": _json("Disconnected", "Done."), "404": _problem("No such session."), **_BAD},
             parameters=[{"name": "forget", "in": "query", "schema": {"type": "boolean"}}],
         ),
     },
@@ -294,9 +317,17 @@ def document(version: str) -> dict[str, Any]:
             "(docs/api.md). Errors are RFC 9457 problem documents.",
         },
         "paths": PATHS,
+        "security": [{"bearer": []}, {}],
         "components": {
             "schemas": SCHEMAS,
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "securitySchemes": {
+                "bearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "An admin identity's token, when the hub authenticates; "
+                    "without authentication, no token (loopback clients only).",
+                }
+            },
         },
     }
 

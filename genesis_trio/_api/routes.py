@@ -10,13 +10,16 @@ error is a problem document (:mod:`.problems`); access follows
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import jsonschema
 import orjson
-from starlette.requests import Request
+import trio
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
@@ -35,6 +38,10 @@ Endpoint = Callable[[Request], Awaitable[Response]]
 
 DEFAULT_PAGE = 100
 """Rows of ``GET /api/components`` without ``limit``."""
+BODY_TIMEOUT = 10.0
+"""Seconds a request body may take to arrive (then 408)."""
+DRAIN_FACTOR = 4
+"""A body up to this many times ``max_message_size`` is read to its end before the 413."""
 
 
 class JSON(JSONResponse):
@@ -67,12 +74,30 @@ def component_json(info: ComponentInfo) -> dict[str, Any]:
 def _bool(text: str | None, name: str) -> bool | None:
     if text is None:
         return None
-    lowered = text.lower()
-    if lowered in ("true", "1", "yes"):
-        return True
-    if lowered in ("false", "0", "no"):
-        return False
+    if text in ("true", "false"):
+        return text == "true"
     raise Problem(400, f"query parameter {name!r} must be true or false")
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"{text[:20]} is out of range")
+    return value
+
+
+def parse_json(raw: bytes) -> Any:
+    """Parse a request body: exact integers (stdlib json), no NaN, bounded nesting."""
+    try:
+        return json.loads(raw.decode(), parse_constant=_reject_constant, parse_float=_finite)
+    except RecursionError:
+        raise Problem(400, "the body is nested too deeply") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise Problem(400, f"the body is not JSON: {exc}"[:300]) from None
 
 
 class TranscendentalAPI:
@@ -91,10 +116,13 @@ class TranscendentalAPI:
         version: str = "0",
     ) -> None:
         self.hub = hub
-        self.access = Access(hub.authenticator, public=public)
+        self.access = Access(hub.authenticator, public=public, on_refused=self._refused)
         self.metrics = Metrics(hub)
         self.openapi = document(version)
         self._draining = draining or (lambda: False)
+
+    def _refused(self) -> None:
+        self.hub.counters.auth_failures += 1
 
     def routes(self) -> list[BaseRoute]:
         """The Starlette routes (mount them in the hub's app)."""
@@ -121,6 +149,8 @@ class TranscendentalAPI:
                 return await endpoint(request)
             except Problem:
                 raise
+            except ClientDisconnect:  # the client left mid-request: nothing to answer
+                return Response(status_code=400)
             except Exception as exc:  # a bug: still a problem document, and logged
                 log.exception("API %s %s failed", request.method, request.url.path)
                 raise Problem(500, f"internal error: {type(exc).__name__}") from None
@@ -175,10 +205,10 @@ class TranscendentalAPI:
         after = query.get("after")
         if after is not None and not valid_component_id(after):
             raise Problem(400, f"invalid component id {after[:100]!r}")
-        try:
-            limit = int(query.get("limit", DEFAULT_PAGE))
-        except ValueError:
-            raise Problem(400, "query parameter 'limit' must be an integer") from None
+        text = query.get("limit", str(DEFAULT_PAGE))
+        if not (text.isascii() and text.isdigit()):
+            raise Problem(400, "query parameter 'limit' must be an integer")
+        limit = int(text)
         if not 1 <= limit <= MAX_PAGE:
             raise Problem(400, f"query parameter 'limit' must be 1 to {MAX_PAGE}")
         rows = self.hub.components(
@@ -277,15 +307,24 @@ class TranscendentalAPI:
         if kind != "application/json":
             raise Problem(415, "send the body as application/json")
         limit = self.hub.config.max_message_size
+        too_large = Problem(413, f"the body exceeds max_message_size ({limit} bytes)")
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > DRAIN_FACTOR * limit:
+            raise too_large  # not worth reading: the connection is closed after the answer
         raw = bytearray()
-        async for chunk in request.stream():
-            raw += chunk
-            if len(raw) > limit:
-                raise Problem(413, f"the body exceeds max_message_size ({limit} bytes)")
-        try:
-            body = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            raise Problem(400, f"the body is not JSON: {exc}"[:300]) from None
+        received = 0
+        with trio.move_on_after(BODY_TIMEOUT) as timer:
+            async for chunk in request.stream():
+                received += len(chunk)
+                if received > DRAIN_FACTOR * limit:
+                    raise too_large
+                if received <= limit:
+                    raw += chunk
+        if received > limit:  # read to the end (bounded), so the client hears the answer
+            raise too_large
+        if timer.cancelled_caught:
+            raise Problem(408, f"the body did not arrive within {BODY_TIMEOUT:g} s")
+        body = parse_json(bytes(raw))
         error = jsonschema.exceptions.best_match(validator(schema).iter_errors(body))
         if error is not None:
             where = "/".join(str(p) for p in error.absolute_path) or "body"

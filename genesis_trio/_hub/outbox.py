@@ -15,7 +15,7 @@ from typing import Any
 
 import trio
 
-from .._core.codec import EncodedBody
+from .._core.codec import JSON, EncodedBody
 from .._core.errors import RemoteProtocolError, RequestTimeout, UnknownComponent
 from .._core.frames import HUB_ID, check_body, valid_component_id, valid_topic
 from .._core.message import Message
@@ -29,16 +29,21 @@ DEFAULT_REQUEST_TIMEOUT = 30.0
 
 
 def checked(body: dict[str, Any]) -> EncodedBody:
-    """Validate a body the hub's own API builds: a bad one is the caller's ValueError.
+    """Validate and encode a body the hub's own API builds: a bad one is a ValueError.
 
-    Data that cannot be encoded raises TypeError.
+    Data that one of the codecs cannot carry (integers beyond 64 bits, nesting
+    deeper than JSON encoders go) is refused here, not found by a receiver.
     """
     try:
         check_body(body, from_client=False)
     except RemoteProtocolError as exc:
         raise ValueError(str(exc)) from None
     out = EncodedBody(body)
-    out.size  # noqa: B018 - encodes once: fails here, not in a link's writer
+    try:  # encode for both codecs now: fail here (the caller's error), not at a receiver
+        out.size  # noqa: B018 - MessagePack, cached
+        out.encoded(JSON)
+    except (TypeError, OverflowError, ValueError) as exc:
+        raise ValueError(f"data that cannot be encoded: {exc}") from None
     return out
 
 

@@ -183,13 +183,13 @@ class SessionTable:
     def __len__(self) -> int:
         return len(self.by_id)
 
-    def _went_away(self, session: HubSession) -> None:
+    def _went_away(self, session: HubSession, notify: bool = True) -> None:
         if self.by_sid.get(session.sid) is not session:
             return
         away = self.away_anonymous if session.anonymous else self.away
         away.pop(session.sid, None)
         away[session.sid] = session
-        if self.observer is not None:
+        if notify and self.observer is not None:
             self.observer.went_away(session)
 
     def joined(self, session: HubSession, resumed: bool) -> None:
@@ -268,7 +268,7 @@ class SessionTable:
             session.inbound.acked = row.received
             self.subscribe(session, row.topics)
             session.disconnected_at = now
-            self._went_away(session)
+            self._went_away(session, notify=False)  # presence says "started" for them all
         return len(state.sessions)
 
     def owned_elsewhere(self, component_id: str, sid: str | None, owner: str) -> bool:

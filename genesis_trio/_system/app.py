@@ -72,4 +72,5 @@ def create_app(
         routes=[*served, static, *(routes or [])],
         exception_handlers={Problem: on_problem, HTTPException: on_http_exception},
     )
+    http.router.redirect_slashes = False  # a redirect would echo the Host header; 404 instead
     return GenesisApp(hub, http, ws_path, api or None)
