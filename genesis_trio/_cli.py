@@ -220,6 +220,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--keyfile", default=_env("KEYFILE", ""), help="serve TLS: the PEM private key"
     )
     serve.add_argument(
+        "--demos",
+        default=_env("DEMOS", "on"),
+        choices=["on", "off"],
+        help="serve the demo pages /demo/chat, /demo/telemetry and the hub's /dashboard",
+    )
+    serve.add_argument(
         "--gc-tuning",
         default=_env("GC_TUNING", "on"),
         choices=["on", "off"],
@@ -342,6 +348,7 @@ async def _serve(args: argparse.Namespace) -> None:
         keyfile=args.keyfile or None,
         gc_tuning=args.gc_tuning == "on",
         api_public=args.api_public,
+        demos=args.demos == "on",
     )
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:

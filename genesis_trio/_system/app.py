@@ -6,7 +6,9 @@ import pathlib
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.routing import BaseRoute, Mount
+from starlette.requests import Request
+from starlette.responses import FileResponse, Response
+from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from .._api.problems import Problem, on_http_exception, on_problem
@@ -15,7 +17,25 @@ from .._hub.endpoint import Receive, Scope, Send
 from .._hub.hub import TranscendentalExternalWebSocket
 
 STATIC = pathlib.Path(__file__).resolve().parent.parent / "static"
-"""Files served at ``/static`` (the browser client ``genesis.js``)."""
+"""Files served at ``/static`` (the browser client ``genesis.js``, the demos' files)."""
+DEMO_PAGES = {
+    "/demo/chat": "chat.html",
+    "/demo/telemetry": "telemetry.html",
+    "/dashboard": "dashboard.html",
+}
+"""The demo pages, by path: files in ``static/demo``."""
+
+
+def page_route(path: str, name: str) -> Route:
+    """A route answering ``GET path`` with the page ``static/demo/name``."""
+
+    async def page(request: Request) -> Response:
+        file = STATIC / "demo" / name
+        if not file.is_file():
+            raise HTTPException(404, f"no page {name}")
+        return FileResponse(file, media_type="text/html; charset=utf-8")
+
+    return Route(path, page, methods=["GET"])
 
 
 class GenesisApp:
@@ -53,13 +73,15 @@ def create_app(
     routes: list[BaseRoute] | None = None,
     ws_path: str = "/ws",
     api: TranscendentalAPI | bool = True,
+    demos: bool = True,
 ) -> GenesisApp:
     """An ASGI app serving ``hub`` at ``ws_path``, its HTTP API (docs/api.md) and ``/static``.
 
     ``api``: True for a :class:`TranscendentalAPI` with its defaults
     (loopback only without authentication), an instance of your own, or
-    False for ``/health`` and ``/ready`` only. Extra Starlette ``routes`` are
-    added to the HTTP side.
+    False for ``/health`` and ``/ready`` only. ``demos``: serve the demo pages
+    (``/demo/chat``, ``/demo/telemetry``, ``/dashboard``; docs/quickstart.md).
+    Extra Starlette ``routes`` are added to the HTTP side.
     """
     from .. import __version__
 
@@ -68,8 +90,9 @@ def create_app(
     probes = api if api else TranscendentalAPI(hub, version=__version__)
     served = api.routes() if api else probes.routes()[:2]
     static = Mount("/static", StaticFiles(directory=STATIC, check_dir=False), name="static")
+    pages = [page_route(path, name) for path, name in DEMO_PAGES.items()] if demos else []
     http = Starlette(
-        routes=[*served, static, *(routes or [])],
+        routes=[*served, static, *pages, *(routes or [])],
         exception_handlers={Problem: on_problem, HTTPException: on_http_exception},
     )
     http.router.redirect_slashes = False  # a redirect would echo the Host header; 404 instead

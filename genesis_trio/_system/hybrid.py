@@ -30,7 +30,8 @@ class GenesisHybridSystem:
     which returns the :class:`ServeInfo`. Cancelling, leaving the block or
     :meth:`shutdown` stops everything gracefully (links closed with 1001).
     ``api_public``: without authentication, let the API answer clients that
-    are not on loopback (docs/api.md).
+    are not on loopback (docs/api.md). ``demos``: serve the demo pages and
+    the dashboard (docs/quickstart.md).
     """
 
     def __init__(
@@ -44,6 +45,7 @@ class GenesisHybridSystem:
         keyfile: str | None = None,
         gc_tuning: bool = False,
         api_public: bool = False,
+        demos: bool = True,
         **hub_options: Any,
     ) -> None:
         if hub is not None and (store is not None or hub_options):
@@ -67,7 +69,7 @@ class GenesisHybridSystem:
             version=__version__,
         )
         """The HTTP API (``/api``, ``/metrics``, ``/health``, ``/ready``)."""
-        self.app = create_app(self.hub, api=self.api)
+        self.app = create_app(self.hub, api=self.api, demos=demos)
         """The ASGI app served."""
         self._nursery: trio.Nursery | None = None
         self._stack: AsyncExitStack | None = None
