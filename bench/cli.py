@@ -24,7 +24,7 @@ from bench.procs import REPO, can_pin, machine_busy_seconds, raise_fd_limit
 from bench.report import render
 from bench.results import Case, Results
 from bench.targets import BASELINES, HUB, HUB_MEM, TARGETS
-from bench.workloads import FULL, GROUPS, SMOKE, Profile, Runner
+from bench.workloads import FULL, GROUPS, SERVER_GROUPS, SMOKE, Profile, Runner
 
 SERVERS = (*BASELINES, HUB, HUB_MEM)
 
@@ -83,7 +83,8 @@ def _selection(text: str | None, allowed: Sequence[str], what: str) -> list[str]
 
 def run_session(runner: Runner, groups: list[str], servers: list[str]) -> None:
     """Every selected workload, server by server."""
-    runner.prestart(TARGETS[key] for key in servers)
+    if SERVER_GROUPS.intersection(groups):
+        runner.prestart(TARGETS[key] for key in servers)
     if "ceiling" in groups:
         runner.log("load generator ceiling (C sink)")
         _guarded(runner, "ceiling", runner.ceiling)
@@ -104,6 +105,9 @@ def run_session(runner: Runner, groups: list[str], servers: list[str]) -> None:
         if "M" in groups and key != HUB_MEM:
             _guarded(runner, f"{key} M", functools.partial(runner.memory, target))
         runner.release(key)
+    if "local" in groups and (HUB in servers or HUB_MEM in servers):
+        runner.log("in-process components vs loopback clients (hub and load in one process)")
+        _guarded(runner, "local", runner.in_process)
     if "R" in groups and HUB in servers:
         runner.log("reconnect storm")
         _guarded(runner, "storm", runner.storm)

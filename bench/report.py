@@ -5,7 +5,7 @@ from __future__ import annotations
 import statistics
 from collections.abc import Iterable, Sequence
 
-from bench.results import Results
+from bench.results import Case, Results
 from bench.targets import AIOHTTP, BASELINES, HUB, HUB_MEM, HYPERCORN, SINK, TARGETS
 from bench.workloads import Profile, size_label
 
@@ -100,6 +100,7 @@ class Report:
             self.ratios,
             self.batching,
             self.python_client,
+            self.in_process,
             self.storm,
             self.ceiling,
             self.problems,
@@ -365,6 +366,75 @@ class Report:
             "64-byte messages to itself as fast as `await ws.send()` allows and counts what "
             "`await ws.receive()` returns. py-D: one client publishes as fast as `send` allows; "
             f"{self.p.d_subs} C subscribers count deliveries (they share core 1 with the client).",
+            "",
+            *table(header, rows),
+        ]
+
+    def in_process(self) -> list[str]:
+        """The ``local`` group: loopback client vs in-process component, side by side."""
+        cases = [c for c in self.r.cases if c.group == "local"]
+        if not cases:
+            return []
+        plan: list[tuple[str, int]] = []
+        for case in cases:
+            key = (case.params["scenario"], case.params["size"])
+            if key not in plan:
+                plan.append(key)
+        rows = []
+        for scenario, size in plan:
+            loop = self.r.find(HUB_MEM, "local", scenario=scenario, size=size, via="loopback")
+            local = self.r.find(HUB_MEM, "local", scenario=scenario, size=size, via="local")
+
+            def cell(case: Case | None) -> str:
+                if case is None:
+                    return DASH
+                if case.error and not case.runs:
+                    return "failed"
+                text = rate(case.median())
+                p50, p99 = case.median("p50_us"), case.median("p99_us")
+                if p50 is not None and p99 is not None:
+                    text += f" ({p50:.0f} / {p99:.0f})"
+                return text
+
+            def med(case: Case | None, name: str = "rate") -> float | None:
+                return case.median(name) if case is not None else None
+
+            what = (
+                f"echo {size_label(size)}, msgs/s"
+                if scenario == "echo"
+                else f"request {size_label(size)}, round trips/s (p50 / p99 µs)"
+            )
+            rows.append(
+                [
+                    what,
+                    cell(loop),
+                    cell(local),
+                    ratio(med(local), med(loop)),
+                    ratio(med(local, "rate_per_cpu"), med(loop, "rate_per_cpu")),
+                    f"{pct(med(loop, 'cpu'))} / {pct(med(local, 'cpu'))}",
+                    f"{pct(med(loop, 'foreign_cpu'))} / {pct(med(local, 'foreign_cpu'))}",
+                ]
+            )
+        header = [
+            "workload",
+            "loopback client",
+            "in-process component",
+            "in-process ÷ loopback",
+            "same, per CPU second",
+            "CPU (loopback / in-process)",
+            "other CPU",
+        ]
+        return [
+            "## In-process components vs loopback clients",
+            "",
+            "The hub (`--store none`) and its load in **one** process on core 0: either our "
+            "network client `TranscendentalWebSocket` connected to the hub's own port over "
+            "loopback, or an in-process component (`hub.local(...)`), running the same code. "
+            "echo: one component sends to itself as fast as `await send()` allows and counts "
+            "`await receive()` (py-B's shape, on one core instead of two); request: component "
+            "`a` asks `b` (a handler returning the data), one request in flight. The cases run "
+            'interleaved, run by run; "per CPU second" divides each rate by the CPU the '
+            "process got (less sensitive to other processes on the core).",
             "",
             *table(header, rows),
         ]

@@ -7,6 +7,7 @@ D   fan-out, 1 publisher -> S subscribers (deliveries/s); hub: k per frame
 M   memory per idle connection (server RSS delta / N)
 R   reconnect storm: kill -9 and restart the hub, time until all re-welcomed
 py  B and D driven by our Python client instead of the C generator
+local  in-process component vs loopback client, hub and load in one process
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import Any
 from bench.generator import IdleClients, Loadgen, LoadgenError
 from bench.procs import (
     CLIENT_CORE,
+    SERVER_CORE,
     ChildError,
     LineChild,
     ServerProcess,
@@ -136,7 +138,11 @@ FULL = Profile(
     noisy_retries=30,
 )
 
-GROUPS = ("ceiling", "A", "B", "C", "D", "py", "M", "R")
+GROUPS = ("ceiling", "A", "B", "C", "D", "py", "M", "R", "local")
+SERVER_GROUPS = frozenset({"A", "B", "C", "D", "py", "M"})
+"""Groups that use the servers started side by side by :meth:`Runner.prestart`."""
+VIA_LABELS = {"loopback": "loopback client", "local": "in-process"}
+"""The two ways the ``local`` group drives the hub (``python -m bench.inproc --via``)."""
 
 
 def size_label(size: int) -> str:
@@ -265,47 +271,52 @@ class Runner:
         return result
 
     def _repeat(self, case: Case, once: Callable[[], dict[str, Any]], runs: int) -> Case:
-        target = TARGETS[case.target]
-        retries = 0
-        while len(case.runs) < runs:
-            try:
-                result = once()
-            except (LoadgenError, ChildError, OSError, ValueError) as exc:
-                case.error = str(exc)
-                self.log(f"  {target.key} {case.label}: FAILED: {exc}")
-                self.release(target.key)
-                break
-            if result.get("messages") == 0 and "rate" in result:
-                stall = f"nothing arrived during the {self.profile.duration:g} s window"
-                closes = result.get("link_closes")
-                if closes:
-                    stall += (
-                        f"; the Python client reconnected {result.get('reconnects')} times, "
-                        f"its links closed with: {'; '.join(closes)}"
-                    )
-                if self.profile.duration >= 1.0:
-                    case.error = stall
-                    self.log(f"  {target.key} {case.label}: FAILED: {stall}")
-                    self.release(target.key)
-                    break
-                if stall not in case.warnings:
-                    case.warnings.append(stall)
-            other = float(result.get("foreign_cpu") or 0.0)
-            if other > NOISY and retries < MAX_RETRIES_PER_CASE and self.retry_budget > 0:
-                retries += 1
-                self.retry_budget -= 1
-                case.discarded += 1
-                self.log(
-                    f"  {target.key} {case.label}: other processes used {other:.0%} of a core "
-                    "during the window; run discarded, repeating"
-                )
-                time.sleep(2.0)
-                continue
-            case.runs.append(result)
-            self._note_run(case, result)
-            n = len(case.runs)
-            self.log(f"  {target.key} {case.label} run {n}/{runs}: {_summary(result)}")
+        while len(case.runs) < runs and self._attempt(case, once):
+            pass
         return self.results.add(case)
+
+    def _attempt(self, case: Case, once: Callable[[], dict[str, Any]]) -> bool:
+        """One run of ``case``: kept, or discarded (busy machine); False if the case failed."""
+        target = TARGETS[case.target]
+        try:
+            result = once()
+        except (LoadgenError, ChildError, OSError, ValueError) as exc:
+            case.error = str(exc)
+            self.log(f"  {target.key} {case.label}: FAILED: {exc}")
+            self.release(target.key)
+            return False
+        if result.get("messages") == 0 and "rate" in result:
+            stall = f"nothing arrived during the {self.profile.duration:g} s window"
+            closes = result.get("link_closes")
+            if closes:
+                stall += (
+                    f"; the Python client reconnected {result.get('reconnects')} times, "
+                    f"its links closed with: {'; '.join(closes)}"
+                )
+            if self.profile.duration >= 1.0:
+                case.error = stall
+                self.log(f"  {target.key} {case.label}: FAILED: {stall}")
+                self.release(target.key)
+                return False
+            if stall not in case.warnings:
+                case.warnings.append(stall)
+        other = float(result.get("foreign_cpu") or 0.0)
+        if other > NOISY and case.discarded < MAX_RETRIES_PER_CASE and self.retry_budget > 0:
+            self.retry_budget -= 1
+            case.discarded += 1
+            self.log(
+                f"  {target.key} {case.label}: other processes used {other:.0%} of a core "
+                "during the window; run discarded, repeating"
+            )
+            time.sleep(2.0)
+            return True
+        case.runs.append(result)
+        self._note_run(case, result)
+        self.log(
+            f"  {target.key} {case.label} run {len(case.runs)}/{self.profile.runs}: "
+            f"{_summary(result)}"
+        )
+        return True
 
     def _note_run(self, case: Case, result: dict[str, Any]) -> None:
         """Turn what a run saw (big frames, link closes, error frames) into warnings."""
@@ -437,6 +448,57 @@ class Runner:
             for child in publisher:
                 child.close(timeout=5)
         self._after_run(case, server)
+        return result
+
+    def in_process(self) -> None:
+        """local: our loopback client vs an in-process component, in one process on one core.
+
+        The cases are interleaved run by run (loopback, in-process, loopback,
+        ...), so that each ratio compares runs measured moments apart.
+        """
+        p = self.profile
+        plan = [("echo", size) for size in p.sizes] + [("request", 64)]
+        cases = [
+            Case(
+                "local", HUB_MEM,
+                f"local {scenario}" + (f" {size_label(size)}" if scenario == "echo" else "")
+                + f", {label}",
+                {"scenario": scenario, "via": via, "size": size},
+            )
+            for scenario, size in plan
+            for via, label in VIA_LABELS.items()
+        ]  # fmt: skip
+        for n in range(p.runs):
+            for case in cases:
+                once = functools.partial(self._inproc_once, case)
+                while case.error is None and len(case.runs) <= n and self._attempt(case, once):
+                    pass
+        for case in cases:
+            self.results.add(case)
+
+    def _inproc_once(self, case: Case) -> dict[str, Any]:
+        p = self.profile
+        argv = pinned(
+            [
+                sys.executable, "-m", "bench.inproc", case.params["scenario"],
+                "--via", case.params["via"], "--size", str(case.params["size"]),
+                "--warmup", str(p.warmup), "--duration", str(p.duration),
+            ],
+            SERVER_CORE,
+        )  # fmt: skip
+        log = self.workdir / "logs" / f"inproc-{next(self._ids)}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        child = LineChild(argv, stderr=log)
+        try:
+            result = _read_json(child, 30 + p.warmup + p.duration, None, {})
+        finally:
+            code = child.close(timeout=10)
+        notes = [f"log: {line}" for line in notable_log_lines(log.read_text(errors="replace"))]
+        if code:
+            notes.append(f"bench.inproc exited with {code} after its result")
+        for note in notes:
+            if note not in case.warnings:
+                case.warnings.append(note)
         return result
 
     def memory(self, target: Target) -> None:
@@ -597,10 +659,10 @@ def _add_cpu(result: dict[str, Any], marks: dict[str, Mark], client_cpu: float |
 def _read_json(
     child: LineChild,
     timeout: float,
-    server: ServerProcess,
+    server: ServerProcess | None,
     marks: dict[str, Mark],
 ) -> dict[str, Any]:
-    """Read a child's lines until its JSON result, sampling CPU at marks."""
+    """Read a child's lines until its JSON result, sampling ``server``'s CPU at marks."""
     deadline = time.monotonic() + timeout
     while True:
         line = child.readline(max(0.1, deadline - time.monotonic()))
@@ -608,9 +670,12 @@ def _read_json(
             code = child.proc.poll()
             raise ChildError(f"Python client exited ({code}) without a result: {child.lines[-3:]}")
         if line.startswith("mark "):
-            marks[line.split()[1]] = _mark(server)
+            if server is not None:
+                marks[line.split()[1]] = _mark(server)
         elif line.startswith("{"):
             result: dict[str, Any] = json.loads(line)
+            if not result.get("ok") and "via" in result:
+                raise ChildError(f"bench.inproc ({result['via']}) received nothing in the window")
             if not result.get("ok"):
                 raise ChildError(
                     f"the Python client received {result.get('messages', 0)} messages in the "
@@ -629,7 +694,10 @@ def _summary(result: dict[str, Any]) -> str:
     if "server_cpu" in result:
         parts.append(f"server {result['server_cpu']:.0%} CPU")
     if "cpu" in result:
-        parts.append(f"client {result['cpu']:.0%} CPU")
+        who = "process (hub + load)" if "via" in result else "client"
+        parts.append(f"{who} {result['cpu']:.0%} CPU")
+    if "via" in result and "foreign_cpu" in result:
+        parts.append(f"other processes {result['foreign_cpu']:.0%}")
     if "all_welcome_s" in result:
         parts.append(
             f"all {result['conns']} re-welcomed {result['all_welcome_s']:.2f} s after the kill "

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+from collections.abc import Callable
 from contextlib import AsyncExitStack
 from types import TracebackType
 from typing import Any, Protocol
@@ -36,6 +37,7 @@ from .._core.errors import (
 from .._core.frames import HUB_ID, Body, Error, Hello, check_body, valid_subscription
 from .._runtime.component import ComponentBase
 from .._runtime.dispatch import Dispatcher
+from .._runtime.signal import Signal
 from .journal import Journal, NullJournal
 from .router import Router
 from .sessions import HubSession, SessionTable
@@ -43,8 +45,19 @@ from .stats import HubCounters, LocalCounters, LocalStatistics
 
 log = logging.getLogger("genesis_trio.local")
 
-BATCH = 256
-"""Messages handed to the dispatcher per step."""
+
+class _PullOnWake(Signal):
+    """A session's wake-up signal that hands messages over at once (no waiting task)."""
+
+    __slots__ = ("_pull",)
+
+    def __init__(self, pull: Callable[[], None]) -> None:
+        super().__init__()
+        self._pull = pull
+
+    def set(self) -> None:
+        """Where a link's writer would be woken: pull."""
+        self._pull()
 
 
 class LocalHost(Protocol):
@@ -105,6 +118,7 @@ class LocalComponent(ComponentBase):
         self._ended: tuple[int, str] | None = None
         self._scope: trio.CancelScope | None = None
         self._exit_stack: AsyncExitStack | None = None
+        self._wake_before = Signal()
 
     @property
     def component_id(self) -> str:
@@ -201,15 +215,14 @@ class LocalComponent(ComponentBase):
         if self._ended is None:
             self._ended = (code, reason)
         session = self._session
-        if session is not None and session.connection is self:
-            session.detach(trio.current_time())
+        if session is not None:
+            self._let_go(session)
         if self._scope is not None:
             self._scope.cancel()
 
     def committed(self, now: float) -> None:
-        """New messages became deliverable."""
-        if self._session is not None:
-            self._session.wake.set()
+        """New messages became deliverable (stored)."""
+        self._pull()
 
     def _attached(self) -> HubSession:
         if self._closed:
@@ -246,10 +259,13 @@ class LocalComponent(ComponentBase):
         self._topics = set(session.topics)
         if not opened.recovered:
             self._dispatcher.new_generation()
+        self._wake_before = session.wake
+        session.wake = _PullOnWake(self._pull)
         session.attach(self, now)
         table.joined(session, opened.recovered)
         self._session = session
         self._ended = None
+        self._pull()  # what waited for it (replayed in order)
         return session
 
     def _release(self, generation: int, seq: int) -> None:
@@ -261,24 +277,34 @@ class LocalComponent(ComponentBase):
         ):
             self._host.router.apply_ack(session, seq)
 
-    async def _deliver(self, session: HubSession) -> None:
+    def _pull(self) -> None:
+        """Hand what the session holds to the dispatcher, within the window (never waits).
+
+        Called where the session's writer would be woken (an append, an
+        acknowledgement, a commit): no task of its own, so a message costs
+        no extra task switch on its way in.
+        """
+        session = self._session
+        if session is None or session.connection is not self:
+            return
         out = session.outbound
-        window = self._host.config.window
-        dispatcher = self._dispatcher
-        counters = self._host.counters
-        while True:
-            session.wake.clear()
-            room = window - (out.sent - out.acked)
-            entries = out.take(min(room, BATCH)) if room > 0 else []
-            if not entries:
-                await session.wake.wait()
-                continue
-            for entry in entries:
-                dispatcher.deliver(entry.seq, entry.payload.body)
-            dispatcher.woken()
-            self._counters.messages_received += len(entries)
-            counters.messages_out += len(entries)
-            await trio.lowlevel.checkpoint()
+        room = self._host.config.window - (out.sent - out.acked)
+        entries = out.take(room) if room > 0 else []
+        if not entries:
+            return
+        deliver = self._dispatcher.deliver
+        for entry in entries:
+            deliver(entry.seq, entry.payload.body)
+        self._dispatcher.woken()
+        self._counters.messages_received += len(entries)
+        self._host.counters.messages_out += len(entries)
+
+    def _let_go(self, session: HubSession) -> None:
+        """Detach from the session and give it back its own wake-up signal."""
+        if isinstance(session.wake, _PullOnWake):
+            session.wake = self._wake_before
+        if session.connection is self:
+            session.detach(trio.current_time())
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -295,14 +321,11 @@ class LocalComponent(ComponentBase):
         session = self._attach()
         try:
             with trio.CancelScope() as self._scope:
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._dispatcher.run)
-                    task_status.started()
-                    await self._deliver(session)
+                task_status.started()
+                await self._dispatcher.run()
         finally:
             self._scope = None
-            if session.connection is self:
-                session.detach(trio.current_time())
+            self._let_go(session)
         ended = self._ended
         if ended is not None and not self._closed:
             raise ConnectionClosed(*ended)
@@ -338,7 +361,7 @@ class LocalComponent(ComponentBase):
         self._closed = True
         session = self._session
         if session is not None and session.connection is self:
-            session.detach(trio.current_time())
+            self._let_go(session)
             if end_session:
                 self._host.sessions.remove(session, "bye")
         self._dispatcher.close()
