@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 
 import nox
 
@@ -15,8 +16,15 @@ PYTHON = None  # the interpreter nox runs on (3.11+)
 
 @nox.session(python=PYTHON)
 def tests(session: nox.Session) -> None:
-    """Run the test suite (real Hypercorn, real sockets on 127.0.0.1)."""
+    """Run the test suite (real Hypercorn, real sockets on 127.0.0.1, Node, Chromium).
+
+    The browser client's tests need Node 20+ (``npm ci`` here installs their
+    dev tools); the browser tests need Debian's Chromium. Without them those
+    tests skip, except under CI=true, where they fail.
+    """
     session.install("-e", ".[test]")
+    if shutil.which("npm"):
+        session.run("npm", "ci", "--no-audit", "--no-fund", "--silent", external=True)
     session.run("pytest", *session.posargs, env={"PYTHONFAULTHANDLER": "1"})
 
 

@@ -26,10 +26,12 @@
 //   replies to (`re`); the handler registered with `on(type)`, else `on("*")`,
 //   whose return value (or thrown error) answers a request; for a request that no
 //   handler takes, an automatic `no_handler` error reply (C11); for a plain
-//   message, an open `messages()` iterator, else the `message` event.
-// * A message is acknowledged (C8) once it has been handed over. While a
-//   `messages()` iterator is open and not asking for the next message, the
-//   messages after it wait (replies to your requests do not), their
+//   message, the `messages()` iterators once `messages()` has been called
+//   (pull), else the `message` event (push).
+// * A message is acknowledged (C8) once it has been handed over. In pull mode a
+//   plain message waits until an iterator asks for it (also between two
+//   `for await` loops, and with no iterator open: nothing is dropped), the
+//   messages after it wait too (replies to your requests do not), their
 //   acknowledgement waits, and the hub slows the senders down: backpressure.
 // * `send`, `publish` and `request` queue the message and return at once; the
 //   queue is kept across links (and reloads). When `maxPending` messages are
@@ -37,6 +39,23 @@
 //   not wait): check `pending`, or `await client.flush()`, and try again.
 // * A message too large for the hub's `max_size` is refused by `send` with a
 //   `RangeError` before it gets a number (a skipped number would be a gap).
+//
+// Resume across reloads (`storage`)
+// * The stored state is one key: sid, epoch, the highest hub number handed to
+//   the application, our next number, the unacknowledged outgoing messages and
+//   the subscriptions. It is written in a microtask after each change, and
+//   always before a frame that depends on it goes out.
+// * With `storage`, `hello.ack` is that handed-over mark rather than the highest
+//   number received (C4): a reload loses what was received but not handed over,
+//   so the hub must keep it. Messages received again are dropped as duplicates.
+// * `sessionStorage` is per tab: two tabs are two sessions. Two clients with one
+//   id and no shared session take each other over (4001 ends the older one).
+//
+// In a browser
+// * A refused upgrade (HTTP 400/403/429/503) is indistinguishable from a lost
+//   connection (1006): the client keeps retrying with its backoff.
+// * Links the client abandons itself (silent hub, a gap in the hub's numbers, no
+//   welcome in time) are closed with 1000 and no `bye`: the session stays.
 
 /** The subprotocol this client speaks (§1): UTF-8 JSON in text messages. */
 export const SUBPROTOCOL = "genesis.v1.json";
@@ -59,7 +78,7 @@ const COMPONENT_ID = /^[A-Za-z0-9_][A-Za-z0-9_.:@-]{0,127}$/; // §2.1
 const TOPIC = /^[A-Za-z0-9_][A-Za-z0-9_.:/@-]{0,255}$/; // §2.3
 const SYSTEM_TOPIC = /^\$[A-Za-z0-9_][A-Za-z0-9_.:/@-]{0,254}$/; // §2.7: `$presence`, ...
 
-// ---- Types --------------------------------------------------------------------
+// ---- Types ----------------------------------------------------------------------------
 
 /**
  * A message body (§2.3). `from` is stamped by the hub.
@@ -134,7 +153,7 @@ const SYSTEM_TOPIC = /^\$[A-Za-z0-9_][A-Za-z0-9_.:/@-]{0,254}$/; // §2.7: `$pre
  * @property {{recovered: boolean, epoch: number, sid: string, id: string, node: string, reason: string | null, resumed: boolean}} connected a `welcome` arrived; `resumed`: a sid was offered; `reason`: why it was not recovered (§2.2)
  * @property {{code: number, reason: string, reconnect: boolean, delay: number | null}} disconnected a link ended; `delay`: ms until the next attempt
  * @property {{code: number, reason: string, error: GenesisError | null}} closed the client stopped for good (`close()`, or a close code of C7)
- * @property {Message} message a plain message no handler took, while no `messages()` iterator is open
+ * @property {Message} message a plain message no handler took, until `messages()` is first called
  * @property {{code: string, msg: string, seq?: number, id?: string}} error an `error` frame from the hub (§2.9), or a local failure (`handler_error`, `storage`, `token`)
  */
 
@@ -171,7 +190,7 @@ const SYSTEM_TOPIC = /^\$[A-Za-z0-9_][A-Za-z0-9_.:/@-]{0,254}$/; // §2.7: `$pre
  * }} PendingRequest
  */
 
-// ---- Errors -------------------------------------------------------------------
+// ---- Errors ---------------------------------------------------------------------------
 
 /** Base class of this module's errors; `code` is a stable string. */
 export class GenesisError extends Error {
@@ -237,7 +256,7 @@ export class ClosedError extends GenesisError {
   }
 }
 
-// ---- Small helpers ------------------------------------------------------------
+// ---- Small helpers --------------------------------------------------------------------
 
 /**
  * The length in bytes of `text` encoded as UTF-8 (§1: `max_size` counts bytes).
@@ -330,7 +349,7 @@ function checkTopic(topic, system) {
   throw new TypeError(`not a valid topic${system ? "" : " to publish to"}: ${JSON.stringify(topic)}`);
 }
 
-// ---- The client ---------------------------------------------------------------
+// ---- The client -----------------------------------------------------------------------
 
 /**
  * One component's session with a hub, kept across links, hub restarts and,
@@ -396,7 +415,7 @@ export class GenesisClient extends EventTarget {
   #requestCounter = 0;
   /** @type {InEntry[]} */ #inbox = [];
   #dispatching = false;
-  #readers = 0;
+  #pull = false; // `messages()` was called: plain messages wait for an iterator
   /** @type {((result: IteratorResult<Message, undefined>) => void)[]} */ #waiters = [];
   /** @type {{resolve: () => void, reject: (error: Error) => void}[]} */ #connectWaiters = [];
   /** @type {{resolve: () => void, reject: (error: Error) => void}[]} */ #flushWaiters = [];
@@ -455,7 +474,7 @@ export class GenesisClient extends EventTarget {
     this.#load();
   }
 
-  // ---- Public state ---------------------------------------------------------
+  // ---- Public state -------------------------------------------------------------------
 
   /** @returns {ClientState} */
   get state() {
@@ -492,7 +511,7 @@ export class GenesisClient extends EventTarget {
     return { ...this.#stats };
   }
 
-  // ---- Public API -------------------------------------------------------------
+  // ---- Public API ---------------------------------------------------------------------
 
   /**
    * Start connecting (and reconnecting, C10); resolves at the first `welcome`,
@@ -623,14 +642,16 @@ export class GenesisClient extends EventTarget {
   }
 
   /**
-   * The plain messages no handler takes, in order. While an iterator is open,
-   * such messages wait for it (and so does their acknowledgement). Open it before
-   * `connect()` to miss none; leaving a `for await` loop closes it.
+   * The plain messages no handler takes, in order. From the first call on, such
+   * messages wait for an iterator to ask for them (and so does their
+   * acknowledgement), instead of going to the `message` event: call it before
+   * `connect()` to miss none. Leaving a `for await` loop closes that iterator;
+   * the next message waits for the next one.
    * @returns {AsyncIterableIterator<Message>}
    */
   messages() {
     let open = true;
-    this.#readers++;
+    this.#pull = true;
     /** @type {((result: IteratorResult<Message, undefined>) => void)[]} */
     const mine = [];
     /** @type {AsyncIterableIterator<Message>} */
@@ -651,12 +672,10 @@ export class GenesisClient extends EventTarget {
       return: () => {
         if (open) {
           open = false;
-          this.#readers--;
           for (const waiter of [...mine]) {
             this.#waiters.splice(this.#waiters.indexOf(waiter), 1);
             waiter({ done: true, value: undefined });
           }
-          this.#dispatch(); // with no reader left, waiting messages go to the `message` event
         }
         return Promise.resolve({ done: true, value: undefined });
       },
@@ -718,10 +737,13 @@ export class GenesisClient extends EventTarget {
     clearTimeout(this.#reconnectTimer);
     this.#reconnectTimer = undefined;
     const link = this.#link;
-    if (!endSession || this.#state === "idle") {
+    const nothingToEnd = this.#state === "idle" && this.#sid === null && this.#outbox.length === 0;
+    if (!endSession || nothingToEnd) {
       const reason = "closed by the client";
+      if (endSession) this.#forgetSession();
       if (link) {
         this.#link = null;
+        clearTimeout(link.timer);
         this.#dropSocket(link, false, reason);
         this.#emit("disconnected", { code: 1000, reason, reconnect: false, delay: null });
       }
@@ -729,12 +751,15 @@ export class GenesisClient extends EventTarget {
     } else {
       // §2.8: bye after what was queued; the hub answers with 1000.
       this.#closeTimer = setTimeout(() => {
+        const reason = "no close after bye in time";
         const last = this.#link;
         if (last) {
           this.#link = null;
-          this.#dropSocket(last, true, "no close after bye in time");
+          clearTimeout(last.timer);
+          this.#dropSocket(last, true, reason);
+          this.#emit("disconnected", { code: 1006, reason, reconnect: false, delay: null });
         }
-        this.#finish(1006, "no close after bye in time", null);
+        this.#finish(1006, reason, null);
       }, timeout);
       if (link?.welcomed) this.#pump();
       else if (!link && !this.#opening) void this.#openLink();
@@ -781,7 +806,7 @@ export class GenesisClient extends EventTarget {
     });
   }
 
-  // ---- §1, §6: links ----------------------------------------------------------
+  // ---- §1, §6: links ------------------------------------------------------------------
 
   /** Open a link: socket, upgrade, `hello` (C1). */
   async #openLink() {
@@ -908,7 +933,7 @@ export class GenesisClient extends EventTarget {
     }
   }
 
-  // ---- §2.2, §4: welcome and resume -------------------------------------------
+  // ---- §2.2, §4: welcome and resume ---------------------------------------------------
 
   /**
    * @param {Link} link
@@ -975,7 +1000,7 @@ export class GenesisClient extends EventTarget {
     this.#pump();
   }
 
-  // ---- §2.4, §3: sequenced messages in -----------------------------------------
+  // ---- §2.4, §3: sequenced messages in ------------------------------------------------
 
   /**
    * @param {Link} link
@@ -1045,13 +1070,13 @@ export class GenesisClient extends EventTarget {
       this.#reply(body, null, { code: "no_handler", msg: `no handler for '${body.type}'` }); // C11
       return true;
     }
-    if (this.#readers > 0) {
-      const waiter = this.#waiters.shift();
-      if (!waiter) return false;
-      waiter({ done: false, value: body });
+    if (!this.#pull) {
+      this.#emit("message", body);
       return true;
     }
-    this.#emit("message", body);
+    const waiter = this.#waiters.shift();
+    if (!waiter) return false; // no iterator asks now: it waits (and the ones after it)
+    waiter({ done: false, value: body });
     return true;
   }
 
@@ -1124,7 +1149,7 @@ export class GenesisClient extends EventTarget {
     }
   }
 
-  // ---- §2.3, §3: messages out ----------------------------------------------------
+  // ---- §2.3, §3: messages out ---------------------------------------------------------
 
   /**
    * A body of §2.3, checked (C6: `to` or `topic`, never `from`).
@@ -1277,7 +1302,7 @@ export class GenesisClient extends EventTarget {
     }
   }
 
-  // ---- §2.6: heartbeats ------------------------------------------------------------
+  // ---- §2.6: heartbeats ---------------------------------------------------------------
 
   /** C9: ping when we were silent for `hb`; a hub silent for `hb` + grace is dead. */
   #heartbeat() {
@@ -1310,7 +1335,7 @@ export class GenesisClient extends EventTarget {
     for (const confirm of done) confirm.resolve();
   }
 
-  // ---- §2.7: subscriptions -------------------------------------------------------
+  // ---- §2.7: subscriptions ------------------------------------------------------------
 
   /**
    * @param {"sub" | "unsub"} t
@@ -1330,7 +1355,7 @@ export class GenesisClient extends EventTarget {
     return new Promise((resolve, reject) => this.#confirms.push({ id, resolve, reject }));
   }
 
-  // ---- §2.9: errors ---------------------------------------------------------------
+  // ---- §2.9: errors -------------------------------------------------------------------
 
   /** @param {Record<string, unknown>} frame */
   #onError(frame) {
@@ -1348,7 +1373,7 @@ export class GenesisClient extends EventTarget {
     this.#emit("error", { code, msg, seq: isInt(frame.seq) ? frame.seq : undefined, id });
   }
 
-  // ---- §5: close codes and reconnecting ----------------------------------------------
+  // ---- §5: close codes and reconnecting -----------------------------------------------
 
   /**
    * We give up on a link ourselves (silent hub, gap, no welcome): close it
@@ -1480,7 +1505,7 @@ export class GenesisClient extends EventTarget {
     this.#closeResolve();
   }
 
-  // ---- §4: what survives a reload ------------------------------------------------------
+  // ---- §4: what survives a reload -----------------------------------------------------
 
   /** Read the session from `storage` (sid, epoch, hand-over mark, outbox, topics). */
   #load() {
@@ -1557,7 +1582,7 @@ export class GenesisClient extends EventTarget {
     }
   }
 
-  // ---- Events -----------------------------------------------------------------------------
+  // ---- Events -------------------------------------------------------------------------
 
   /** @param {ClientState} state */
   #setState(state) {
