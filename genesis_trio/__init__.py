@@ -33,6 +33,7 @@ from ._core.errors import SendTimeout as SendTimeout
 from ._core.errors import UnknownComponent as UnknownComponent
 from ._core.frames import PRESENCE_TOPIC as PRESENCE_TOPIC
 from ._core.message import Message as Message
+from ._core.version import VERSION
 from ._hub.auth import Authenticator as Authenticator
 from ._hub.auth import Authorizer as Authorizer
 from ._hub.auth import AuthRefused as AuthRefused
@@ -57,7 +58,7 @@ from .stores import SessionStore as SessionStore
 from .stores import SQLiteStore as SQLiteStore
 from .stores import StoreError as StoreError
 
-__version__ = "0.2.0"
+__version__ = VERSION
 
 __all__ = [
     "JSON_SUBPROTOCOL",

@@ -50,3 +50,14 @@ def test_every_close_code_is_in_the_protocol_doc() -> None:
         assert f"| {int(code)} |" in text, f"close code {int(code)} missing from protocol.md"
     for error in genesis_trio.ErrorCode:
         assert f"`{error.value}`" in text, f"error code {error.value} missing from protocol.md"
+
+
+def test_the_version_is_said_once() -> None:
+    """``genesis_trio.__version__`` is the version pyproject.toml gives the package."""
+    import pathlib
+    import tomllib
+
+    import genesis_trio
+
+    pyproject = pathlib.Path(__file__).resolve().parent.parent / "pyproject.toml"
+    assert tomllib.loads(pyproject.read_text())["project"]["version"] == genesis_trio.__version__

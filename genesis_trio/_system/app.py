@@ -13,6 +13,7 @@ from starlette.staticfiles import StaticFiles
 
 from .._api.problems import Problem, on_http_exception, on_problem
 from .._api.routes import TranscendentalAPI
+from .._core.version import VERSION
 from .._hub.endpoint import Receive, Scope, Send
 from .._hub.hub import TranscendentalExternalWebSocket
 
@@ -83,11 +84,9 @@ def create_app(
     (``/demo/chat``, ``/demo/telemetry``, ``/dashboard``; docs/quickstart.md).
     Extra Starlette ``routes`` are added to the HTTP side.
     """
-    from .. import __version__
-
     if api is True:
-        api = TranscendentalAPI(hub, version=__version__)
-    probes = api if api else TranscendentalAPI(hub, version=__version__)
+        api = TranscendentalAPI(hub, version=VERSION)
+    probes = api if api else TranscendentalAPI(hub, version=VERSION)
     served = api.routes() if api else probes.routes()[:2]
     static = Mount("/static", StaticFiles(directory=STATIC, check_dir=False), name="static")
     pages = [page_route(path, name) for path, name in DEMO_PAGES.items()] if demos else []

@@ -15,6 +15,7 @@ from typing import Any
 import trio
 
 from .._api.routes import TranscendentalAPI
+from .._core.version import VERSION
 from .._hub.hub import TranscendentalExternalWebSocket
 from .._hub.local import LocalComponent
 from ..stores import SessionStore
@@ -60,13 +61,11 @@ class GenesisHybridSystem:
         self.info: ServeInfo | None = None
         """Where it listens, once started."""
         self._shutdown = trio.Event()
-        from .. import __version__
-
         self.api = TranscendentalAPI(
             self.hub,
             public=api_public,
             draining=self._shutdown.is_set,
-            version=__version__,
+            version=VERSION,
         )
         """The HTTP API (``/api``, ``/metrics``, ``/health``, ``/ready``)."""
         self.app = create_app(self.hub, api=self.api, demos=demos)

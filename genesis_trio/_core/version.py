@@ -1,0 +1,3 @@
+"""The package's version (one place; ``pyproject.toml`` says the same, a test checks)."""
+
+VERSION = "0.3.0"
