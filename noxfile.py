@@ -55,9 +55,13 @@ def soak(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def demo(session: nox.Session) -> None:
-    """Start a hub on 127.0.0.1:8000 (Ctrl-C to stop)."""
+    """The hub with its demo pages, the chat bot, the sensors and the rules (Ctrl-C stops).
+
+    Then open http://127.0.0.1:8000/demo/chat, /demo/telemetry and /dashboard
+    (docs/quickstart.md). ``-- --port N --sensors N --hz F`` to change.
+    """
     session.install("-e", ".")
-    session.run("genesis-trio", "serve", *session.posargs)
+    session.run("python", "examples/demo.py", *session.posargs)
 
 
 @nox.session(python=PYTHON)
