@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pathlib
+
 import pytest
 import trio
 
@@ -9,6 +11,8 @@ from genesis_trio import PRESENCE_TOPIC, RemoteError, TranscendentalWebSocket
 from genesis_trio.testing import RunningHub
 
 from .test_examples import load
+
+DEMO = pathlib.Path(__file__).resolve().parent.parent / "examples" / "demo.py"
 
 
 async def test_the_chat_bot_greets_and_answers(hub: RunningHub) -> None:
@@ -82,3 +86,44 @@ def test_rules_decide_without_io() -> None:
     assert rules.check({"sensor": "s", "celsius": 31, "t": 2})["threshold"] == 30.0
     with pytest.raises(ValueError, match="threshold"):
         rules.set_threshold(1000)
+
+
+@pytest.mark.deadline(60)
+async def test_the_demo_program_serves_and_stops_on_sigint() -> None:
+    """``nox -s demo``'s program: hub, bot, rules and sensors; the pages answer; Ctrl-C ends it."""
+    import signal
+    import subprocess
+    import sys
+
+    import httpx
+
+    from .support.processes import _read_line
+
+    demo = DEMO
+    process = await trio.lowlevel.open_process(
+        [sys.executable, str(demo), "--port", "0", "--sensors", "2", "--hz", "5"],
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert process.stdout is not None
+        buffer = bytearray()
+        with trio.fail_after(20):
+            while not (line := (await _read_line(process.stdout, buffer)).decode()).startswith(
+                "dashboard:"
+            ):
+                pass
+        base = line.split()[1].rsplit("/", 1)[0]
+        async with httpx.AsyncClient(base_url=base) as http:
+            for page in ("/demo/chat", "/demo/telemetry", "/dashboard", "/static/genesis.js"):
+                assert (await http.get(page)).status_code == 200, page
+            async with TranscendentalWebSocket(
+                base.replace("http", "ws") + "/ws", "watcher", topics=["telemetry.readings"]
+            ) as watcher:
+                assert (await watcher.receive()).type == "reading"
+        process.send_signal(signal.SIGINT)
+        with trio.fail_after(10):
+            assert await process.wait() == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()

@@ -2,7 +2,8 @@
 
 Live dashboards subscribe to the system topic ``$stats`` instead of polling
 the HTTP API. Each tick is a message ``{type: "stats", topic: "$stats",
-from: "$hub", data: get_stats()}`` appended to every connected subscriber that has room
+from: "$hub", data: get_stats()}`` (``close_codes`` keyed by strings, as in
+JSON) appended to every connected subscriber that has room
 (a tick never waits: a subscriber whose buffer is full misses it, the next
 one tells the same story). With no subscriber nothing is built.
 """
@@ -46,7 +47,9 @@ class StatsTicker:
             return 0
         targets = tuple(s for s in subscribers if s.connected and s.outbound.has_room)
         if targets:
-            body = {"type": "stats", "topic": STATS_TOPIC, "from": HUB_ID, "data": self.stats()}
+            stats = self.stats()
+            stats["close_codes"] = {str(k): v for k, v in stats["close_codes"].items()}  # JSON
+            body = {"type": "stats", "topic": STATS_TOPIC, "from": HUB_ID, "data": stats}
             self.append(targets, EncodedBody(body))
             self.ticks += 1
         return len(targets)
