@@ -154,3 +154,21 @@ class RateLimiter:
             del self._shared[subject]
         else:
             self._shared[subject] = (links - 1, shared)
+
+
+@attrs.define(eq=False)
+class BadFrames:
+    """Malformed frames a link sent within a sliding window (``max`` tolerated)."""
+
+    max: int
+    window: float
+    times: list[float] = attrs.field(factory=list)
+
+    def count(self, now: float) -> bool:
+        """Record one at ``now``; True when more than ``max`` fall within the window."""
+        times = self.times
+        times.append(now)
+        cutoff = now - self.window
+        while times and times[0] <= cutoff:
+            del times[0]
+        return len(times) > self.max

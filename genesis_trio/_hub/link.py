@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import math
+import weakref
 from collections import deque
 from typing import Final, Protocol
 
@@ -37,7 +38,7 @@ from .._core.link import BYE, Backlogged, Deliver, Hold, Idle, LinkProtocol, Sen
 from .._runtime.signal import Signal
 from .auth import Identity
 from .endpoint import ServerTransport
-from .limits import RateLimits
+from .limits import BadFrames, RateLimits
 from .sessions import HubSession
 from .stats import HubCounters
 
@@ -90,6 +91,7 @@ class HubLink:
     """The tasks and per-link state of one attached session."""
 
     __slots__ = (
+        "__weakref__",
         "_closing",
         "_ended",
         "_nursery",
@@ -136,11 +138,15 @@ class HubLink:
             cfg.heartbeat_interval, cfg.heartbeat_floor, cfg.heartbeat_ceiling, now=now
         )
 
+        me = weakref.ref(self)  # the protocol keeps ``encode``: no cycle through the link
+
         def encode(out: EncodedBody) -> bytes:
             try:
                 return out.encoded(codec)
             except TypeError as exc:  # bytes for a JSON client, say: a notice instead
-                return services.undeliverable(self, out, exc)
+                link = me()
+                assert link is not None  # encode runs only while the link does
+                return services.undeliverable(link, out, exc)
 
         self.protocol: LinkProtocol[EncodedBody] = LinkProtocol(
             session.outbound,
@@ -155,7 +161,7 @@ class HubLink:
             fanout=services.fanout,
         )
         self.control: list[bytes] = []  # short-lived and small: a list is 10x lighter than a deque
-        self.bad_frames: list[float] | None = None
+        self.bad_frames: BadFrames | None = None
         self.backlog: deque[Backlogged] = deque()
         self.backlog_bytes = 0
         self.routing = False
@@ -215,15 +221,10 @@ class HubLink:
 
     def count_bad_frame(self, now: float) -> bool:
         """Record a malformed frame; True when the tolerated rate is exceeded."""
-        cfg = self.services.config
-        window = self.bad_frames
-        if window is None:
-            window = self.bad_frames = []
-        window.append(now)
-        cutoff = now - cfg.bad_frame_window
-        while window and window[0] <= cutoff:
-            del window[0]
-        return len(window) > cfg.max_bad_frames
+        if self.bad_frames is None:
+            cfg = self.services.config
+            self.bad_frames = BadFrames(cfg.max_bad_frames, cfg.bad_frame_window)
+        return self.bad_frames.count(now)
 
     def close_soon(self, code: int, reason: str) -> None:
         """Detach from the session now and make the link close with ``code``.
