@@ -22,6 +22,7 @@ from ._hub.hub import TranscendentalExternalWebSocket
 from ._system.hybrid import GenesisHybridSystem
 from ._system.serve import SHUTDOWN_GRACE, ServeInfo
 from .stores._protocol import SessionStore, StoreError
+from .stores._redis import RedisStore
 from .stores._sqlite import SQLiteStore
 
 ENV_PREFIX = "GENESIS_TRIO_"
@@ -160,7 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
         help=(
             "where sessions live between restarts: sqlite:PATH (a file, created if missing), "
             "auto (sqlite:$XDG_DATA_HOME/genesis_trio/hub-PORT.sqlite3, default "
-            "~/.local/share/...) or none (in this process only: a restart loses them)"
+            "~/.local/share/...), redis://HOST:PORT/DB[?prefix=NAME] (a Redis server) "
+            "or none (in this process only: a restart loses them)"
         ),
     )
     serve.add_argument(
@@ -321,7 +323,15 @@ def store_from_args(args: argparse.Namespace) -> SessionStore | None:
         return SQLiteStore(path, synchronous=args.store_sync.upper())
     if spec.startswith("sqlite:") and len(spec) > len("sqlite:"):
         return SQLiteStore(spec[len("sqlite:") :], synchronous=args.store_sync.upper())
-    raise SystemExit(f"genesis-trio: --store must be sqlite:PATH or none, not {spec!r}")
+    if spec.startswith(("redis://", "rediss://")):
+        try:
+            return RedisStore(spec)
+        except ValueError as exc:
+            raise SystemExit(f"genesis-trio: --store: {exc}") from None
+    raise SystemExit(
+        f"genesis-trio: --store must be sqlite:PATH, redis://HOST:PORT/DB, auto or none, "
+        f"not {spec!r}"
+    )
 
 
 async def _serve(args: argparse.Namespace) -> None:
@@ -407,6 +417,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=getattr(logging, args.log_level.upper()),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # coredis logs each reconnect attempt at INFO; the hub says once that the store failed.
+    logging.getLogger("coredis").setLevel(max(logging.WARNING, logging.root.level))
     if args.command == "serve":
         status = 0
         try:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import pathlib
 import sqlite3
 import sys
+from collections.abc import Callable
 
 import pytest
 import trio
@@ -23,13 +25,17 @@ from genesis_trio import (
 )
 from genesis_trio.stores import (
     MemoryStore,
+    RedisStore,
     SessionRow,
+    SessionStore,
     SQLiteStore,
     StoreBatch,
     StoredEntry,
     StoreError,
 )
 from genesis_trio.testing import DeliveryChecker, MemoryHub, start_memory_hub
+
+from .support.redis import redis_server
 
 
 def row(sid: str, **changes: object) -> SessionRow:
@@ -76,9 +82,18 @@ def test_batch_delete_and_rewrite_discard_earlier_changes() -> None:
     assert batch.deletes == {"a", "b"}
 
 
-@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+@pytest.mark.parametrize("kind", ["memory", "sqlite", "redis"])
 async def test_store_round_trip(kind: str, tmp_path: pathlib.Path) -> None:
-    def make() -> MemoryStore | SQLiteStore:
+    async with contextlib.AsyncExitStack() as stack:
+        if kind == "redis":
+            server = await stack.enter_async_context(redis_server())
+        await _round_trip(kind, tmp_path, lambda: server.url)
+
+
+async def _round_trip(kind: str, tmp_path: pathlib.Path, url: Callable[[], str]) -> None:
+    def make() -> SessionStore:
+        if kind == "redis":
+            return RedisStore(url(), prefix="rt")
         return memory if kind == "memory" else SQLiteStore(tmp_path / "s.sqlite3")
 
     memory = MemoryStore()

@@ -5,6 +5,7 @@ every session change and acknowledges a client's message only once the
 transaction holding it has committed (docs/operations.md). Stores here:
 
 * :class:`SQLiteStore` -- one SQLite file; the default of ``genesis-trio serve``;
+* :class:`RedisStore` -- a Redis server (``coredis``, imported when opened);
 * :class:`MemoryStore` -- this process's memory: survives a hub object, not the
   process (tests restart hubs with it).
 
@@ -20,10 +21,12 @@ from ._protocol import StoredEntry as StoredEntry
 from ._protocol import StoredSession as StoredSession
 from ._protocol import StoredState as StoredState
 from ._protocol import StoreError as StoreError
+from ._redis import RedisStore as RedisStore
 from ._sqlite import SQLiteStore as SQLiteStore
 
 __all__ = [
     "MemoryStore",
+    "RedisStore",
     "SQLiteStore",
     "SessionRow",
     "SessionStore",
