@@ -9,6 +9,7 @@ import logging
 import os
 import pathlib
 import signal
+import socket
 import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -325,7 +326,9 @@ def store_from_args(args: argparse.Namespace) -> SessionStore | None:
         return SQLiteStore(spec[len("sqlite:") :], synchronous=args.store_sync.upper())
     if spec.startswith(("redis://", "rediss://")):
         try:
-            return RedisStore(spec)
+            # The same node restarted takes its prefix back at once: named, or host:port.
+            same = args.node_id or (f"{socket.gethostname()}:{args.port}" if args.port else None)
+            return RedisStore(spec, owner=same)
         except ValueError as exc:
             raise SystemExit(f"genesis-trio: --store: {exc}") from None
     raise SystemExit(

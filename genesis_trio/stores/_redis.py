@@ -28,7 +28,11 @@ coredis.Redis(port=<closed>) as r: await r.ping()``.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
+import os
+import socket
 import urllib.parse
 from typing import TYPE_CHECKING, Any, Final
 
@@ -51,6 +55,16 @@ if TYPE_CHECKING:
 
 DEFAULT_PREFIX: Final = "genesis"
 LAYOUT_VERSION: Final = 1
+LEASE_SECONDS: Final = 10.0
+"""How long a hub's claim on its key prefix lasts unless renewed (every third of it)."""
+_RENEW: Final = (
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then "
+    "return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end return 0"
+)
+_RELEASE: Final = (
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
+)
+log = logging.getLogger("genesis_trio.stores")
 
 
 class RedisStore:
@@ -59,13 +73,25 @@ class RedisStore:
     ``url``: ``redis://[user:password@]host:port/db`` (``rediss://`` for
     TLS); credentials never appear in :attr:`name`. ``prefix`` namespaces
     the keys, so several hubs (or tests) can share one server; the URL may
-    carry it too (``?prefix=NAME``). ``timeout``
+    carry it too (``?prefix=NAME``). One hub at a time uses a prefix: it
+    holds a lease on it (``LEASE_SECONDS``, renewed); :meth:`open` waits
+    that long for another ``owner``'s lease, then refuses. ``owner`` names
+    this hub (default ``host:pid``); the same owner takes its lease back at
+    once (a restarted node). ``timeout``
     bounds every call, in seconds. Call :meth:`open` and :meth:`aclose` from
     one Trio run; the client lives in a system task of its own, so the
     caller's cancel scopes never cut its connections.
     """
 
-    def __init__(self, url: str, *, prefix: str = DEFAULT_PREFIX, timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = DEFAULT_PREFIX,
+        timeout: float = 5.0,
+        owner: str | None = None,
+        lease: float = LEASE_SECONDS,
+    ) -> None:
         parts = urllib.parse.urlsplit(url)
         query = urllib.parse.parse_qs(parts.query)
         if "prefix" in query:
@@ -90,6 +116,12 @@ class RedisStore:
         self._sessions = f"{prefix}:sessions".encode()
         self._messages = f"{prefix}:messages".encode()
         self._meta = f"{prefix}:meta".encode()
+        self.owner = owner or f"{socket.gethostname()}:{os.getpid()}"
+        self.lease = lease
+        self._lease = f"{prefix}:lease".encode()
+        self._claimed = False
+        self._lost: str | None = None
+        """Who took the lease from us (writes fail from then on)."""
 
     def _log(self, sid: str) -> bytes:
         return f"{self.prefix}:log:{sid}".encode()
@@ -107,7 +139,11 @@ class RedisStore:
             async with client:
                 self._client = client
                 ready.set()
-                await self._stop.wait()
+                while not self._stop.is_set():
+                    with trio.move_on_after(self.lease / 3):
+                        await self._stop.wait()
+                    if self._claimed and not self._stop.is_set() and self._lost is None:
+                        await self._renew()
         except Exception as exc:  # a system task must not raise
             failure.append(exc)
         finally:
@@ -118,6 +154,8 @@ class RedisStore:
     async def _call(self, what: str, fn: Any, *args: Any) -> Any:
         if self._client is None:
             raise StoreError(f"session store {self.name} is not open")
+        if self._lost is not None:
+            raise StoreError(f"{self.name} was taken over by another hub ({self._lost})")
         from coredis.exceptions import RedisError  # loaded by open()
 
         try:
@@ -128,10 +166,54 @@ class RedisStore:
         except (RedisError, OSError) as exc:
             raise StoreError(f"Redis {what} failed: {exc}") from exc
 
+    # -- the lease on the prefix ----------------------------------------------------
+
+    async def _claim(self) -> None:
+        deadline = trio.current_time() + self.lease + 1.0
+        while (holder := await self._call("connect", self._try_claim)) is not None:
+            if trio.current_time() >= deadline:
+                raise StoreError(
+                    f"{self.name} is in use by another hub ({holder}): give each hub its own "
+                    f"?prefix= (several hubs as one cluster is not built yet)"
+                )
+            await trio.sleep(0.25)
+        self._claimed = True
+
+    async def _try_claim(self, r: coredis.Redis[bytes]) -> str | None:
+        """Take the lease (None) or say who holds it."""
+        from coredis import PureToken
+
+        me, ms = self.owner.encode(), int(self.lease * 1000)
+        if await r.set(self._lease, me, condition=PureToken.NX, px=ms):
+            return None
+        holder = await r.get(self._lease)
+        if holder == me:  # this node again (restarted): its lease
+            await r.set(self._lease, me, px=ms)
+            return None
+        return "?" if holder is None else holder.decode(errors="replace")
+
+    async def _renew(self) -> None:
+        try:
+            if await self._call("lease", self._renew_once):
+                return
+            holder = await self._call("lease", self._try_claim)  # expired (an outage): again
+        except StoreError:
+            return  # Redis is away: the writes say so
+        if holder is not None:
+            self._lost = holder
+            log.error("%s: another hub (%s) took the key prefix over", self.name, holder)
+
+    async def _renew_once(self, r: coredis.Redis[bytes]) -> bool:
+        ms = str(int(self.lease * 1000))
+        return bool(await r.eval(_RENEW, keys=[self._lease], args=[self.owner, ms]))
+
+    async def _release(self, r: coredis.Redis[bytes]) -> None:
+        await r.eval(_RELEASE, keys=[self._lease], args=[self.owner])
+
     # -- the store protocol -------------------------------------------------------
 
     async def open(self) -> StoredState:
-        """Connect, check the layout version, and load every session."""
+        """Connect, take the lease on the prefix, check the layout, load every session."""
         if self._client is None:
             budget_tracebacks("coredis", burst=3)  # one per reconnect attempt in an outage
             self._stop, self._stopped = trio.Event(), trio.Event()
@@ -141,6 +223,8 @@ class RedisStore:
             await ready.wait()
             if failure:
                 raise StoreError(f"cannot open session store {self.name}: {failure[0]}")
+        if not self._claimed:
+            await self._claim()
         state: StoredState = await self._call("load", self._load)
         return state
 
@@ -216,8 +300,12 @@ class RedisStore:
         return len(dead)
 
     async def aclose(self) -> None:
-        """Close the client's connections; idempotent."""
+        """Give the prefix back and close the client's connections; idempotent."""
         if self._client is not None:
+            if self._claimed and self._lost is None:
+                with contextlib.suppress(StoreError):
+                    await self._call("lease release", self._release)
+            self._claimed = False
             self._stop.set()
             with trio.move_on_after(self.timeout):
                 await self._stopped.wait()
