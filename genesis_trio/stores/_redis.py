@@ -164,7 +164,7 @@ class RedisStore:
         except trio.TooSlowError:
             raise StoreError(f"Redis {what} took longer than {self.timeout} s") from None
         except (RedisError, OSError) as exc:
-            raise StoreError(f"Redis {what} failed: {exc}") from exc
+            raise StoreError(f"Redis {what} failed: {_describe(exc)}") from exc
 
     # -- the lease on the prefix ----------------------------------------------------
 
@@ -309,6 +309,13 @@ class RedisStore:
             self._stop.set()
             with trio.move_on_after(self.timeout):
                 await self._stopped.wait()
+
+
+def _describe(exc: BaseException) -> str:
+    """One short line: a failed pipeline's error quotes every queued command, bodies included."""
+    text = str(exc).rsplit("caused error:", 1)[-1].strip()
+    text = " ".join(text.split()) or type(exc).__name__
+    return text if len(text) <= 200 else text[:200] + "..."
 
 
 def _pack_row(row: SessionRow) -> bytes:
