@@ -172,3 +172,30 @@ async def test_ready_says_no_while_draining() -> None:
             answer = await http.get("/ready")
             assert answer.status_code == 503
             assert answer.json()["detail"] == "hub shutting down"
+
+
+async def test_an_answer_before_the_body_keeps_the_connection_usable(hub: RunningHub) -> None:
+    """A 415 (or 404, 401) answered before the body arrived: the body is read after
+    the answer, so the keep-alive connection serves the next request. Hypercorn
+    closes a connection whose request was not read to its end, silently: a
+    client reusing it got "server disconnected" (seen in CI, under load)."""
+    body = b'{"type": "x"}'
+    stream = await trio.open_tcp_stream("127.0.0.1", hub.port)
+    async with stream:
+        head = (
+            b"POST /api/topics/news/messages HTTP/1.1\r\nHost: hub\r\n"
+            b"Content-Type: text/plain\r\nContent-Length: %d\r\n\r\n" % len(body)
+        )
+        await stream.send_all(head)  # the headers alone: the hub answers at once
+        first = b""
+        while b"\r\n\r\n" not in first or not first.rstrip().endswith(b"}"):
+            first += await stream.receive_some(65536)
+        assert first.startswith(b"HTTP/1.1 415"), first
+        await stream.send_all(body)  # the body, late
+        await stream.send_all(b"GET /health HTTP/1.1\r\nHost: hub\r\n\r\n")
+        second = b""
+        while b"\r\n\r\n" not in second:
+            chunk = await stream.receive_some(65536)
+            assert chunk, "the hub closed the connection instead of answering"
+            second += chunk
+        assert second.startswith(b"HTTP/1.1 200"), second

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import pathlib
+from collections.abc import MutableMapping
+from typing import Any
 
+import trio
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -12,7 +15,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from .._api.problems import Problem, on_http_exception, on_problem
-from .._api.routes import TranscendentalAPI
+from .._api.routes import DRAIN_FACTOR, TranscendentalAPI
 from .._core.version import VERSION
 from .._hub.endpoint import Receive, Scope, Send
 from .._hub.hub import TranscendentalExternalWebSocket
@@ -25,6 +28,8 @@ DEMO_PAGES = {
     "/dashboard": "dashboard.html",
 }
 """The demo pages, by path: files in ``static/demo``."""
+DRAIN_SECONDS = 10.0
+"""How long the rest of a request body is read after the answer, at most."""
 
 
 def page_route(path: str, name: str) -> Route:
@@ -64,8 +69,33 @@ class GenesisApp:
         """Dispatch one ASGI connection."""
         if scope["type"] == "websocket" and scope["path"] == self.ws_path:
             await self.hub.asgi(scope, receive, send)
-        else:
+        elif scope["type"] != "http":
             await self.http(scope, receive, send)
+        else:
+            await self._http(scope, receive, send)
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Answer, then read what is left of the request body (bounded).
+
+        An answer given before the body was read (415, 401, 404...) would
+        otherwise end the connection: Hypercorn closes a keep-alive
+        connection whose request was not read to its end, without saying so,
+        and a client reusing it gets "server disconnected" on its next request.
+        """
+        done = False
+
+        async def tracking() -> MutableMapping[str, Any]:
+            nonlocal done
+            message = await receive()
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                done = True
+            return message
+
+        await self.http(scope, tracking, send)
+        budget = DRAIN_FACTOR * self.hub.config.max_message_size
+        with trio.move_on_after(DRAIN_SECONDS):
+            while not done and budget > 0:
+                budget -= len((await tracking()).get("body", b""))
 
 
 def create_app(
