@@ -6,7 +6,6 @@ import pathlib
 from collections.abc import MutableMapping
 from typing import Any
 
-import trio
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -15,7 +14,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from .._api.problems import Problem, on_http_exception, on_problem
-from .._api.routes import DRAIN_FACTOR, TranscendentalAPI
+from .._api.routes import TranscendentalAPI
 from .._core.version import VERSION
 from .._hub.endpoint import Receive, Scope, Send
 from .._hub.hub import TranscendentalExternalWebSocket
@@ -28,8 +27,7 @@ DEMO_PAGES = {
     "/dashboard": "dashboard.html",
 }
 """The demo pages, by path: files in ``static/demo``."""
-DRAIN_SECONDS = 10.0
-"""How long the rest of a request body is read after the answer, at most."""
+CLOSE = (b"connection", b"close")
 
 
 def page_route(path: str, name: str) -> Route:
@@ -75,14 +73,18 @@ class GenesisApp:
             await self._http(scope, receive, send)
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Answer, then read what is left of the request body (bounded).
+        """Answer; an answer that comes before the request body was read closes the connection.
 
-        An answer given before the body was read (415, 401, 404...) would
-        otherwise end the connection: Hypercorn closes a keep-alive
-        connection whose request was not read to its end, without saying so,
-        and a client reusing it gets "server disconnected" on its next request.
+        Hypercorn closes a keep-alive connection whose request was not read to
+        its end (an answer given before the body: 415, 401, 404, a 413), without
+        saying so: a client reusing it got "server disconnected" on its next
+        request. Saying ``Connection: close`` in that answer tells it not to.
         """
-        done = False
+        headers = scope.get("headers", ())
+        done = not any(
+            name == b"transfer-encoding" or (name == b"content-length" and value.strip() != b"0")
+            for name, value in headers
+        )
 
         async def tracking() -> MutableMapping[str, Any]:
             nonlocal done
@@ -91,11 +93,12 @@ class GenesisApp:
                 done = True
             return message
 
-        await self.http(scope, tracking, send)
-        budget = DRAIN_FACTOR * self.hub.config.max_message_size
-        with trio.move_on_after(DRAIN_SECONDS):
-            while not done and budget > 0:
-                budget -= len((await tracking()).get("body", b""))
+        async def answering(message: MutableMapping[str, Any]) -> None:
+            if message["type"] == "http.response.start" and not done:
+                message = {**message, "headers": [*message.get("headers", ()), CLOSE]}
+            await send(message)
+
+        await self.http(scope, tracking, answering)
 
 
 def create_app(
