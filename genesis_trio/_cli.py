@@ -21,7 +21,7 @@ from ._core.config import HubConfig
 from ._hub.auth import Authenticator, JWTAuthenticator, StaticTokens
 from ._hub.hub import TranscendentalExternalWebSocket
 from ._system.hybrid import GenesisHybridSystem
-from ._system.serve import SHUTDOWN_GRACE, ServeInfo
+from ._system.serve import SHUTDOWN_GRACE, ServeInfo, fit_descriptors
 from .stores._protocol import SessionStore, StoreError
 from .stores._redis import RedisStore
 from .stores._sqlite import SQLiteStore
@@ -271,6 +271,7 @@ def hub_config_from_args(args: argparse.Namespace) -> HubConfig:
     options["allowed_origins"] = frozenset(args.allowed_origin) if args.allowed_origin else None
     if args.node_id:
         options["node_id"] = args.node_id
+    options["max_connections"] = fit_descriptors(args.max_connections)  # serving: raise ulimit
     return HubConfig(**options)  # type: ignore[arg-type]
 
 

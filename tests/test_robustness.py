@@ -23,7 +23,7 @@ from genesis_trio import CloseCode, ConnectionClosed, TranscendentalWebSocket
 from genesis_trio.testing import start_hub, start_memory_hub
 
 from .support.processes import HubProcess, start_cli_hub, wait_until
-from .support.rawws import RawLink
+from .support.rawws import RawLink, Refused
 
 CHURN_CYCLES = 20_000
 CHURN_WORKERS = 16
@@ -403,3 +403,36 @@ async def test_a_finished_link_and_its_session_are_freed_without_the_cycle_colle
             nursery.cancel_scope.cancel()
     finally:
         gc.enable()
+
+
+async def test_a_low_descriptor_limit_lowers_max_connections_instead_of_failing_accepts() -> None:
+    """With ``ulimit -n 160`` and the default max_connections (10 000), links past
+    the limit failed in ``accept`` (EMFILE): the 145th client waited in the
+    backlog with no answer. The hub now lowers max_connections to what the limit affords
+    (160 - 64 reserved = 96) and refuses the rest with the documented 503."""
+    async with start_cli_hub("--store", "none", descriptors=160) as hub:
+        assert "affords 96 links" in hub.log()
+        links: list[RawLink] = []
+        refused: list[int] = []
+        hung = 0
+        try:
+            for _ in range(200):  # more than the descriptors: the old hub hung at ~145
+                with trio.move_on_after(5) as waited:
+                    try:
+                        link = await RawLink.open(hub.port)
+                    except Refused as refusal:
+                        refused.append(refusal.status)
+                    else:
+                        links.append(link)
+                        await link.hello(None)
+                if waited.cancelled_caught:
+                    hung += 1
+                    break
+            assert (len(links), refused, hung) == (96, [503] * 104, 0)
+            assert (await hub.health())["active_connections"] == 96  # and it still answers
+        finally:
+            for link in links:
+                await link.drop()
+        await settled(hub, active=0, fds=140)
+        assert hub.alive
+        assert "Too many open files" not in hub.log()

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import functools
 import gc
 import logging
+import resource
 from collections.abc import Callable
 from typing import Any
 
@@ -109,6 +111,39 @@ async def serve_hub(
         bound_host = bound_host.split("//", 1)[-1].strip("[]")
         tls_on = urls[0].startswith("https")
         task_status.started(ServeInfo(bound_host, int(bound_port), urls, tls_on))
+
+
+DESCRIPTOR_RESERVE = 64
+"""Descriptors kept for the hub itself (listener, store files, Redis, probes, logs)."""
+
+
+def fit_descriptors(max_connections: int) -> int:
+    """Raise this process's descriptor limit to its hard limit; return the links it affords.
+
+    Each link holds a descriptor. Past the limit, ``accept`` fails (EMFILE)
+    and clients wait in the listen backlog unanswered; below
+    ``max_connections`` the next one gets the documented 503 instead. So
+    ``max_connections`` is lowered (with a warning) to what the limit leaves
+    after :data:`DESCRIPTOR_RESERVE`. Process-wide: ``genesis-trio serve``
+    calls it; opt-in for library users.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft == resource.RLIM_INFINITY:
+        return max_connections
+    affords = soft - DESCRIPTOR_RESERVE if soft > 2 * DESCRIPTOR_RESERVE else soft // 2
+    if max_connections > affords:
+        log.warning(
+            "the descriptor limit (%d) affords %d links: max_connections lowered from %d "
+            "(raise it with ulimit -n, or LimitNOFILE= under systemd)",
+            soft, affords, max_connections,
+        )  # fmt: skip
+        return affords
+    return max_connections
 
 
 GC_THRESHOLDS = (50_000, 50, 100)

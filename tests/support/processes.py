@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
+import resource
 import socket
 import subprocess
 import sys
@@ -92,11 +94,18 @@ async def _read_line(stream: trio.abc.ReceiveStream, buffer: bytearray) -> bytes
     return line
 
 
+def _limit_fds(n: int) -> None:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (n, n))
+
+
 @contextlib.asynccontextmanager
 async def start_cli_hub(
-    *args: str, port: int = 0, env: Mapping[str, str] | None = None
+    *args: str, port: int = 0, env: Mapping[str, str] | None = None, descriptors: int | None = None
 ) -> AsyncIterator[HubProcess]:
-    """Run ``python -m genesis_trio serve --port PORT ARGS``; kill it on exit."""
+    """Run ``python -m genesis_trio serve --port PORT ARGS``; kill it on exit.
+
+    ``descriptors``: the hub's RLIMIT_NOFILE (soft and hard), as ``ulimit -n`` would set.
+    """
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     log_file = tempfile.NamedTemporaryFile(prefix="hub-", suffix=".log", delete=False)  # noqa: SIM115
     process = await trio.lowlevel.open_process(
@@ -104,6 +113,7 @@ async def start_cli_hub(
         stdout=subprocess.PIPE,
         stderr=log_file,
         env=env,
+        preexec_fn=None if descriptors is None else functools.partial(_limit_fds, descriptors),
     )
     log_file.close()
     try:
