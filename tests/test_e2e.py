@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import pytest
@@ -88,6 +89,24 @@ async def test_request_reply_through_handler(hub: RunningHub) -> None:
 
                 nursery.start_soon(one)
         assert sorted(results) == list(range(1, 21))
+
+
+async def test_error_frames_are_counted_all_and_logged_ten_a_minute(
+    hub: RunningHub, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A loop sending to an id that never connected must not flood the log
+    (a stranger's run printed 568 lines): every error frame is counted and kept
+    in ``last_error``; 10 a minute are logged."""
+    async with TranscendentalWebSocket(hub.url, "looper") as looper:
+        with caplog.at_level(logging.WARNING, logger="genesis_trio.client"):
+            for n in range(50):
+                await looper.send("nobody", "n", n)
+            await looper.flush()  # the hub writes the error frames before the acks
+        assert looper.statistics().error_frames == 50
+        assert looper.last_error is not None
+        assert looper.last_error.seq == 50
+    logged = [r for r in caplog.records if "hub reported unknown_target" in r.getMessage()]
+    assert len(logged) == 10
 
 
 async def test_unknown_target_gets_error_frame(hub: RunningHub) -> None:

@@ -36,6 +36,7 @@ from .._core.frames import (
 from .._core.heartbeat import RttEstimator
 from .._core.session import ClientSession
 from .._runtime.dispatch import Dispatcher
+from .._runtime.logs import LogBudget
 from .._runtime.signal import Signal
 from .._runtime.supervisor import RestartPolicy, Supervisor
 from .handshake import open_link
@@ -103,6 +104,7 @@ class LinkKeeper:
         self._sub_ids = itertools.count(SUB_PING_BASE)
         self.last_error: Error | None = None
         """The most recent error frame from the hub not tied to a request."""
+        self._error_log = LogBudget()
         self._up: Callable[[], object] | None = None
 
     # -- releasing and acknowledging ------------------------------------------------
@@ -147,7 +149,12 @@ class LinkKeeper:
         self.counters.error_frames += 1
         if not self.dispatcher.error(frame):
             self.last_error = frame
-            log.warning("hub reported %s: %s (seq %s)", frame.code, frame.msg, frame.seq)
+            dropped = self._error_log.take(trio.current_time())
+            if dropped is not None:  # 10 a minute: a send loop to a missing id must not flood
+                more = f" [{dropped} more error frames not logged]" if dropped else ""
+                log.warning(
+                    "hub reported %s: %s (seq %s)%s", frame.code, frame.msg, frame.seq, more
+                )
 
     def queue_control(self, frame: bytes) -> bool:
         """Queue a control frame; False (dropped) when the queue is full."""

@@ -10,6 +10,7 @@ on the next record it lets through.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 
@@ -52,3 +53,30 @@ def budget_tracebacks(*names: str, burst: int = 10, window: float = 60.0) -> Non
         logger = logging.getLogger(name)
         if not any(isinstance(f, TracebackBudget) for f in logger.filters):
             logger.addFilter(TracebackBudget(burst, window))
+
+
+class LogBudget:
+    """At most ``burst`` log records per ``window`` seconds from one call site.
+
+    ``take(now)`` says whether to log now: None when over the budget (the
+    record is counted as dropped), else how many were dropped since the last
+    one logged (say so in the record).
+    """
+
+    def __init__(self, burst: int = 10, window: float = 60.0) -> None:
+        self.burst = burst
+        self.window = window
+        self._started = -math.inf
+        self._passed = 0
+        self.dropped = 0
+
+    def take(self, now: float) -> int | None:
+        """None: drop this record; else log it, saying how many were dropped before."""
+        if now - self._started >= self.window:
+            self._started, self._passed = now, 0
+        if self._passed >= self.burst:
+            self.dropped += 1
+            return None
+        self._passed += 1
+        dropped, self.dropped = self.dropped, 0
+        return dropped
