@@ -58,6 +58,7 @@ CONFIG_FLAGS: tuple[tuple[str, Any, str], ...] = (
         "seconds a client may leave its buffer full, or a send to it blocked, before 4004",
     ),
     ("close_timeout", float, "seconds a closing link may take before its socket is dropped"),
+    ("store_outage_timeout", float, "seconds of failing store writes before links close (4006)"),
     ("max_connections", int, "WebSocket links held at once; more are refused with HTTP 503"),
     (
         "max_connections_per_address",
