@@ -33,7 +33,13 @@ from genesis_trio import (
     TranscendentalWebSocket,
     serve_hub,
 )
-from genesis_trio._hub.auth import Identity, JWTAuthenticator, StaticTokens
+from genesis_trio._hub.auth import (
+    AuthRefused,
+    AuthRequest,
+    Identity,
+    JWTAuthenticator,
+    StaticTokens,
+)
 from genesis_trio._hub.hub import TranscendentalExternalWebSocket
 from genesis_trio.testing import RunningHub, start_hub
 
@@ -278,6 +284,21 @@ async def test_static_tokens(nursery: trio.Nursery, tmp_path: Any) -> None:
             pass
 
 
+async def test_refusal_reasons_are_words() -> None:
+    jwt_auth = authenticator()
+    no_audience = JWTAuthenticator(PUBLIC_PEM, ["RS256"], issuer=ISSUER)
+    cases = [
+        (jwt_auth, jwt.encode({"sub": "a", "exp": 2e9}, PRIVATE_PEM, "RS256"), "lacks the 'iss'"),
+        (jwt_auth, "not.a.jwt", "not a well-formed JWT"),
+        (jwt_auth, tampered(), "signature does not verify"),
+        (no_audience, token(), "names an audience; the hub expects none"),
+    ]
+    for checker, credential, reason in cases:
+        request = AuthRequest(credential, None, None)
+        with pytest.raises(AuthRefused, match=reason):
+            await checker.authenticate(request)
+
+
 def test_jwt_authenticator_refuses_unsafe_configurations() -> None:
     with pytest.raises(ValueError, match="never 'none'"):
         JWTAuthenticator(PUBLIC_PEM, ["none"])
@@ -289,6 +310,16 @@ def test_jwt_authenticator_refuses_unsafe_configurations() -> None:
         JWTAuthenticator("x" * 40, ["RS256"])
     with pytest.raises(ValueError, match="at least 32"):
         JWTAuthenticator("short", ["HS256"])
+    # What would refuse every token later is refused at start-up (a stranger's finding:
+    # a private key was accepted, then every valid token got 1008 "authentication failed").
+    with pytest.raises(ValueError, match="not the private key"):
+        JWTAuthenticator(PRIVATE_PEM, ["RS256"])
+    with pytest.raises(ValueError, match="does not fit the algorithm ES256"):
+        JWTAuthenticator(PUBLIC_PEM, ["ES256"])
+    with pytest.raises(ValueError, match="PEM public key"):
+        JWTAuthenticator(
+            b"-----BEGIN PUBLIC KEY-----\nnonsense\n-----END PUBLIC KEY-----", ["RS256"]
+        )
     identity = Identity("sensor", components=("sensor-*",))
     assert identity.may_use("sensor-7")
     assert not identity.may_use("actuator-1")

@@ -193,8 +193,8 @@ class JWTAuthenticator:
         pem = key if isinstance(key, bytes) else key.encode()
         if chosen <= HMAC_ALGORITHMS and b"-----BEGIN" in pem:
             raise ValueError("an HMAC algorithm needs a shared secret, not a PEM key")
-        if chosen <= PUBLIC_KEY_ALGORITHMS and b"-----BEGIN" not in pem:
-            raise ValueError("a public-key algorithm needs a PEM public key")
+        if chosen <= PUBLIC_KEY_ALGORITHMS:
+            _check_public_key(pem, chosen)
         if chosen <= HMAC_ALGORITHMS and len(pem) < 32:
             raise ValueError("an HMAC secret must be at least 32 bytes")
         if not 0 <= leeway <= MAX_LEEWAY:
@@ -233,14 +233,45 @@ class JWTAuthenticator:
         except jwt.ImmatureSignatureError:
             raise AuthRefused("the token is not valid yet (nbf)") from None
         except jwt.InvalidAudienceError:
+            if self.audience is None:  # PyJWT refuses an aud nobody asked to check
+                raise AuthRefused("the token names an audience; the hub expects none") from None
             raise AuthRefused("the token is for another audience") from None
         except jwt.InvalidIssuerError:
             raise AuthRefused("the token is from another issuer") from None
         except jwt.InvalidAlgorithmError:
             raise AuthRefused("the token's algorithm is not accepted") from None
+        except jwt.MissingRequiredClaimError as exc:
+            raise AuthRefused(f"the token lacks the '{exc.claim}' claim") from None
+        except jwt.InvalidSignatureError:
+            raise AuthRefused("the token's signature does not verify") from None
+        except jwt.DecodeError:
+            raise AuthRefused("the credential is not a well-formed JWT") from None
         except jwt.InvalidTokenError as exc:
             raise AuthRefused(f"invalid token ({type(exc).__name__})") from None
         return Identity.from_claims(claims)
+
+
+def _check_public_key(pem: bytes, algorithms: frozenset[str]) -> None:
+    """Refuse at start-up what would refuse every token later: not a public key, or the
+    wrong kind for the algorithms (a private key given by mistake, an RSA key for ES256)."""
+    from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+    if b"PRIVATE KEY" in pem:
+        raise ValueError("give the PEM public key, not the private key (it signs; the hub checks)")
+    try:
+        key = load_pem_public_key(pem)
+    except ValueError as exc:
+        raise ValueError(f"a public-key algorithm needs a PEM public key ({exc})") from None
+    kinds: dict[str, tuple[type, ...]] = {
+        "RS": (rsa.RSAPublicKey,),
+        "PS": (rsa.RSAPublicKey,),
+        "ES": (ec.EllipticCurvePublicKey,),
+        "Ed": (ed25519.Ed25519PublicKey, ed448.Ed448PublicKey),
+    }
+    for algorithm in algorithms:
+        if not isinstance(key, kinds[algorithm[:2]]):
+            raise ValueError(f"a {type(key).__name__} does not fit the algorithm {algorithm}")
 
 
 class StaticTokens:
