@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import difflib
-import ipaddress
 import logging
 import os
 import pathlib
@@ -20,6 +19,7 @@ from . import _ops
 from ._core.config import HubConfig
 from ._hub.auth import Authenticator, JWTAuthenticator, StaticTokens
 from ._hub.hub import TranscendentalExternalWebSocket
+from ._system.hosts import is_loopback
 from ._system.hybrid import GenesisHybridSystem
 from ._system.serve import SHUTDOWN_GRACE, ServeInfo, fit_descriptors
 from .stores._protocol import SessionStore, StoreError
@@ -209,6 +209,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="allow a non-loopback address without authentication (anyone can be anyone)",
     )
     security.add_argument(
+        "--allowed-host",
+        action="append",
+        default=[h.strip() for h in _env("ALLOWED_HOST", "").split(",") if h.strip()],
+        help=(
+            "without authentication on loopback, also answer requests naming this Host (repeatable;"
+            " default: loopback names only, against DNS rebinding; docs/security.md)"
+        ),
+    )
+    security.add_argument(
         "--api-public",
         action="store_true",
         default=_env("API_PUBLIC", "") in ("1", "true", "yes", "on"),
@@ -297,16 +306,6 @@ def authenticator_from_args(args: argparse.Namespace) -> Authenticator | None:
     return None
 
 
-def is_loopback(host: str) -> bool:
-    """True for an address only this machine can reach (127.0.0.0/8, ::1, localhost)."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
 def default_store_path(port: int) -> pathlib.Path:
     """Where ``--store auto`` keeps sessions: a per-user data directory, one file per port."""
     base = os.environ.get("XDG_DATA_HOME") or os.path.join(
@@ -364,6 +363,7 @@ async def _serve(args: argparse.Namespace) -> None:
         gc_tuning=args.gc_tuning == "on",
         api_public=args.api_public,
         demos=args.demos == "on",
+        allowed_hosts=args.allowed_host,
     )
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:

@@ -151,7 +151,7 @@ async def _optimistic_hello(port: int) -> bytes:
     frame = link.encode({"t": "hello", "v": 1, "id": "eager"})
     await link.close()
     request = (
-        b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"GET /ws HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
         b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
     )
     stream = await trio.open_tcp_stream("127.0.0.1", port)

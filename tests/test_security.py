@@ -432,3 +432,44 @@ def test_a_public_address_needs_an_authenticator() -> None:
     assert result.returncode != 0
     assert "refusing to serve 0.0.0.0 without authentication" in result.stderr
     assert "--insecure" in result.stderr
+
+
+async def _get(port: int, path: str, host: str) -> tuple[int, bytes]:
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        await stream.send_all(
+            f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode()
+        )
+        data = b""
+        while chunk := await stream.receive_some(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body
+
+
+async def test_dns_rebinding_a_hub_without_authentication_answers_loopback_names_only(
+    tmp_path: Any,
+) -> None:
+    """A page whose DNS name re-binds to 127.0.0.1 reached a no-auth loopback hub as
+    same-origin (Host and Origin both its own name): HTTP 101 and the whole API.
+    Found by a security test written from the docs alone."""
+    async with start_cli_hub("--store", "none", "--allowed-host", "dev.test") as hub:
+        evil = f"evil.example:{hub.port}"
+        status, body = await _get(hub.port, "/api/components", evil)
+        assert status == 403
+        assert b"not served here" in body
+        stream = await trio.open_tcp_stream("127.0.0.1", hub.port)
+        with pytest.raises(Refused) as refused:
+            await RawLink.upgrade(stream, evil, headers=[("Origin", f"http://{evil}")])
+        assert refused.value.status == 403
+        await stream.aclose()
+        for fine in (f"localhost:{hub.port}", f"127.0.0.1:{hub.port}", "[::1]", "dev.test:80"):
+            assert (await _get(hub.port, "/api/stats", fine))[0] == 200, fine
+        async with TranscendentalWebSocket(hub.url, "local") as ws:  # Host 127.0.0.1: fine
+            await ws.send("local", "x", 1)
+            assert (await ws.receive()).data == 1
+    path = tmp_path / "tokens.json"
+    path.write_text(json.dumps({"tokens": [{"token": "t" * 32, "sub": "robot"}]}))
+    async with start_cli_hub("--store", "none", "--auth-token-file", str(path)) as hub:
+        # with authentication a page cannot present a token: any Host is answered
+        assert (await _get(hub.port, "/health", f"evil.example:{hub.port}"))[0] == 200

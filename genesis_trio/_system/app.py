@@ -18,6 +18,7 @@ from .._api.routes import TranscendentalAPI
 from .._core.version import VERSION
 from .._hub.endpoint import Receive, Scope, Send
 from .._hub.hub import TranscendentalExternalWebSocket
+from .hosts import host_allowed, host_header, refuse_host
 
 STATIC = pathlib.Path(__file__).resolve().parent.parent / "static"
 """Files served at ``/static`` (the browser client ``genesis.js``, the demos' files)."""
@@ -56,15 +57,24 @@ class GenesisApp:
         http: Starlette,
         ws_path: str,
         api: TranscendentalAPI | None = None,
+        allowed_hosts: frozenset[str] | None = None,
     ) -> None:
         self.hub = hub
         self.http = http
         self.ws_path = ws_path
         self.api = api
         """The HTTP API (None when it was left out)."""
+        self.allowed_hosts = allowed_hosts
+        """Names besides loopback that ``Host`` may carry (None: any name; hosts.py)."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Dispatch one ASGI connection."""
+        if self.allowed_hosts is not None and scope["type"] in ("http", "websocket"):
+            header = host_header(scope)
+            if not host_allowed(header, self.allowed_hosts):
+                assert header is not None
+                await refuse_host(scope, receive, send, header)
+                return
         if scope["type"] == "websocket" and scope["path"] == self.ws_path:
             await self.hub.asgi(scope, receive, send)
         elif scope["type"] != "http":
@@ -108,6 +118,7 @@ def create_app(
     ws_path: str = "/ws",
     api: TranscendentalAPI | bool = True,
     demos: bool = True,
+    allowed_hosts: frozenset[str] | None = None,
 ) -> GenesisApp:
     """An ASGI app serving ``hub`` at ``ws_path``, its HTTP API (docs/api.md) and ``/static``.
 
@@ -115,7 +126,9 @@ def create_app(
     (loopback only without authentication), an instance of your own, or
     False for ``/health`` and ``/ready`` only. ``demos``: serve the demo pages
     (``/demo/chat``, ``/demo/telemetry``, ``/dashboard``; docs/quickstart.md).
-    Extra Starlette ``routes`` are added to the HTTP side.
+    Extra Starlette ``routes`` are added to the HTTP side. ``allowed_hosts``:
+    answer only requests whose ``Host`` is loopback or one of these (None:
+    any; see :mod:`.hosts`).
     """
     if api is True:
         api = TranscendentalAPI(hub, version=VERSION)
@@ -128,4 +141,4 @@ def create_app(
         exception_handlers={Problem: on_problem, HTTPException: on_http_exception},
     )
     http.router.redirect_slashes = False  # a redirect would echo the Host header; 404 instead
-    return GenesisApp(hub, http, ws_path, api or None)
+    return GenesisApp(hub, http, ws_path, api or None, allowed_hosts)

@@ -8,6 +8,7 @@ and memory housekeeping. ``genesis-trio serve`` is this class.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from contextlib import AsyncExitStack
 from types import TracebackType
 from typing import Any
@@ -20,6 +21,7 @@ from .._hub.hub import TranscendentalExternalWebSocket
 from .._hub.local import LocalComponent
 from ..stores import SessionStore
 from .app import create_app
+from .hosts import is_loopback
 from .serve import TRIM_INTERVAL, ServeInfo, release_free_memory, serve_hub, tune_gc
 
 
@@ -32,7 +34,9 @@ class GenesisHybridSystem:
     :meth:`shutdown` stops everything gracefully (links closed with 1001).
     ``api_public``: without authentication, let the API answer clients that
     are not on loopback (docs/api.md). ``demos``: serve the demo pages and
-    the dashboard (docs/quickstart.md).
+    the dashboard (docs/quickstart.md). Without authentication on loopback,
+    only requests naming a loopback host (or one of ``allowed_hosts``) are
+    answered: DNS-rebinding protection (docs/security.md).
     """
 
     def __init__(
@@ -47,6 +51,7 @@ class GenesisHybridSystem:
         gc_tuning: bool = False,
         api_public: bool = False,
         demos: bool = True,
+        allowed_hosts: Iterable[str] = (),
         **hub_options: Any,
     ) -> None:
         if hub is not None and (store is not None or hub_options):
@@ -68,7 +73,13 @@ class GenesisHybridSystem:
             version=VERSION,
         )
         """The HTTP API (``/api``, ``/metrics``, ``/health``, ``/ready``)."""
-        self.app = create_app(self.hub, api=self.api, demos=demos)
+        guard = self.hub.authenticator is None and is_loopback(host.strip("[]").lower())
+        self.app = create_app(
+            self.hub,
+            api=self.api,
+            demos=demos,
+            allowed_hosts=frozenset(h.lower() for h in allowed_hosts) if guard else None,
+        )
         """The ASGI app served."""
         self._nursery: trio.Nursery | None = None
         self._stack: AsyncExitStack | None = None

@@ -55,7 +55,9 @@ class HubProcess:
         """``GET /health`` over a plain socket."""
         stream = await trio.open_tcp_stream("127.0.0.1", self.port)
         async with stream:
-            await stream.send_all(b"GET /health HTTP/1.1\r\nHost: hub\r\nConnection: close\r\n\r\n")
+            await stream.send_all(
+                b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+            )
             data = b""
             while chunk := await stream.receive_some(65536):
                 data += chunk
