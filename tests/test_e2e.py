@@ -20,7 +20,11 @@ from genesis_trio import (
     TranscendentalWebSocket,
     UnknownComponent,
 )
+from genesis_trio._hub.auth import StaticTokens
 from genesis_trio.testing import RunningHub, start_memory_hub
+
+from .support.processes import wait_until
+from .support.rawws import RawLink
 
 
 @pytest.mark.parametrize("codec", ["json", "msgpack"])
@@ -345,3 +349,37 @@ async def test_a_message_too_large_for_a_client_becomes_a_notice(hub: RunningHub
         with pytest.raises(RemoteError) as info:
             await roomy.request("tiny", "huge-request", "z" * 10_000, timeout=5)
         assert info.value.code == "too_large"
+
+
+async def test_close_codes_count_every_link_by_the_code_it_ended_with(
+    hub_factory: Any,
+) -> None:
+    """Links refused before their welcome (1008 credential, 4000 bad hello) are
+    counted too: a stranger saw no 1008 at all. A client's own close frame reads
+    as 1006 (Hypercorn does not pass its code to the app: docs/metrics.md);
+    ``bye`` ends with the hub's 1000."""
+    running = await hub_factory(authenticator=StaticTokens([{"token": "t" * 32, "sub": "ok"}]))
+    clean = await RawLink.open(running.port)
+    await clean.hello("ok", token="t" * 32)
+    await clean.send({"t": "bye"})
+    while await clean.receive() is not None:
+        pass
+    await clean.drop()
+    refused = await RawLink.open(running.port)
+    await refused.send({"t": "hello", "v": 1, "id": "ok", "token": "w" * 32})
+    while await refused.receive() is not None:
+        pass
+    bad = await RawLink.open(running.port)
+    await bad.send({"t": "hello", "v": 1, "id": 7})
+    while await bad.receive() is not None:
+        pass
+    dropped = await RawLink.open(running.port)
+    await dropped.hello("ok", token="t" * 32)
+    await dropped.drop()
+    wanted = {1000: 1, 1008: 1, 4000: 1, 1006: 1}
+
+    async def counted() -> bool:  # the hub notices the dropped socket in its own time
+        return running.hub.statistics().close_codes == wanted
+
+    await wait_until(counted, 10)
+    assert (clean.close_code, refused.close_code, bad.close_code) == (1000, 1008, 4000)

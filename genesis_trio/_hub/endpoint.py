@@ -35,6 +35,10 @@ class ServerTransport(Protocol):
     """The codec its subprotocol selected."""
     deadline: float
     """When the link must be gone once it began closing (Trio clock; inf: not closing)."""
+    sent_code: int | None
+    """The close code this end sent (None: none yet)."""
+    peer_code: int | None
+    """The close code the server reported for the peer's going (Hypercorn: always 1006)."""
 
     async def receive(self) -> str | bytes | None:
         """The next message, or None once the peer has gone."""
@@ -73,6 +77,8 @@ class AsgiTransport:
         "address",
         "bearer",
         "codec",
+        "peer_code",
+        "sent_code",
     )
 
     def __init__(self, receive: Receive, send: Send, codec: Codec, abort: Abort | None) -> None:
@@ -88,6 +94,10 @@ class AsgiTransport:
         """The client's address."""
         self._closed = False
         self._gone = False
+        self.sent_code: int | None = None
+        """The close code this end sent (None: none yet)."""
+        self.peer_code: int | None = None
+        """The close code the peer's disconnect carried (1006: no close handshake)."""
         self._deadline = math.inf
         self._waiting: trio.CancelScope | None = None
 
@@ -121,6 +131,7 @@ class AsgiTransport:
             raw: bytes = message.get("bytes") or b""
             return raw
         self._closed = self._gone = True
+        self.peer_code = int(message.get("code") or CloseCode.ABNORMAL_CLOSURE)
         return None
 
     async def send(self, data: bytes) -> None:
@@ -141,6 +152,7 @@ class AsgiTransport:
         if self._closed:
             return
         self._closed = True
+        self.sent_code = code
         with contextlib.suppress(OSError, RuntimeError):
             await self._send({"type": "websocket.close", "code": int(code), "reason": reason})
 

@@ -133,13 +133,20 @@ async def _read_hello(host: LinkHost, transport: ServerTransport) -> Hello | Non
 
 async def serve_link(host: LinkHost, transport: ServerTransport) -> None:
     """Serve one accepted link: handshake, attach to its session, run it, count its end."""
+    if not await _serve_link(host, transport):  # ended before its welcome: count that too
+        code = transport.sent_code or transport.peer_code or CloseCode.ABNORMAL_CLOSURE
+        host.counters.closed(code)
+
+
+async def _serve_link(host: LinkHost, transport: ServerTransport) -> bool:
+    """Handshake and run; False when the link ended before its welcome (not counted)."""
     cfg = host.config
     c = host.counters
     refusal = host.refusal()
     if refusal is not None:
         c.handshake_failures += 1
         await transport.close(*refusal)
-        return
+        return False
     waiting = trio.CancelScope()
     host.handshakes.add(waiting)
     try:
@@ -150,15 +157,15 @@ async def serve_link(host: LinkHost, transport: ServerTransport) -> None:
     if waiting.cancelled_caught:  # the hub is shutting down
         c.handshake_failures += 1
         await transport.close(*(host.refusal() or (CloseCode.GOING_AWAY, "hub shutting down")))
-        return
+        return False
     if hello is None:
-        return
+        return False
     identity: Identity | None = None
     forbidden: tuple[str, ...] = ()
     if host.authenticator is not None:
         checked = await _authenticate(host, transport, hello)
         if checked is None:
-            return
+            return False
         hello, identity = checked
         authorizer = host.authorizer
         if authorizer is not None:
@@ -173,7 +180,7 @@ async def serve_link(host: LinkHost, transport: ServerTransport) -> None:
     if evicted is None:
         c.sessions_refused += 1
         await transport.close(CloseCode.TRY_AGAIN_LATER, "the hub is at its session limit")
-        return
+        return False
     c.sessions_evicted += evicted
     opened = table.open(hello, now, identity.subject if identity is not None else None)
     session = opened.session
@@ -241,5 +248,7 @@ async def serve_link(host: LinkHost, transport: ServerTransport) -> None:
         c.active_connections -= 1
         code = link.close_code
         if code is None:
-            code = CloseCode.ABNORMAL_CLOSURE if link.peer_closed else CloseCode.NORMAL
+            peer = transport.peer_code or CloseCode.ABNORMAL_CLOSURE
+            code = peer if link.peer_closed else CloseCode.NORMAL
         c.closed(code)
+    return True

@@ -162,7 +162,11 @@ class HubCounters:
         self.messages_too_large += 1
 
     def closed(self, code: int) -> None:
-        """A link ended with ``code`` (1006: the peer went without a close handshake)."""
+        """A link ended with ``code``, before its welcome or after (1006: the peer left).
+
+        A client's own close frame counts as 1006 too: Hypercorn reports it to
+        the app as 1006, without the client's code.
+        """
         key = int(code)
         self.close_codes[key] = self.close_codes.get(key, 0) + 1
 
@@ -256,7 +260,8 @@ class HubStatistics:
     store_failures: int
     """Failed store writes (each retried; nothing unstored is acknowledged)."""
     close_codes: dict[int, int]
-    """Links ended, by close code (1006: the peer left without a close handshake)."""
+    """Links ended (refused before the welcome too), by close code; 1006: the peer left
+    (its own close frame included: Hypercorn does not pass the client's code)."""
     presence_events: int = 0
     """Presence messages routed to ``$presence`` (each to every subscriber)."""
     presence_dropped: int = 0
