@@ -18,6 +18,7 @@ import trio
 
 from .._core.errors import CloseCode, ConnectionClosed, ErrorCode, RemoteProtocolError
 from .._core.frames import Error, Hello, Welcome, parse_frame
+from .._runtime.logs import LogBudget
 from .._runtime.supervisor import Supervisor
 from .auth import Authenticator, Authorizer, AuthRefused, AuthRequest, Identity, wall_to_trio
 from .endpoint import ServerTransport
@@ -26,6 +27,8 @@ from .link import HubLink, LinkServices
 from .sessions import SessionTable
 
 log = logging.getLogger("genesis_trio.hub")
+_refusals = LogBudget(burst=20)
+"""Refused credentials logged per minute (the rest are counted in ``auth_failures``)."""
 
 
 class LinkHost(LinkServices, Protocol):
@@ -96,6 +99,10 @@ async def _authenticate(
         else:
             return attrs.evolve(hello, id=cid, token=None), identity
     host.counters.auth_failures += 1
+    dropped = _refusals.take(trio.current_time())
+    if dropped is not None:  # an audit trail for operators, bounded (never the credential)
+        more = f" [{dropped} more refusals not logged]" if dropped else ""
+        log.info("refused %r from %s: %s%s", hello.id, request.address, reason, more)
     await transport.close(CloseCode.POLICY_VIOLATION, reason[:120])
     return None
 
