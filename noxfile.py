@@ -30,13 +30,22 @@ def tests(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def lint(session: nox.Session) -> None:
-    """ruff (with the ASYNC rules), the formatter check, and the import-layer contracts."""
+    """ruff (with the ASYNC rules), the formatter check, the import-layer contracts, and
+    ``tsc --noEmit --checkJs`` on the browser client (needs npm; required under CI=true)."""
     session.install("ruff>=0.6", "import-linter>=2.1")
     paths = ["genesis_trio", "tests", "examples", "bench", "tools", "noxfile.py"]
     session.run("ruff", "check", *paths)
     session.run("ruff", "format", "--check", *paths)
     session.install("-e", ".")  # import-linter reads the installed package's imports
     session.run("lint-imports")  # the layer contracts in pyproject.toml
+    if shutil.which("npm"):
+        session.run("npm", "ci", "--no-audit", "--no-fund", "--silent", external=True)
+        # `--no`: never download; `--`: the rest is tsc's (npx would read `-p` as its own)
+        session.run("npx", "--no", "--", "tsc", "--noEmit", "-p", "jsconfig.json", external=True)
+    elif os.environ.get("CI", "").lower() in {"1", "true", "yes"}:
+        session.error("npm is missing: the browser client's type check must run under CI")
+    else:
+        session.warn("npm not found: the browser client's type check (tsc) was skipped")
 
 
 @nox.session(python=PYTHON)
