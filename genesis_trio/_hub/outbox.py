@@ -15,7 +15,7 @@ from typing import Any
 
 import trio
 
-from .._core.codec import JSON, EncodedBody
+from .._core.codec import JSON, MSGPACK, EncodedBody
 from .._core.errors import RemoteProtocolError, RequestTimeout, UnknownComponent
 from .._core.frames import HUB_ID, check_body, valid_component_id, valid_topic
 from .._core.message import Message
@@ -40,7 +40,7 @@ def checked(body: dict[str, Any]) -> EncodedBody:
         raise ValueError(str(exc)) from None
     out = EncodedBody(body)
     try:  # encode for both codecs now: fail here (the caller's error), not at a receiver
-        out.size  # noqa: B018 - MessagePack, cached
+        out.encoded(MSGPACK)
         out.encoded(JSON)
     except (TypeError, OverflowError, ValueError) as exc:
         raise ValueError(f"data that cannot be encoded: {exc}") from None
