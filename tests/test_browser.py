@@ -27,6 +27,8 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from websockets.sync.client import connect as ws_connect
+from websockets.typing import Subprotocol
 
 try:
     from playwright.sync_api import expect, sync_playwright
@@ -74,16 +76,34 @@ class Hub:
     def wait_component(self, component: str, *, connected: bool, within: float = 20) -> None:
         """Wait until the hub holds ``component`` with that connection state.
 
-        Another process's state: polled, every 50 ms.
+        Another process's state: watched on ``$presence`` (docs/api.md), the
+        way a dashboard would, after a first look through the API.
         """
         deadline = time.monotonic() + within
-        while True:
-            info = self.api(f"/api/components/{component}")
-            if info is not None and info["connected"] is connected:
-                return
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{component} is not connected={connected} after {within} s")
-            time.sleep(0.05)
+        subprotocols = [Subprotocol("genesis.v1.json")]
+        with ws_connect(self.ws_url, subprotocols=subprotocols) as watcher:
+            hello = {"t": "hello", "v": 1, "id": None, "topics": ["$presence"]}
+            watcher.send(json.dumps(hello))
+            assert json.loads(watcher.recv(timeout=within))["t"] == "welcome"  # subscribed
+            try:
+                self._watch(watcher, component, connected, deadline)
+            finally:
+                watcher.send(json.dumps({"t": "bye"}))  # leave no session behind
+
+    def _watch(self, watcher: Any, component: str, connected: bool, deadline: float) -> None:
+        info = self.api(f"/api/components/{component}")
+        if info is not None and info["connected"] is connected:
+            return
+        wanted = {"connected", "resumed"} if connected else {"disconnected", "left"}
+        while True:  # TimeoutError at the deadline
+            frame = json.loads(watcher.recv(timeout=max(0.0, deadline - time.monotonic())))
+            if frame["t"] == "ping":
+                watcher.send(json.dumps({"t": "pong", "id": frame["id"]}))
+            bodies = [frame["m"]] if frame["t"] == "msg" else frame.get("m", [])
+            for body in bodies if frame["t"] in ("msg", "batch") else []:
+                event = body.get("data", {})
+                if event.get("id") == component and event.get("event") in wanted:
+                    return
 
 
 @contextlib.contextmanager
