@@ -16,10 +16,10 @@ from typing import Any
 import trio
 
 from . import _ops
+from ._api.access import is_loopback
 from ._core.config import HubConfig
 from ._hub.auth import Authenticator, JWTAuthenticator, StaticTokens
 from ._hub.hub import TranscendentalExternalWebSocket
-from ._system.hosts import is_loopback
 from ._system.hybrid import GenesisHybridSystem
 from ._system.serve import SHUTDOWN_GRACE, ServeInfo, fit_descriptors
 from .stores._protocol import SessionStore, StoreError

@@ -22,13 +22,15 @@ log = logging.getLogger("genesis_trio.api")
 
 
 def is_loopback(host: str | None) -> bool:
-    """True for a loopback address (127.0.0.0/8, ::1)."""
+    """True for an address or name only this machine reaches (127.0.0.0/8, [::1], localhost)."""
     if host is None:
         return False
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
     try:
-        return ipaddress.ip_address(host).is_loopback
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
-        return host == "localhost"
+        return False
 
 
 class Access:

@@ -39,7 +39,7 @@ from .._core.frames import Body, check_body, valid_component_id, valid_subscript
 from .._core.session import ClientSession, OutboundLog
 from .._runtime.component import ComponentBase
 from .._runtime.dispatch import Dispatcher
-from .._runtime.groups import single_exception
+from .._runtime.groups import single_exception, start_hidden
 from .keeper import LinkKeeper
 from .transport import StreamFactory
 from .types import (
@@ -242,16 +242,8 @@ class TranscendentalWebSocket(ComponentBase):
     # -- lifecycle ----------------------------------------------------------------
 
     async def __aenter__(self) -> TranscendentalWebSocket:
-        stack = AsyncExitStack()
-        nursery = await stack.enter_async_context(trio.open_nursery())
-        try:
-            await self.connect()  # one attempt: a hub that is down fails the `async with`
-            await nursery.start(self.run)
-        except BaseException:
-            nursery.cancel_scope.cancel()
-            await stack.aclose()
-            raise
-        self._exit_stack = stack
+        await self.connect()  # one attempt: a hub that is down fails the `async with`
+        self._exit_stack = await start_hidden(self.run)
         return self
 
     async def __aexit__(

@@ -37,6 +37,7 @@ from .._core.errors import (
 from .._core.frames import HUB_ID, Body, Error, Hello, check_body, valid_subscription
 from .._runtime.component import ComponentBase
 from .._runtime.dispatch import Dispatcher
+from .._runtime.groups import start_hidden
 from .._runtime.signal import Signal
 from .journal import Journal, NullJournal
 from .router import Router
@@ -331,14 +332,7 @@ class LocalComponent(ComponentBase):
             raise ConnectionClosed(*ended)
 
     async def __aenter__(self) -> LocalComponent:
-        stack = AsyncExitStack()
-        nursery = await stack.enter_async_context(trio.open_nursery())
-        try:
-            await nursery.start(self.run)
-        except BaseException:
-            await stack.aclose()
-            raise
-        self._exit_stack = stack
+        self._exit_stack = await start_hidden(self.run)
         return self
 
     async def __aexit__(

@@ -1,6 +1,29 @@
-"""Exception groups: unwrapping the one exception a hidden nursery can hold."""
+"""Hidden nurseries (an ``async with`` owning one) and the one exception they can hold."""
 
 from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
+from typing import Any
+
+import trio
+
+
+async def start_hidden(run: Callable[..., Awaitable[Any]]) -> AsyncExitStack:
+    """Open a nursery and ``start`` ``run`` in it; the stack that closes it, for ``__aexit__``.
+
+    If ``run`` fails before it has started, the nursery is closed and the
+    failure raised.
+    """
+    stack = AsyncExitStack()
+    nursery = await stack.enter_async_context(trio.open_nursery())
+    try:
+        await nursery.start(run)
+    except BaseException:
+        nursery.cancel_scope.cancel()
+        await stack.aclose()
+        raise
+    return stack
 
 
 def single_exception(group: BaseExceptionGroup[BaseException]) -> BaseException | None:

@@ -10,21 +10,11 @@ With authentication the check is off: a page cannot present a token.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 
+from .._api.access import is_loopback
 from .._hub.endpoint import Receive, Scope, Send, deny
 from .._hub.limits import Refusal
-
-
-def is_loopback(host: str) -> bool:
-    """True for an address only this machine can reach (127.0.0.0/8, ::1, localhost)."""
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def host_name(header: str) -> str:

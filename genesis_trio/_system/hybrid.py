@@ -15,13 +15,14 @@ from typing import Any
 
 import trio
 
+from .._api.access import is_loopback
 from .._api.routes import TranscendentalAPI
 from .._core.version import VERSION
 from .._hub.hub import TranscendentalExternalWebSocket
 from .._hub.local import LocalComponent
+from .._runtime.groups import start_hidden
 from ..stores import SessionStore
 from .app import create_app
-from .hosts import is_loopback
 from .serve import TRIM_INTERVAL, ServeInfo, release_free_memory, serve_hub, tune_gc
 
 
@@ -145,14 +146,7 @@ class GenesisHybridSystem:
                 self._nursery = None
 
     async def __aenter__(self) -> GenesisHybridSystem:
-        stack = AsyncExitStack()
-        nursery = await stack.enter_async_context(trio.open_nursery())
-        try:
-            await nursery.start(self.run)
-        except BaseException:
-            await stack.aclose()
-            raise
-        self._stack = stack
+        self._stack = await start_hidden(self.run)
         return self
 
     async def __aexit__(
