@@ -6,9 +6,7 @@ import argparse
 import difflib
 import logging
 import os
-import pathlib
 import signal
-import socket
 import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -22,9 +20,9 @@ from ._hub.auth import Authenticator, JWTAuthenticator, StaticTokens
 from ._hub.hub import TranscendentalExternalWebSocket
 from ._system.hybrid import GenesisHybridSystem
 from ._system.serve import SHUTDOWN_GRACE, ServeInfo, fit_descriptors
+from ._system.stores import store_from_spec
+from .stores._cluster import StoreFenced
 from .stores._protocol import SessionStore, StoreError
-from .stores._redis import RedisStore
-from .stores._sqlite import SQLiteStore
 
 ENV_PREFIX = "GENESIS_TRIO_"
 
@@ -168,6 +166,21 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     serve.add_argument(
+        "--cluster",
+        action="store_true",
+        default=_env("CLUSTER", "") in ("1", "true", "yes", "on"),
+        help=(
+            "with --store redis://, be one node of a cluster sharing that Redis and prefix "
+            "(each with its own --node-id; docs/cluster.md)"
+        ),
+    )
+    serve.add_argument(
+        "--node-lease",
+        type=float,
+        default=_env("NODE_LEASE", "10"),
+        help="cluster: seconds after which a silent node's sessions may be taken by others",
+    )
+    serve.add_argument(
         "--store-sync",
         default=_env("STORE_SYNC", "normal"),
         choices=["normal", "full"],
@@ -306,36 +319,19 @@ def authenticator_from_args(args: argparse.Namespace) -> Authenticator | None:
     return None
 
 
-def default_store_path(port: int) -> pathlib.Path:
-    """Where ``--store auto`` keeps sessions: a per-user data directory, one file per port."""
-    base = os.environ.get("XDG_DATA_HOME") or os.path.join(
-        os.path.expanduser("~"), ".local", "share"
-    )
-    return pathlib.Path(base) / "genesis_trio" / f"hub-{port}.sqlite3"
-
-
 def store_from_args(args: argparse.Namespace) -> SessionStore | None:
-    """The session store a ``--store`` value names (None for ``none``)."""
-    spec: str = args.store
-    if spec == "none":
-        return None
-    if spec == "auto":
-        path = default_store_path(args.port)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return SQLiteStore(path, synchronous=args.store_sync.upper())
-    if spec.startswith("sqlite:") and len(spec) > len("sqlite:"):
-        return SQLiteStore(spec[len("sqlite:") :], synchronous=args.store_sync.upper())
-    if spec.startswith(("redis://", "rediss://")):
-        try:
-            # The same node restarted takes its prefix back at once: named, or host:port.
-            same = args.node_id or (f"{socket.gethostname()}:{args.port}" if args.port else None)
-            return RedisStore(spec, owner=same)
-        except ValueError as exc:
-            raise SystemExit(f"genesis-trio: --store: {exc}") from None
-    raise SystemExit(
-        f"genesis-trio: --store must be sqlite:PATH, redis://HOST:PORT/DB, auto or none, "
-        f"not {spec!r}"
-    )
+    """The session store ``--store`` names (None for ``none``); exits with the reason if bad."""
+    try:
+        return store_from_spec(
+            args.store,
+            port=args.port,
+            sync=args.store_sync,
+            node_id=args.node_id or None,
+            cluster=args.cluster,
+            lease=args.node_lease,
+        )
+    except ValueError as exc:
+        raise SystemExit(f"genesis-trio: --store: {exc}") from None
 
 
 async def _serve(args: argparse.Namespace) -> None:
@@ -429,7 +425,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             trio.run(_serve, args)
         except* StoreError as group:
-            print(f"genesis-trio: cannot start: {_first(group)}", file=sys.stderr)
+            exc = _first(group)
+            what = "stopped" if isinstance(exc, StoreFenced) else "cannot start"
+            print(f"genesis-trio: {what}: {exc}", file=sys.stderr)
             status = 3
         except* OSError as group:
             print(f"genesis-trio: cannot start: {_first(group)}", file=sys.stderr)

@@ -55,6 +55,7 @@ OPERATIONS = [
     "GET /ready",
     "GET /metrics",
     "GET /api/stats",
+    "GET /api/cluster",
     "GET /api/components",
     "GET /api/components/{id}",
     "DELETE /api/components/{id}",

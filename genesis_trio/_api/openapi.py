@@ -65,6 +65,17 @@ SCHEMAS: dict[str, Any] = {
         "required": ["node_id", "active_connections", "sessions", "messages_processed"],
         "additionalProperties": True,
     },
+    "Cluster": {
+        "type": "object",
+        "required": ["nodes", "totals"],
+        "properties": {
+            "nodes": {
+                "type": "object",
+                "additionalProperties": {"$ref": "#/components/schemas/Stats"},
+            },
+            "totals": {"type": "object", "additionalProperties": {"type": "number"}},
+        },
+    },
     "Component": {
         "type": "object",
         "required": ["id", "connected", "anonymous", "local", "node", "topics", "epoch"],
@@ -234,6 +245,12 @@ PATHS: dict[str, Any] = {
         )
     },
     "/api/stats": {"get": _op("get_stats(): every statistic.", {"200": _json("Stats", "Stats.")})},
+    "/api/cluster": {
+        "get": _op(
+            "Every live node's statistics, and their totals (a cluster only).",
+            {"200": _json("Cluster", "The nodes."), "404": _problem("This hub is alone.")},
+        )
+    },
     "/api/components": {
         "get": _op(
             "Sessions, by component id, one page.",

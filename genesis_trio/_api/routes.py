@@ -133,6 +133,7 @@ class TranscendentalAPI:
             Route("/metrics", guard(self.scrape), methods=["GET"]),
             Route("/api/openapi.json", self.describe, methods=["GET"]),
             Route("/api/stats", guard(self.stats), methods=["GET"]),
+            Route("/api/cluster", guard(self.cluster), methods=["GET"]),
             Route("/api/components", guard(self.list_components), methods=["GET"]),
             Route("/api/components/{id}", guard(self.get_component), methods=["GET"]),
             Route("/api/components/{id}", guard(self.disconnect), methods=["DELETE"]),
@@ -195,6 +196,13 @@ class TranscendentalAPI:
     async def stats(self, request: Request) -> Response:
         """``get_stats()``."""
         return JSON(self.hub.get_stats())
+
+    async def cluster(self, request: Request) -> Response:
+        """Every node's statistics and their totals (404 when the hub is alone)."""
+        found = await self.hub.cluster_statistics()
+        if found is None:
+            raise Problem(404, "this hub is not one node of a cluster")
+        return JSON(found)
 
     async def list_components(self, request: Request) -> Response:
         """Sessions, one page."""

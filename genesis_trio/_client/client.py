@@ -17,7 +17,7 @@ from __future__ import annotations
 import itertools
 import logging
 import secrets
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import AsyncExitStack
 from types import TracebackType
 from typing import Any
@@ -62,12 +62,13 @@ class TranscendentalWebSocket(ComponentBase):
     Use it as ``async with TranscendentalWebSocket(uri, "my-id") as ws:``
     (connects, then runs in the background), or ``await nursery.start(ws.run)``,
     or call :meth:`connect` and :meth:`run` yourself. Options are the fields
-    of :class:`ClientConfig`.
+    of :class:`ClientConfig`. ``uri`` may list several addresses (the nodes of
+    a cluster): each failed connection attempt tries the next one.
     """
 
     def __init__(
         self,
-        uri: str,
+        uri: str | Sequence[str],
         component_id: str | None = None,
         *,
         config: ClientConfig | None = None,
@@ -87,7 +88,11 @@ class TranscendentalWebSocket(ComponentBase):
         for topic in topics:
             if not valid_subscription(topic):
                 raise ValueError(f"invalid topic name {topic!r}")
-        self.uri = uri
+        uris = (uri,) if isinstance(uri, str) else tuple(uri)
+        if not uris:
+            raise ValueError("give the hub's address (or several: the nodes of a cluster)")
+        self.uri = uris[0]
+        """The (first) hub address."""
         self._codec = CODECS_BY_NAME[self.config.codec]
         self._session: ClientSession[bytes] = ClientSession(
             component_id, OutboundLog(capacity=self.config.max_pending), topics=set(topics)
@@ -101,7 +106,7 @@ class TranscendentalWebSocket(ComponentBase):
             cfg.inbox_size, self._counters, reply=self._reply, release=self._release
         )
         self._links = LinkKeeper(
-            uri,
+            uris,
             cfg,
             self._codec,
             self._session,

@@ -64,7 +64,7 @@ class LinkKeeper:
 
     def __init__(
         self,
-        uri: str,
+        uris: tuple[str, ...],
         config: ClientConfig,
         codec: Codec,
         session: ClientSession[bytes],
@@ -75,7 +75,9 @@ class LinkKeeper:
         backoff_factory: Callable[[], Iterable[float]],
         emit: Callable[[LinkEvent], None],
     ) -> None:
-        self.uri = uri
+        self.uris = uris
+        """The hub's addresses (several nodes of a cluster: each failed attempt tries the next)."""
+        self._turn = 0
         self.config = config
         self.codec = codec
         self.session = session
@@ -268,9 +270,14 @@ class LinkKeeper:
 
     async def open_link(self) -> None:
         """Connect, upgrade and complete the handshake; the link becomes :attr:`link`."""
-        link, welcome, result = await open_link(
-            self.uri, self.config, self.codec, self.session, self.rtt, self.stream_factory
-        )
+        uri = self.uris[self._turn % len(self.uris)]
+        try:
+            link, welcome, result = await open_link(
+                uri, self.config, self.codec, self.session, self.rtt, self.stream_factory
+            )
+        except BaseException:
+            self._turn += 1  # the next node, if there are several
+            raise
         if not result.recovered:
             self.dispatcher.new_generation()
         self.link = link

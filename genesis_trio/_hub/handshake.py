@@ -68,6 +68,14 @@ class LinkHost(LinkServices, Protocol):
         """The scopes of handshakes waiting for their ``hello`` (cancelled at shutdown)."""
         ...
 
+    async def arrive(self, hello: Hello) -> tuple[tuple[CloseCode, str] | None, str | None]:
+        """Take the session ``hello`` names from another node, in a cluster.
+
+        Returns why to refuse the link (None: go on) and the id of a new
+        anonymous session, if the cluster chose it.
+        """
+        ...
+
 
 async def _authenticate(
     host: LinkHost, transport: ServerTransport, hello: Hello
@@ -182,6 +190,19 @@ async def _serve_link(host: LinkHost, transport: ServerTransport) -> bool:
                     hello, topics=tuple(t for t in hello.topics if t not in forbidden)
                 )
     table = host.sessions
+    refused, assigned = await host.arrive(hello)
+    if (  # now that it is here: whose is it?
+        refused is None
+        and identity is not None
+        and table.owned_elsewhere(hello.id or "", hello.sid, identity.subject)
+    ):
+        c.auth_failures += 1
+        await transport.close(CloseCode.POLICY_VIOLATION, "id belongs to another identity")
+        return False
+    if refused is not None:
+        c.handshake_failures += 1
+        await transport.close(refused[0], refused[1][:120])
+        return False
     now = trio.current_time()
     evicted = table.make_room(hello, now)
     if evicted is None:
@@ -189,7 +210,7 @@ async def _serve_link(host: LinkHost, transport: ServerTransport) -> bool:
         await transport.close(CloseCode.TRY_AGAIN_LATER, "the hub is at its session limit")
         return False
     c.sessions_evicted += evicted
-    opened = table.open(hello, now, identity.subject if identity is not None else None)
+    opened = table.open(hello, now, identity.subject if identity is not None else None, assigned)
     session = opened.session
     if opened.replaced is not None:
         c.replaced_connections += 1

@@ -13,7 +13,6 @@ name): decode, validate, contain errors, act.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -23,16 +22,19 @@ from starlette.websockets import WebSocket
 
 from .._core.codec import EncodedBody
 from .._core.config import HubConfig
-from .._core.errors import CloseCode, UnknownComponent
-from .._core.frames import PRESENCE_TOPIC, valid_component_id
+from .._core.errors import CloseCode
+from .._core.frames import Hello, valid_component_id
 from .._core.histogram import Histogram
 from .._core.link import Backlogged
 from .._core.message import Message
 from .._runtime.supervisor import NO_RESTART, Supervisor
 from ..stores import SessionStore
+from ..stores._cluster import ClusterStore
 from .auth import Authenticator, Authorizer, Identity, PatternAuthorizer
+from .cluster import ClusterNode
 from .endpoint import Receive, Scope, Send
 from .gate import Gate
+from .hubcalls import HubHandler
 from .hypercorn import ServingObserver
 from .journal import Journal, NullJournal
 from .limits import RateLimiter
@@ -42,16 +44,17 @@ from .notices import Notices
 from .outbox import Outbox
 from .pipeline import Pipeline
 from .presence import Presence, PresenceEvent
+from .queries import Queries
 from .requests import HubRequests
-from .router import HubHandler, Router
+from .router import Router
 from .sessions import HubSession, SessionTable
-from .stats import ComponentInfo, HubCounters, HubStatistics, hub_snapshot
+from .stats import HubCounters, HubStatistics, hub_snapshot
 from .ticker import StatsTicker
 
 log = logging.getLogger("genesis_trio.hub")
 
 
-class TranscendentalExternalWebSocket(Outbox):
+class TranscendentalExternalWebSocket(Outbox, Queries):
     """The hub endpoint: sessions, routing, delivery guarantees, statistics.
 
     Mount :meth:`handle_connection` at ``/ws`` of an ASGI app (see
@@ -104,6 +107,12 @@ class TranscendentalExternalWebSocket(Outbox):
             else NullJournal(on_released=self._released)
         )
         self.sessions = SessionTable(self.config, self.journal)
+        self.cluster = (
+            ClusterNode(store, self.journal, self.sessions, stats=self.get_stats)
+            if isinstance(store, ClusterStore) and isinstance(self.journal, Journal)
+            else None
+        )
+        """This hub's part in a cluster (a :class:`~genesis_trio.stores.ClusterStore`)."""
         self._handlers: dict[str, HubHandler] = {}
         self.requests = HubRequests()
         """The hub's own requests waiting for replies."""
@@ -117,15 +126,17 @@ class TranscendentalExternalWebSocket(Outbox):
             on_reply=self.requests.resolve,
             system={"presence": self._presence_request},
         )
+        if self.cluster is not None:
+            self.router.cluster, self.cluster.router = self.cluster, self.router
+            self.cluster.journal.on_refused = self.cluster.refused
         self.notices = Notices(self.counters, self.sessions, self.router.append_all)
         """What clients get in place of messages they cannot receive."""
         self.presence = Presence(
-            self.config.node_id,
-            self.sessions,
-            lambda out: self.router.deliver(self.router.by_topic(PRESENCE_TOPIC), out),
+            self.config.node_id, self.sessions, lambda out: self.router.deliver_anywhere(out.body)
         )
         """Join and leave events on ``$presence``, member lists."""
         self.sessions.observer = self.presence
+        self.presence.everywhere = self.cluster is not None
         self.ticker = StatsTicker(self.sessions, self.get_stats, self.router.append_all)
         """Statistics on ``$stats`` every second while someone listens."""
         self.fanout = self.router.fanout
@@ -175,6 +186,12 @@ class TranscendentalExternalWebSocket(Outbox):
             return CloseCode.STORE_UNAVAILABLE, "session store unavailable"
         return None
 
+    async def arrive(self, hello: Hello) -> tuple[tuple[CloseCode, str] | None, str | None]:
+        """In a cluster, take the session ``hello`` names from another node (LinkHost)."""
+        if self.cluster is None:
+            return None, None
+        return await self.cluster.arrive(hello)
+
     def process(self, data: str | bytes, link: HubLink) -> None:
         """The per-frame pipeline for one link (LinkServices)."""
         self.pipeline.process(data, link)
@@ -207,64 +224,6 @@ class TranscendentalExternalWebSocket(Outbox):
             return handler
 
         return register
-
-    def components(
-        self,
-        *,
-        topic: str | None = None,
-        connected: bool | None = None,
-        after: str | None = None,
-        limit: int | None = None,
-    ) -> list[ComponentInfo]:
-        """One frozen row per session (connected or waiting for resume), by component id.
-
-        Filters: subscribers of ``topic``, ``connected`` or not, ids after
-        ``after``; at most ``limit`` rows (a page: go on from the last id).
-        """
-        table = self.sessions
-        pool = table.subscribers.get(topic, ()) if topic is not None else table.by_id.values()
-        ids = sorted(
-            s.component_id
-            for s in pool
-            if (connected is None or s.connected == connected)
-            and (after is None or s.component_id > after)
-        )
-        if limit is not None:
-            ids = ids[: max(0, limit)]
-        return [self._info(table.by_id[cid]) for cid in ids]
-
-    def component(self, component_id: str) -> ComponentInfo:
-        """The row of one session; :class:`UnknownComponent` if there is none."""
-        session = self.sessions.by_id.get(component_id)
-        if session is None:
-            raise UnknownComponent(f"no component {component_id!r} on this hub")
-        return self._info(session)
-
-    def _info(self, session: HubSession) -> ComponentInfo:
-        return ComponentInfo.of(session, self.config.node_id, trio.current_time(), time.time())
-
-    def topics(self) -> dict[str, int]:
-        """Subscriber counts by topic, sorted by topic."""
-        subscribers = self.sessions.subscribers
-        return {topic: len(subscribers[topic]) for topic in sorted(subscribers)}
-
-    def disconnect(self, component_id: str, *, forget: bool = False) -> bool:
-        """Close the component's link (1000, it may resume); with ``forget``, end its session.
-
-        Returns False when there was no link to close (and, with ``forget``,
-        no session). :class:`UnknownComponent` when the hub holds no session.
-        """
-        session = self.sessions.by_id.get(component_id)
-        if session is None:
-            raise UnknownComponent(f"no component {component_id!r} on this hub")
-        link = session.connection
-        if link is not None:
-            reason = "session ended by an operator" if forget else "disconnected by an operator"
-            link.close_soon(CloseCode.NORMAL, reason)
-        if forget:
-            self.sessions.remove(session, "forgotten")
-            return True
-        return link is not None
 
     def local(self, component_id: str, *, topics: Iterable[str] = ()) -> LocalComponent:
         """An in-process component attached to a session of this hub (see :class:`LocalComponent`).
@@ -318,6 +277,10 @@ class TranscendentalExternalWebSocket(Outbox):
             "store_commit_seconds": j.commit_seconds,
             "store_commit_rows": j.commit_rows,
         }
+
+    async def cluster_statistics(self) -> dict[str, Any] | None:
+        """Each node's statistics and their sums, in a cluster (None: this hub is alone)."""
+        return None if self.cluster is None else await self.cluster.cluster_stats()
 
     def get_stats(self) -> dict[str, Any]:
         """The metrics as a plain dict (names documented in docs/metrics.md)."""
@@ -383,6 +346,8 @@ class TranscendentalExternalWebSocket(Outbox):
                 )
                 log.info("session store %s: %d sessions loaded", journal.store.name, loaded)
             await nursery.start(journal.run)
+            if self.cluster is not None:
+                await nursery.start(self.cluster.run)
             await nursery.start(self.presence.run)
             await nursery.start(self.ticker.run)
             self.presence.emit(PresenceEvent.STARTED)

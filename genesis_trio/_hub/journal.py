@@ -30,6 +30,8 @@ from .._core.codec import MSGPACK, EncodedBody
 from .._core.histogram import LATENCY_BUCKETS, SIZE_BUCKETS, Histogram
 from .._runtime.signal import Signal
 from ..stores import SessionRow, SessionStore, StoreBatch, StoredEntry, StoredState, StoreError
+from ..stores._cluster import StoreFenced
+from ..stores._protocol import Forward
 from .stats import StoreStatus
 
 if TYPE_CHECKING:
@@ -131,6 +133,7 @@ class Journal:
         *,
         on_released: Callable[[HubSession], None],
         on_outage: Callable[[], None],
+        on_refused: Callable[[list[tuple[Forward, str]]], None] | None = None,
         outage_after: float = 10.0,
         close_timeout: float = 2.0,
         retry_cap: float = 2.0,
@@ -138,6 +141,10 @@ class Journal:
         self.store = store
         self._on_released = on_released
         self._on_outage = on_outage
+        self.on_refused = on_refused
+        """Told of the forwards a clustered store refused (after their commit)."""
+        self.fenced: StoreFenced | None = None
+        """Set when another node took a component this one wrote to (the hub stops)."""
         self.outage_after = outage_after
         self.close_timeout = close_timeout
         self.retry_cap = retry_cap
@@ -180,7 +187,7 @@ class Journal:
         """Open the store and hand what it holds to ``load``; return how many sessions."""
         state = await self.store.open()
         loaded = load(state)
-        self.start_ids_after(max(state.messages, default=0))
+        self.start_ids_after(max(state.first_id - 1, max(state.messages, default=0)))
         return loaded
 
     async def aclose(self) -> None:
@@ -197,6 +204,8 @@ class Journal:
 
     def touched(self, session: HubSession) -> None:
         """The session's header changed (received, topics, epoch, truncation)."""
+        if session.retired:
+            return
         self._dirty[session.sid] = session
         self.generation += 1
         self._wake.set()
@@ -221,6 +230,8 @@ class Journal:
         The session's header is not rewritten for this: its ``last_seq`` is
         recovered at load time from the log itself (docs/operations.md).
         """
+        if session.retired:
+            return
         self._batch.append(session.sid, self._entry(seq, out, stamp, shared))
         self._appended[session.sid] = session
         self.generation += 1
@@ -228,11 +239,15 @@ class Journal:
 
     def acked(self, session: HubSession) -> None:
         """The log's head moved (acknowledged or evicted): drop stored entries."""
+        if session.retired:
+            return
         self._batch.trim(session.sid, session.outbound.acked)
         self.touched(session)
 
     def rewritten(self, session: HubSession) -> None:
         """The log was renumbered (a new epoch): store it whole, re-release it."""
+        if session.retired:
+            return
         log_ = session.outbound
         log_.durable = 0
         self._batch.rewrite(
@@ -240,9 +255,23 @@ class Journal:
         )
         self.touched(session)
 
+    def forwarded(self, forward: Forward) -> None:
+        """A message for components on other nodes (a clustered store)."""
+        self._batch.forwards.append(forward)
+        self.generation += 1
+        self._wake.set()
+
+    def consumed(self, component_id: str, count: int) -> None:
+        """``count`` more entries of a component's inbox are in its log (a clustered store)."""
+        consumed = self._batch.consumed
+        consumed[component_id] = consumed.get(component_id, 0) + count
+        self.generation += 1
+        self._wake.set()
+
     def deleted(self, session: HubSession) -> None:
         """The session is gone."""
         self._batch.delete(session.sid)
+        self._batch.cids[session.sid] = session.component_id
         self._dirty.pop(session.sid, None)
         self._appended.pop(session.sid, None)
         self.generation += 1
@@ -277,10 +306,13 @@ class Journal:
         batch, self._batch = self._batch, StoreBatch()
         snapshots = []
         dirty, appended = self._dirty, self._appended
+        cids = batch.cids
         for session in dirty.values():
             batch.upsert(self._row(session))
         for sid, session in appended.items():
             dirty.setdefault(sid, session)
+        for sid, session in dirty.items():
+            cids[sid] = session.component_id
         for session in dirty.values():
             snapshots.append(
                 _Snapshot(
@@ -321,7 +353,12 @@ class Journal:
         batch, snapshots, generation = self._take()
         started = trio.current_time()
         try:
-            await self.store.write(batch)
+            refused = await self.store.write(batch)
+        except StoreFenced as exc:
+            self.fenced = exc
+            self.counters.failures += 1
+            self.counters.last_error = str(exc)
+            return False
         except StoreError as exc:
             self.counters.failures += 1
             self.counters.last_error = str(exc)
@@ -345,14 +382,20 @@ class Journal:
                 inbound.release(min(snap.received, inbound.received))
             self._on_released(session)
         self._committed.unpark_all()
+        if refused and self.on_refused is not None:
+            self.on_refused(refused)
         return True
 
     async def _commit_with_retry(self) -> None:
+        if self.fenced is not None:
+            raise self.fenced
         if await self._commit_once():
             if not self.healthy:
                 log.warning("session store recovered")
             self.healthy = True
             return
+        if self.fenced is not None:
+            raise self.fenced
         log.error("session store write failed: %s", self.counters.last_error)
         self.healthy = False
         failing_since = trio.current_time()
@@ -360,6 +403,8 @@ class Journal:
         closed = False
         while True:
             await trio.sleep(delay)
+            if self.fenced is not None:
+                raise self.fenced
             if await self._commit_once():
                 log.warning(
                     "session store recovered after %.1f s", trio.current_time() - failing_since

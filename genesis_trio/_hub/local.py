@@ -89,6 +89,10 @@ class LocalHost(Protocol):
         """Stores sessions (a null one without a store)."""
         ...
 
+    async def arrive(self, hello: Hello) -> tuple[tuple[CloseCode, str] | None, str | None]:
+        """In a cluster, take the session ``hello`` names from another node."""
+        ...
+
 
 class LocalComponent(ComponentBase):
     """A component inside the hub's process (see the module docstring).
@@ -160,14 +164,18 @@ class LocalComponent(ComponentBase):
         if to == HUB_ID:
             await router.hub_message(session, None, body, 0, self._report)
             return 0
+        alone = router.cluster is None  # in a cluster, what is not here is forwarded
         if to is not None:
-            if to not in host.sessions.by_id:
+            if alone and to not in host.sessions.by_id:
                 raise UnknownComponent(f"no component {to!r} on this hub")
-            if await router.deliver(router.by_id(to), out) == 0:
-                raise UnknownComponent(f"component {to!r} left while the message waited")
-            result = host.sessions.by_id[to].outbound.last_seq
+            if await router.deliver_anywhere(body) == 0:
+                if alone:
+                    raise UnknownComponent(f"component {to!r} left while the message waited")
+                result = 0
+            else:
+                result = host.sessions.by_id[to].outbound.last_seq
         else:
-            result = await router.deliver(router.by_topic(body["topic"]), out)
+            result = await router.deliver_anywhere(body)
         await host.journal.wait_committed()
         return result
 
@@ -319,6 +327,9 @@ class LocalComponent(ComponentBase):
             raise ClosedError("the component is closed")
         if self._scope is not None:
             raise LocalProtocolError("run() is already running")
+        refused, _ = await self._host.arrive(Hello(id=self.component_id))  # from another node
+        if refused is not None:
+            raise ConnectionClosed(*refused)
         session = self._attach()
         try:
             with trio.CancelScope() as self._scope:

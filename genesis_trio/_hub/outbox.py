@@ -75,7 +75,8 @@ class Outbox:
         body: dict[str, Any] = {"type": type, "topic": topic, "from": HUB_ID}
         if data is not None:
             body["data"] = data
-        count = await self.router.deliver(self.router.by_topic(topic), checked(body))
+        checked(body)
+        count = await self.router.deliver_anywhere(body)
         await self.journal.wait_committed()
         return count
 
@@ -131,11 +132,15 @@ class Outbox:
         if not valid_component_id(to):
             raise ValueError(f"invalid component id {to!r}")
         body["from"] = HUB_ID
-        out = checked(body)
-        if to not in self.sessions.by_id:
+        checked(body)
+        alone = self.router.cluster is None  # in a cluster, what is not here is forwarded
+        if alone and to not in self.sessions.by_id:
             raise UnknownComponent(f"no component {to!r} on this hub")
-        if await self.router.deliver(self.router.by_id(to), out) == 0:
-            raise UnknownComponent(f"component {to!r} left while the message waited")
-        seq = self.sessions.by_id[to].outbound.last_seq
+        if await self.router.deliver_anywhere(body) == 0:
+            if alone:
+                raise UnknownComponent(f"component {to!r} left while the message waited")
+            seq = 0
+        else:
+            seq = self.sessions.by_id[to].outbound.last_seq
         await self.journal.wait_committed()
         return seq

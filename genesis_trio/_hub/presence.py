@@ -60,6 +60,8 @@ class Presence:
         deliver: Callable[[EncodedBody], Awaitable[int]],
     ) -> None:
         self.node = node
+        self.everywhere = False
+        """In a cluster: subscribers on other nodes may be listening (always publish)."""
         self.table = table
         self._deliver = deliver
         self._send, self._receive = trio.open_memory_channel[Body](QUEUE_SIZE)
@@ -90,7 +92,7 @@ class Presence:
 
     def emit(self, event: PresenceEvent, session: HubSession | None = None, **extra: Any) -> None:
         """Queue one presence message (nothing when ``$presence`` has no subscriber)."""
-        if not self.table.subscribers.get(PRESENCE_TOPIC):
+        if not self.everywhere and not self.table.subscribers.get(PRESENCE_TOPIC):
             return
         data: dict[str, Any] = {"event": event.value, "node": self.node, "at": time.time()}
         if session is not None:

@@ -15,8 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
 
 import trio
 
@@ -26,29 +25,17 @@ from .._core.config import HubConfig
 from .._core.errors import CloseCode, ErrorCode
 from .._core.frames import HUB_ID, Body, Error, MessageFrame, Rejected
 from .._core.link import Backlogged
-from .._core.message import Message, reply_body
-from .auth import Authorizer, Identity
+from .auth import Authorizer
+from .cluster import ClusterNode
+from .hubcalls import HubCalls, HubHandler, SystemHandler, always
 from .link import HubLink
 from .sessions import HubSession, SessionRecorder, SessionTable
 from .stats import HubCounters
 
 log = logging.getLogger("genesis_trio.hub")
 
-HubHandler = Callable[[Message], Awaitable[Any]]
-"""A hub-side handler for messages addressed ``to: "$hub"``."""
 
-SystemHandler = Callable[[Identity | None, Message], Any]
-"""A built-in ``$hub`` request (``presence``): synchronous, told the sender's identity.
-
-PermissionError answers ``forbidden``, ValueError ``bad_field``.
-"""
-
-
-def _always() -> bool:
-    return True
-
-
-class Router:
+class Router(HubCalls):
     """Routes messages between sessions (see the module docstring)."""
 
     def __init__(
@@ -75,6 +62,8 @@ class Router:
         self.system = system if system is not None else {}
         """Built-in ``$hub`` requests, used when no handler of that type was added."""
         self.fanout = FanoutWindow()
+        self.cluster: ClusterNode | None = None
+        """This hub's part in a cluster: messages for other nodes' components (None: alone)."""
 
     # -- targets ---------------------------------------------------------------
 
@@ -197,11 +186,21 @@ class Router:
             return True
         table = self.table
         targets: Sequence[HubSession]
+        cluster = self.cluster
+        topic = None
         if to is not None:
             target = table.by_id.get(to)
             if target is None:
                 if to == HUB_ID:
                     return False
+                if cluster is not None:  # on another node, or nowhere (then answered later)
+                    if cluster.waits(to):
+                        return False
+                    body["from"] = session.component_id
+                    cluster.forward(body, to=to, report=link.report, n=n)
+                    session.inbound.processed(n)
+                    self.counters.messages_in += 1
+                    return True
                 link.report(
                     Error(
                         ErrorCode.UNKNOWN_TARGET,
@@ -221,12 +220,17 @@ class Router:
                 )
                 targets = ()
             else:
+                if cluster is not None and cluster.waits(None):
+                    return False
                 targets = tuple(table.subscribers.get(topic, ()))
         if targets:
             if not self.has_room(targets):
                 return False
             body["from"] = session.component_id
             self.append_all(targets, EncodedBody(body))
+        if cluster is not None and topic is not None:
+            body["from"] = session.component_id
+            cluster.forward(body, topic=topic, exclude=tuple(t.component_id for t in targets))
         session.inbound.processed(n)
         self.counters.messages_in += 1
         return True
@@ -279,8 +283,7 @@ class Router:
         def valid() -> bool:
             return link.attached and inbound.received == n - 1
 
-        resolve = self.by_id(to) if to is not None else self.by_topic(body["topic"])
-        if await self.deliver(resolve, EncodedBody(body), valid) < 0:
+        if await self.deliver_anywhere(body, valid, link.report, n) < 0:
             return False
         inbound.processed(n)
         self.counters.messages_in += 1
@@ -288,20 +291,55 @@ class Router:
 
     # -- appending ----------------------------------------------------------------
 
+    async def deliver_anywhere(
+        self,
+        body: Body,
+        valid: Callable[[], bool] = always,
+        report: Callable[[Error], None] | None = None,
+        n: int | None = None,
+    ) -> int:
+        """Deliver ``body`` (with its ``from``) to its ``to`` or ``topic``, here and elsewhere.
+
+        Returns the sessions of this hub it reached, or -1 (see :meth:`deliver`).
+        In a cluster, what this hub does not hold is forwarded to the other
+        nodes (``report`` hears of an unknown target after the commit).
+        """
+        to = body.get("to")
+        resolve = self.by_id(to) if to is not None else self.by_topic(body["topic"])
+        count = await self.deliver(resolve, EncodedBody(body), valid, arrival=to)
+        cluster = self.cluster
+        if cluster is not None and count >= 0:
+            if to is None:
+                topic = body["topic"]
+                local = tuple(s.component_id for s in self.table.subscribers.get(topic, ()))
+                cluster.forward(body, topic=topic, exclude=local)
+            elif count == 0:
+                cluster.forward(body, to=to, report=report, n=n)
+        return count
+
     async def deliver(
         self,
         resolve: Callable[[], Sequence[HubSession]],
         out: EncodedBody,
-        valid: Callable[[], bool] = _always,
+        valid: Callable[[], bool] = always,
+        arrival: str | None = "",
     ) -> int:
         """Append ``out`` to every target's log, atomically; return the target count.
 
         Waits while a connected target's log is full; past the slow-consumer
         timeout that target is closed (4004) and receives under retention
-        rules instead. Returns -1 if ``valid()`` fails after a wait.
+        rules instead. Returns -1 if ``valid()`` fails after a wait. In a
+        cluster, also waits while the component ``arrival`` (a publish: any
+        component, None) is being claimed (``""``: never).
         """
         deadline = math.inf
+        cluster = self.cluster
         while True:
+            if cluster is not None and arrival != "" and cluster.waits(arrival):
+                await cluster.settled(arrival)
+                if not valid():
+                    return -1
+                continue
             targets = resolve()
             blocked = next((t for t in targets if self.blocks(t)), None)
             if blocked is None:
@@ -367,51 +405,3 @@ class Router:
                 recorder.acked(target)
         if evicted:
             self.counters.messages_evicted += evicted
-
-    # -- the hub's own handlers and notices -------------------------------------------
-
-    async def hub_message(
-        self,
-        session: HubSession,
-        identity: Identity | None,
-        body: Body,
-        n: int,
-        report: Callable[[Error], None],
-    ) -> None:
-        """A message addressed to the hub itself: a reply, or run its handler (contained).
-
-        ``report`` sends an error frame to the sender (a message that is no request).
-        """
-        if body.get("re") is not None:
-            if self.on_reply is not None:
-                self.on_reply(body)
-            return
-        kind: str = body["type"]
-        rid = body.get("id")
-        error: tuple[ErrorCode, str] | None = None
-        result: Any = None
-        handler = self.handlers.get(kind)
-        built_in = self.system.get(kind) if handler is None else None
-        try:
-            if handler is not None:
-                result = await handler(Message.from_body(body, n))
-            elif built_in is not None:
-                result = built_in(identity, Message.from_body(body, n))
-            else:
-                error = (ErrorCode.NO_HANDLER, f"the hub has no handler for {kind!r}")
-        except PermissionError as exc:
-            error = (ErrorCode.FORBIDDEN, str(exc)[:200])
-        except Exception as exc:
-            if built_in is not None and isinstance(exc, ValueError):
-                error = (ErrorCode.BAD_FIELD, str(exc)[:200])
-            else:
-                self.counters.errors_contained += 1
-                log.exception("hub handler for %r failed (contained)", kind)
-                error = (ErrorCode.HANDLER_ERROR, f"{type(exc).__name__}: {exc}"[:200])
-        if rid is None:
-            if error is not None:
-                report(Error(error[0], error[1], n))
-            return
-        reply = reply_body(kind, session.component_id, rid, data=result, error=error)
-        reply["from"] = HUB_ID
-        await self.deliver(self.by_sid(session.sid), EncodedBody(reply))

@@ -112,6 +112,8 @@ class HubSession:
     """Senders waiting for room in :attr:`outbound`."""
     on_detach: Callable[[HubSession], None] | None = None
     """Told when the link goes (the table keeps disconnected sessions in order)."""
+    retired: bool = False
+    """Out of the table (ended, or handed to another node): the journal ignores it."""
 
     @property
     def connected(self) -> bool:
@@ -282,8 +284,13 @@ class SessionTable:
                 return True
         return False
 
-    def open(self, hello: Hello, now: float, owner: str | None = None) -> Opened:
-        """Find, resume or create the session a ``hello`` asks for (``owner``: its identity)."""
+    def open(
+        self, hello: Hello, now: float, owner: str | None = None, assigned: str | None = None
+    ) -> Opened:
+        """Find, resume or create the session a ``hello`` asks for (``owner``: its identity).
+
+        ``assigned``: the id of a new anonymous session (a cluster claimed it).
+        """
         cid = hello.id
         known = self.by_sid.get(hello.sid) if hello.sid is not None else None
         if (
@@ -295,7 +302,7 @@ class SessionTable:
         if cid is None:  # an anonymous client resumes by session id alone
             cid = known.component_id if known is not None else None
         if cid is None:
-            cid = ANONYMOUS_PREFIX + secrets.token_hex(6)
+            cid = assigned or ANONYMOUS_PREFIX + secrets.token_hex(6)
         existing = self.by_id.get(cid)
         if existing is not None and not existing.connected:
             self._expire_one(existing, now)
@@ -347,6 +354,17 @@ class SessionTable:
         self.set_topics(session, ())
         session.room.unpark_all()
         self.recorder.deleted(session)
+        session.retired = True
+
+    def unload(self, session: HubSession) -> None:
+        """Let go of a session another node takes over (nothing is deleted or recorded)."""
+        if self.by_id.get(session.component_id) is session:
+            del self.by_id[session.component_id]
+        self.by_sid.pop(session.sid, None)
+        self._back(session)
+        self.set_topics(session, ())
+        session.retired = True
+        session.room.unpark_all()
 
     def set_topics(self, session: HubSession, topics: Any) -> tuple[str, ...]:
         """Replace a session's subscriptions with ``topics``; return those refused (limits)."""

@@ -75,6 +75,23 @@ class StoredState:
     sessions: tuple[StoredSession, ...]
     messages: dict[int, bytes]
     """Message bodies (MessagePack) by id."""
+    first_id: int = 1
+    """The lowest message id the hub may give (a clustered node's block)."""
+
+
+class Forward(NamedTuple):
+    """A message for components of other nodes (a clustered store puts it in their inboxes).
+
+    ``to`` names one component; otherwise every subscriber of ``topic``
+    except the components in ``exclude`` (this node delivered to those).
+    ``tag`` is the hub's, opaque to stores (who to tell of a refusal).
+    """
+
+    to: str | None
+    topic: str | None
+    body: bytes
+    exclude: tuple[str, ...] = ()
+    tag: object = None
 
 
 @attrs.define(eq=False)
@@ -93,6 +110,12 @@ class StoreBatch:
     trims: dict[str, int] = attrs.field(factory=dict)
     deletes: set[str] = attrs.field(factory=set)
     rewrites: dict[str, list[StoredEntry]] = attrs.field(factory=dict)
+    cids: dict[str, str] = attrs.field(factory=dict)
+    """The component id of every session touched (a clustered store fences on them)."""
+    consumed: dict[str, int] = attrs.field(factory=dict)
+    """Inbox entries moved into logs, by component id (clustered stores only)."""
+    forwards: list[Forward] = attrs.field(factory=list)
+    """Messages for other nodes' components (clustered stores only)."""
 
     def __bool__(self) -> bool:
         return bool(
@@ -102,6 +125,8 @@ class StoreBatch:
             or self.trims
             or self.deletes
             or self.rewrites
+            or self.consumed
+            or self.forwards
         )
 
     def upsert(self, row: SessionRow) -> None:
@@ -150,6 +175,10 @@ class StoreBatch:
         for row in later.sessions.values():
             self.upsert(row)
         self.messages.update(later.messages)
+        self.cids.update(later.cids)
+        for cid, n in later.consumed.items():
+            self.consumed[cid] = self.consumed.get(cid, 0) + n
+        self.forwards += later.forwards
 
     @property
     def size(self) -> int:
@@ -161,6 +190,8 @@ class StoreBatch:
             + len(self.trims)
             + len(self.deletes)
             + sum(map(len, self.rewrites.values()))
+            + len(self.consumed)
+            + len(self.forwards)
         )
 
 
@@ -174,8 +205,12 @@ class SessionStore(Protocol):
         """Open (creating if needed) and load everything; raise :class:`StoreError`."""
         ...
 
-    async def write(self, batch: StoreBatch) -> None:
-        """Apply ``batch`` atomically; raise :class:`StoreError` and apply nothing on failure."""
+    async def write(self, batch: StoreBatch) -> list[tuple[Forward, str]] | None:
+        """Apply ``batch`` atomically; raise :class:`StoreError` and apply nothing on failure.
+
+        A clustered store returns the forwards it refused, each with why
+        (``unknown``, ``full``); others return None.
+        """
         ...
 
     async def compact(self) -> int:

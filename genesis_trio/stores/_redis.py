@@ -42,6 +42,7 @@ import trio
 
 from .._runtime.logs import budget_tracebacks
 from ._protocol import (
+    Forward,
     SessionRow,
     StoreBatch,
     StoredEntry,
@@ -139,11 +140,13 @@ class RedisStore:
             async with client:
                 self._client = client
                 ready.set()
+                renewed = True
                 while not self._stop.is_set():
-                    with trio.move_on_after(self.lease / 3):
+                    # every third of the lease; soon again after a failure (an outage)
+                    with trio.move_on_after(self.lease / 3 if renewed else self.lease / 20):
                         await self._stop.wait()
                     if self._claimed and not self._stop.is_set() and self._lost is None:
-                        await self._renew()
+                        renewed = await self._renew()
         except Exception as exc:  # a system task must not raise
             failure.append(exc)
         finally:
@@ -155,7 +158,7 @@ class RedisStore:
         if self._client is None:
             raise StoreError(f"session store {self.name} is not open")
         if self._lost is not None:
-            raise StoreError(f"{self.name} was taken over by another hub ({self._lost})")
+            raise self._taken()
         from coredis.exceptions import RedisError  # loaded by open()
 
         try:
@@ -165,6 +168,9 @@ class RedisStore:
             raise StoreError(f"Redis {what} took longer than {self.timeout} s") from None
         except (RedisError, OSError) as exc:
             raise StoreError(f"Redis {what} failed: {_describe(exc)}") from exc
+
+    def _taken(self) -> StoreError:
+        return StoreError(f"{self.name} was taken over by another hub ({self._lost})")
 
     # -- the lease on the prefix ----------------------------------------------------
 
@@ -192,16 +198,18 @@ class RedisStore:
             return None
         return "?" if holder is None else holder.decode(errors="replace")
 
-    async def _renew(self) -> None:
+    async def _renew(self) -> bool:
+        """Renew the lease; False when Redis did not answer."""
         try:
             if await self._call("lease", self._renew_once):
-                return
+                return True
             holder = await self._call("lease", self._try_claim)  # expired (an outage): again
         except StoreError:
-            return  # Redis is away: the writes say so
+            return False  # Redis is away: the writes say so
         if holder is not None:
             self._lost = holder
             log.error("%s: another hub (%s) took the key prefix over", self.name, holder)
+        return True
 
     async def _renew_once(self, r: coredis.Redis[bytes]) -> bool:
         ms = str(int(self.lease * 1000))
@@ -228,12 +236,15 @@ class RedisStore:
         state: StoredState = await self._call("load", self._load)
         return state
 
-    async def _load(self, r: coredis.Redis[bytes]) -> StoredState:
+    async def _check_layout(self, r: coredis.Redis[bytes]) -> None:
         version = await r.hget(self._meta, b"layout")
         if version is None:
             await r.hset(self._meta, {b"layout": str(LAYOUT_VERSION).encode()})
         elif int(version) != LAYOUT_VERSION:
             raise StoreError(f"{self.name} holds layout {int(version)}, not {LAYOUT_VERSION}")
+
+    async def _load(self, r: coredis.Redis[bytes]) -> StoredState:
+        await self._check_layout(r)
         rows = {
             sid.decode(): _unpack_row(v) for sid, v in (await r.hgetall(self._sessions)).items()
         }
@@ -253,10 +264,11 @@ class RedisStore:
             messages = {i: b for i, b in zip(ids, bodies, strict=True) if b is not None}
         return StoredState(tuple(sessions), messages)
 
-    async def write(self, batch: StoreBatch) -> None:
+    async def write(self, batch: StoreBatch) -> list[tuple[Forward, str]] | None:
         """Apply ``batch`` in one ``MULTI``/``EXEC`` round trip (all or nothing)."""
         if batch:
             await self._call("write", self._write, batch)
+        return None
 
     async def _write(self, r: coredis.Redis[bytes], batch: StoreBatch) -> None:
         async with r.pipeline(transaction=True) as pipe:

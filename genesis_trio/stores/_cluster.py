@@ -1,0 +1,258 @@
+"""``ClusterStore``: one Redis shared by several hubs (nodes) acting as one.
+
+Layout, under the key prefix, in addition to :class:`RedisStore`'s
+sessions, logs and messages:
+
+* ``{prefix}:node:{node}`` -- the node's incarnation token ``node/random``,
+  with a lease (``lease`` seconds, renewed every third of it): the node is
+  alive while it holds it;
+* ``{prefix}:owner`` -- a hash, component id -> the token of the node
+  holding its session (a component's session is live on one node at a
+  time: every write is fenced on it);
+* ``{prefix}:ids`` -- a hash, component id -> session id;
+* ``{prefix}:subs:{topic}`` -- a set of the component ids subscribed;
+* ``{prefix}:inbox:{component}`` -- a list of message bodies sent to the
+  component from other nodes, appended in the sender's own commit (so a
+  message is acknowledged only once it is there) and moved into the
+  component's log by its owner, in the owner's commit (exactly once);
+* ``{prefix}:dirty:{node}`` -- the components of a node with inbox entries;
+  ``{prefix}:wake:{node}`` -- a list the node waits on (``d``: drain;
+  ``r<component>``: another node asks it to let go of a component);
+* ``{prefix}:idblock`` -- a counter: each incarnation's message ids start
+  at its block (``block << 32``), so ids never collide across nodes.
+
+Every write is one Lua script (atomic): the fence check, then the batch,
+then the forwards to other nodes' components. Redis Cluster is not
+supported yet (the scripts touch keys of several sessions).
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import TYPE_CHECKING, Any, Final
+
+import attrs
+import msgpack
+
+from . import _cluster_lua as lua
+from ._protocol import Forward, StoreBatch, StoredSession, StoredState, StoreError
+from ._redis import LEASE_SECONDS, RedisStore, _pack_row, _unpack_log, _unpack_row, log
+
+if TYPE_CHECKING:
+    import coredis
+
+INBOX_CAPACITY: Final = 10_000
+"""Entries an inbox holds at most; a forward beyond it is refused (``full``)."""
+
+
+class StoreFenced(StoreError):
+    """Another node holds a component this node wrote to: this node must stop."""
+
+
+@attrs.frozen
+class Claim:
+    """What :meth:`ClusterStore.claim` found."""
+
+    kind: str
+    """``ok`` (taken, with its session), ``new`` (taken, no session yet),
+    ``busy`` (held by the live node ``holder``) or ``none`` (no such session)."""
+    component_id: str | None = None
+    holder: str | None = None
+    state: StoredState | None = None
+
+
+class ClusterStore(RedisStore):
+    """A :class:`RedisStore` shared by several nodes (see the module docstring).
+
+    ``node``: this node's id, unique in the cluster (``--node-id``). The
+    node's sessions are not loaded at :meth:`open`: the hub claims each when
+    its client arrives (:meth:`claim`), from whichever node held it.
+    """
+
+    clustered = True
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        node: str,
+        prefix: str = "genesis",
+        timeout: float = 5.0,
+        lease: float = LEASE_SECONDS,
+        inbox_capacity: int = INBOX_CAPACITY,
+    ) -> None:
+        super().__init__(url, prefix=prefix, timeout=timeout, owner=node, lease=lease)
+        if not node or "/" in node or any(c.isspace() for c in node):
+            raise ValueError(f"a node id is a word without '/' or spaces: {node!r}")
+        self.node = node
+        self.token = f"{node}/{secrets.token_hex(6)}"
+        """This incarnation (a restarted node is a new one: its old claims lapse)."""
+        self.inbox_capacity = inbox_capacity
+        self._scripts: dict[str, Any] = {}
+
+    def _argv(self, *more: str | bytes | int) -> list[str | bytes | int]:
+        return [self.prefix, self.token, self.node, *more]
+
+    async def _run(self, r: coredis.Redis[bytes], name: str, *more: str | bytes | int) -> Any:
+        script = self._scripts.get(name)
+        if script is None:
+            script = self._scripts[name] = r.register_script(getattr(lua, name))
+        return await script(keys=[], args=self._argv(*more))
+
+    def _taken(self) -> StoreError:
+        return StoreFenced(f"{self.name}: this node no longer holds {self._lost}")
+
+    async def _script(self, what: str, name: str, *more: str | bytes | int) -> Any:
+        try:
+            return await self._call(what, self._run, name, *more)
+        except StoreError as exc:
+            if "FENCED" in str(exc):
+                self._lost = str(exc).rsplit("FENCED", 1)[-1].strip()
+                raise StoreFenced(f"{self.name}: this node no longer holds {self._lost}") from None
+            raise
+
+    # -- joining and leaving ------------------------------------------------------------
+
+    async def _claim(self) -> None:
+        """Join: register this incarnation (a node restarted under its id supersedes the old)."""
+        await self._call("connect", self._register)
+        self._claimed = True
+
+    async def _register(self, r: coredis.Redis[bytes]) -> None:
+        await r.set(f"{self.prefix}:node:{self.node}".encode(), self.token.encode(),
+                    px=int(self.lease * 1000))  # fmt: skip
+
+    async def _renew(self) -> bool:
+        try:
+            await self._script("lease", "RENEW", int(self.lease * 1000))
+        except StoreFenced as exc:  # _lost is set: every later call fails: the hub stops
+            log.error("%s", exc)
+        except StoreError:
+            return False  # Redis is away: the writes say so
+        return True
+
+    async def _release(self, r: coredis.Redis[bytes]) -> None:
+        """Leave: drop the node's key if it is still this incarnation's (claims lapse at once)."""
+        key = f"{self.prefix}:node:{self.node}".encode()
+        if await r.get(key) == self.token.encode():
+            await r.delete([key])
+
+    async def _load(self, r: coredis.Redis[bytes]) -> StoredState:
+        await self._check_layout(r)
+        block = int(await r.incr(f"{self.prefix}:idblock".encode()))
+        return StoredState((), {}, first_id=block << 32)
+
+    # -- claiming components ------------------------------------------------------------
+
+    async def claim(self, component_id: str | None, sid: str | None) -> Claim:
+        """Take the session of ``component_id`` (or of ``sid`` when no id is given)."""
+        reply = await self._script("claim", "CLAIM", component_id or "", sid or "")
+        kind = reply[0].decode()
+        if kind == "none":
+            return Claim(kind)
+        cid = reply[1].decode()
+        if kind == "busy":
+            return Claim(kind, cid, holder=reply[2].decode())
+        if kind == "new":
+            return Claim(kind, cid)
+        row = _unpack_row(reply[2])
+        entries = tuple(_unpack_log(reply[3]))
+        wanted = sorted({e.msg_id for e in entries if e.msg_id})
+        messages: dict[int, bytes] = {}
+        if wanted:
+            bodies = await self._call("claim", self._bodies, wanted)
+            messages = {i: b for i, b in zip(wanted, bodies, strict=True) if b is not None}
+        return Claim(kind, cid, state=StoredState((StoredSession(row, entries),), messages))
+
+    async def _bodies(self, r: coredis.Redis[bytes], ids: list[int]) -> list[bytes | None]:
+        return list(await r.hmget(self._messages, [str(i).encode() for i in ids]))
+
+    async def release(self, component_id: str) -> None:
+        """Let go of a component whose last change is committed."""
+        await self._script("release", "RELEASE", component_id)
+
+    async def ask_release(self, holder: str, component_id: str) -> None:
+        """Ask the node holding ``component_id`` (token ``holder``) to let go of it."""
+        node = holder.rsplit("/", 1)[0]
+        key = f"{self.prefix}:wake:{node}".encode()
+        await self._call("handover", lambda r: r.rpush(key, [b"r" + component_id.encode()]))
+
+    # -- this node's inboxes ------------------------------------------------------------------
+
+    async def wait_wake(self, seconds: float) -> list[str]:
+        """Wait (up to ``seconds``) for work: ``d`` (drain) or ``r<component>`` (let go)."""
+        return list(await self._call("wake", self._wait_wake, seconds))
+
+    async def _wait_wake(self, r: coredis.Redis[bytes], seconds: float) -> list[str]:
+        key = f"{self.prefix}:wake:{self.node}".encode()
+        first = await r.blpop([key], timeout=seconds)
+        if not first:
+            return []
+        rest = await r.lpop(key, 64) or []
+        return [v.decode() for v in [first[1], *rest]]
+
+    async def dirty(self) -> list[str]:
+        """The components of this node with messages in their inboxes."""
+        key = f"{self.prefix}:dirty:{self.node}".encode()
+        members = await self._call("inbox", lambda r: r.smembers(key))
+        return sorted(m.decode() for m in members)
+
+    async def inbox(self, component_id: str, start: int, count: int) -> list[bytes]:
+        """Up to ``count`` bodies of a component's inbox from index ``start``."""
+        key = f"{self.prefix}:inbox:{component_id}".encode()
+        return list(await self._call("inbox", lambda r: r.lrange(key, start, start + count - 1)))
+
+    # -- statistics ---------------------------------------------------------------------
+
+    async def publish_stats(self, snapshot: bytes) -> None:
+        """Publish this node's statistics (kept three leases unless published again)."""
+        key = f"{self.prefix}:stats:{self.node}".encode()
+        ms = int(self.lease * 3000)
+        await self._call("statistics", lambda r: r.set(key, snapshot, px=ms))
+
+    async def node_stats(self) -> dict[str, bytes]:
+        """The statistics every live node published, by node id."""
+        return dict(await self._call("statistics", self._node_stats))
+
+    async def _node_stats(self, r: coredis.Redis[bytes]) -> dict[str, bytes]:
+        head = f"{self.prefix}:stats:"
+        keys = [k async for k in r.scan_iter(match=f"{head}*".encode(), count=100)]
+        values = await r.mget(keys) if keys else []
+        return {
+            k.decode()[len(head) :]: v for k, v in zip(keys, values, strict=True) if v is not None
+        }
+
+    # -- writing ------------------------------------------------------------------------
+
+    async def write(self, batch: StoreBatch) -> list[tuple[Forward, str]] | None:
+        """Apply ``batch`` in one fenced script; return the forwards refused and why."""
+        if not batch:
+            return None
+        packed = _pack_batch(batch)
+        reply = await self._script("write", "WRITE", packed, self.inbox_capacity)
+        return [(batch.forwards[int(i) - 1], why.decode()) for i, why in reply or ()]
+
+
+def _flat(entries: Any) -> list[Any]:
+    out: list[Any] = []
+    for e in entries:
+        out += [e.seq, msgpack.packb(list(e))]
+    return out
+
+
+def _pack_batch(batch: StoreBatch) -> bytes:
+    cids = batch.cids
+    return msgpack.packb(
+        [
+            sorted(set(cids.values())),
+            [[sid, cids.get(sid, "")] for sid in batch.deletes],
+            [[str(k), v] for k, v in batch.messages.items()],
+            [[sid, _flat(e)] for sid, e in batch.rewrites.items()],
+            [[sid, _flat(e)] for sid, e in batch.appends.items() if e],
+            [[sid, seq] for sid, seq in batch.trims.items()],
+            [[sid, row.component_id, _pack_row(row)] for sid, row in batch.sessions.items()],
+            [[cid, n] for cid, n in batch.consumed.items()],
+            [[f.to or "", f.topic or "", f.body, list(f.exclude)] for f in batch.forwards],
+        ],
+        use_bin_type=False,  # Redis's cmsgpack reads no bin type: bytes go as (binary-safe) raw
+    )
