@@ -13,6 +13,7 @@ import functools
 import signal
 from collections.abc import Callable, Sequence
 
+import httpx
 import pytest
 import trio
 
@@ -216,4 +217,42 @@ async def test_a_node_frozen_past_its_lease_stops_instead_of_writing() -> None:
         assert status == 3, n0.log()[-2000:]
         assert "no longer holds" in n0.log()
         assert [e.recovered for name, e in links.events if name == "b"] == [False, True]
+        clean(n1)
+
+
+@pytest.mark.deadline(60)
+async def test_a_dead_nodes_sessions_are_adopted_and_wait_for_their_clients() -> None:
+    async with contextlib.AsyncExitStack() as stack:
+        redis = await stack.enter_async_context(redis_server())
+        n0 = await stack.enter_async_context(start_node(redis.url, "n0", lease=1.0))
+        n1 = await stack.enter_async_context(start_node(redis.url, "n1", lease=1.0))
+        board = Switchboard()
+        board.silence(port_of(n1.url))  # b reaches n0 only, for now
+        links = Links()
+        a = await stack.enter_async_context(client([n1.url], "a", links))
+        b = await stack.enter_async_context(client([n0.url, n1.url], "b", links, board))
+        for n in range(5):
+            await a.send("b", "n", n)
+        assert [(await b.receive()).data for _ in range(5)] == list(range(5))
+        n0.process.send_signal(signal.SIGKILL)
+        await n0.process.wait()
+        for n in range(5, 15):  # into b's inbox: nobody holds b
+            await a.send("b", "n", n)
+        api = n1.url.replace("ws://", "http://").removesuffix("/ws")
+        async with httpx.AsyncClient(base_url=api) as http:
+
+            async def adopted() -> int:
+                stats = (await http.get("/api/cluster")).json()["nodes"]["n1"]
+                return int(stats["cluster"]["adopted"])
+
+            with trio.fail_after(20):  # n1 adopts b once n0's lease lapsed (statistics: 1 s)
+                while not await adopted():  # noqa: ASYNC110 - another process's state
+                    await trio.sleep(0.1)
+            row = (await http.get("/api/components/b")).json()
+        assert row["connected"] is False
+        assert row["node"] == "n1"
+        board.restore(port_of(n1.url))
+        assert [(await b.receive()).data for _ in range(10)] == list(range(5, 15))
+        resumed = [e for name, e in links.events if name == "b"][1:]
+        assert [e.recovered for e in resumed] == [True]
         clean(n1)

@@ -52,6 +52,10 @@ DRAIN_BATCH: Final = 256
 """Inbox entries moved per component per round."""
 POLL: Final = 1.0
 """Seconds between looks at the inboxes when nothing wakes the node."""
+ADOPT_EVERY: Final = 3.0
+"""Seconds (at least three node leases) between looks for dead nodes' components."""
+ADOPT_BATCH: Final = 1000
+"""Components adopted per look at most."""
 
 Reporter = Callable[[Error], None]
 
@@ -99,6 +103,8 @@ class ClusterNode:
         """Components claimed from the store (arrivals from elsewhere or from nowhere)."""
         self.handovers = 0
         """Components this node let go of because another node asked."""
+        self.adopted = 0
+        """Components taken over from dead nodes without a client asking."""
 
     # -- routing ------------------------------------------------------------------
 
@@ -148,11 +154,14 @@ class ClusterNode:
 
     # -- arriving -------------------------------------------------------------------
 
-    async def arrive(self, hello: Hello) -> tuple[tuple[CloseCode, str] | None, str | None]:
+    async def arrive(
+        self, hello: Hello, *, take: bool = True
+    ) -> tuple[tuple[CloseCode, str] | None, str | None]:
         """Claim the session a ``hello`` names, unless this node holds it.
 
         Returns why the link is refused (None: go on) and, for a new
         anonymous session, the id claimed for it (the table must use it).
+        ``take``: ask a live node holding it to let go (else: refused).
         """
         table = self.table
         cid = hello.id
@@ -172,7 +181,7 @@ class ClusterNode:
                 if cid in table.by_id:
                     return None, None
             self._mark(marks, cid if cid is not None else "$sid:" + str(hello.sid))
-            return await self._claim(cid, hello.sid, marks), assigned
+            return await self._claim(cid, hello.sid, marks, take), assigned
         finally:
             for key in marks:
                 self.arriving.pop(key).set()
@@ -183,7 +192,7 @@ class ClusterNode:
         marks.append(key)
 
     async def _claim(
-        self, cid: str | None, sid: str | None, marks: list[str]
+        self, cid: str | None, sid: str | None, marks: list[str], take: bool
     ) -> tuple[CloseCode, str] | None:
         journal, store = self.journal, self.store
         deadline = trio.current_time() + self.handover_timeout
@@ -196,6 +205,8 @@ class ClusterNode:
                     break
                 assert claim.holder is not None
                 assert claim.component_id is not None
+                if not take:
+                    return CloseCode.TRY_AGAIN_LATER, f"held by node {claim.holder}"
                 if trio.current_time() - asked >= 1.0:  # again: it may have been arriving
                     asked = trio.current_time()
                     await store.ask_release(claim.holder, claim.component_id)
@@ -269,6 +280,28 @@ class ClusterNode:
         await self.journal.wait_committed()
         await self.store.release(cid)
 
+    async def adopt_orphans(self, most: int = ADOPT_BATCH) -> int:
+        """Take over (up to ``most``) components whose node died; return how many.
+
+        Someone must hold every session: to drain its inbox and, if its
+        client never comes back, to expire it. An adopted session waits like
+        any disconnected one; its client resumes it here or on any node.
+        """
+        adopted, cursor = 0, 0
+        while adopted < most:
+            cursor, found = await self.store.orphans(cursor)
+            for cid in found:
+                if cid in self.table.by_id or cid in self.arriving:
+                    continue
+                refused, _ = await self.arrive(Hello(id=cid), take=False)
+                if refused is None and cid not in self.table.by_id:
+                    await self.store.release(cid)  # claimed, but it has no session: let go
+                adopted += 1
+            if cursor == 0:
+                break
+        self.adopted += adopted
+        return adopted
+
     async def cluster_stats(self) -> dict[str, Any]:
         """Every live node's statistics (``nodes``, by id) and their sums (``totals``)."""
         nodes = {
@@ -289,6 +322,7 @@ class ClusterNode:
                 "drained": self.drained,
                 "claims": self.claims,
                 "handovers": self.handovers,
+                "adopted": self.adopted,
             }
             packed = orjson.dumps(stats, default=str, option=orjson.OPT_NON_STR_KEYS)
             await self.store.publish_stats(packed)
@@ -298,11 +332,16 @@ class ClusterNode:
         task_status.started()
         timeout = POLL
         published = -math.inf
+        adopted = trio.current_time()
         while True:
             try:
-                if trio.current_time() - published >= POLL:
-                    published = trio.current_time()
+                now = trio.current_time()
+                if now - published >= POLL:
+                    published = now
                     await self._publish_stats()
+                if now - adopted >= max(ADOPT_EVERY, 3 * self.store.lease):
+                    adopted = now
+                    await self.adopt_orphans()
                 work = await self.store.wait_wake(timeout)
                 for item in work:
                     if item.startswith("r"):

@@ -167,6 +167,11 @@ class ClusterStore(RedisStore):
     async def _bodies(self, r: coredis.Redis[bytes], ids: list[int]) -> list[bytes | None]:
         return list(await r.hmget(self._messages, [str(i).encode() for i in ids]))
 
+    async def orphans(self, cursor: int) -> tuple[int, list[str]]:
+        """One step of a scan for components held by dead nodes: (next cursor, ids)."""
+        reply = await self._script("orphan scan", "ORPHANS", cursor)
+        return int(reply[0]), [c.decode() for c in reply[1]]
+
     async def release(self, component_id: str) -> None:
         """Let go of a component whose last change is committed."""
         await self._script("release", "RELEASE", component_id)

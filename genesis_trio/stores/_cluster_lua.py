@@ -48,6 +48,22 @@ return {'ok', cid, row, redis.call('ZRANGE', p .. ':log:' .. s, 0, -1)}
 ``busy`` (a live node holds it: ask it to let go), ``new`` (no session:
 make one) or ``ok`` with its header and log."""
 
+ORPHANS: Final = (
+    _COMMON
+    + """
+-- ARGV[4]: HSCAN cursor. Components held by dead nodes (never this one).
+local r = redis.call('HSCAN', owner, ARGV[4], 'COUNT', 200)
+local found, seen = {}, {}
+for i = 1, #r[2], 2 do
+  local cid, token = r[2][i], r[2][i + 1]
+  if seen[token] == nil then seen[token] = token == me or alive(token) end
+  if not seen[token] then found[#found + 1] = cid end
+end
+return {r[1], found}
+"""
+)
+"""One step over the owners: the components whose node died (to adopt)."""
+
 RELEASE: Final = (
     _COMMON
     + """
