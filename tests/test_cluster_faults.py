@@ -97,6 +97,9 @@ async def test_redis_flushed_every_client_is_told() -> None:
         links = Links()
         a = await stack.enter_async_context(client([nodes[0].url], "a", links))
         b = await stack.enter_async_context(client([nodes[1].url], "b", links))
+        closes = Closes()
+        a.add_link_listener(closes)
+        b.add_link_listener(closes)
         for n in range(20):
             await a.send("b", "n", n)
         assert [(await b.receive()).data for _ in range(20)] == list(range(20))
@@ -110,6 +113,7 @@ async def test_redis_flushed_every_client_is_told() -> None:
         assert statuses == [3, 3], [node.log()[-1500:] for node in nodes]
         for node in nodes:
             assert "no longer holds" in node.log()
+        assert closes.codes == [4006, 4006]  # "this node lost its sessions": resume elsewhere
         for i in range(2):  # a supervisor restarts them
             await stack.enter_async_context(
                 start_node(redis.url, f"n{i}", port=ports[i], lease=1.0)

@@ -247,7 +247,7 @@ class TranscendentalWebSocket(ComponentBase):
     # -- lifecycle ----------------------------------------------------------------
 
     async def __aenter__(self) -> TranscendentalWebSocket:
-        await self.connect()  # one attempt: a hub that is down fails the `async with`
+        await self.connect()  # one attempt per address: a hub that is down fails `async with`
         self._exit_stack = await start_hidden(self.run)
         return self
 
@@ -274,7 +274,7 @@ class TranscendentalWebSocket(ComponentBase):
         return None
 
     async def connect(self) -> None:
-        """Open a link and complete the hello/welcome handshake (one attempt).
+        """Open a link and complete the hello/welcome handshake (one attempt per address).
 
         Raises :class:`HandshakeError` (refused upgrade, bad welcome, timeout)
         or ``OSError`` (no TCP connection). No-op while already connected.

@@ -220,16 +220,22 @@ class LinkKeeper:
     # -- connecting and closing -----------------------------------------------------------
 
     async def connect(self) -> None:
-        """One attempt at a link, unless one is up."""
+        """One attempt at a link (one per address), unless one is up; the last error if none."""
         if self.link is not None:
             await trio.lowlevel.checkpoint()
             return
         self.state = ConnectionState.CONNECTING
-        try:
-            await self.open_link()
-        except BaseException:
-            self.state = ConnectionState.DISCONNECTED
-            raise
+        for attempt in range(len(self.uris)):
+            try:
+                await self.open_link()
+                return
+            except Exception:
+                if attempt == len(self.uris) - 1:
+                    self.state = ConnectionState.DISCONNECTED
+                    raise
+            except BaseException:
+                self.state = ConnectionState.DISCONNECTED
+                raise
 
     async def wait_connected(self, check_open: Callable[[], None]) -> None:
         """Wait until a link is up (at once if it is)."""

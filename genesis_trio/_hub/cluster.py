@@ -8,26 +8,30 @@ lives on one node at a time (docs/cluster.md):
   it, that node is asked to let go (it closes its link with 4001, commits,
   releases) and the claim is retried, up to ``handover_timeout``; a node
   that died holds nothing once its lease lapsed. The claimed session is
-  loaded with its log, then its inbox is drained into it, and only then
-  does the ``hello`` proceed: the client resumes exactly, on any node.
-  While a component arrives, messages to it (and every publish) wait, so
-  nothing overtakes what was forwarded to it before.
+  loaded with its log and its inbox is drained into it; then every inbox of
+  this node is drained once more (what the arriving component sent to this
+  node's components from its old node comes before what it sends now), and
+  only then does the ``hello`` proceed: the client resumes exactly, on any
+  node. While a component arrives, messages to it (and every publish) wait.
 * **forwarding**: a message for a component this node does not hold, and
   every publish (for the subscribers on other nodes), is recorded as a
   :class:`~genesis_trio.stores.Forward` in the journal: it reaches the
   target's inbox in the same commit that makes the sender's message
   acknowledgeable. A forward to a component with no session is answered
   ``unknown_target`` to its sender after the commit.
-* **draining**: the node waits on its wake list; it moves its components'
-  inbox entries into their logs (in order, under one lock), and the commit
-  that stores them also trims the inbox: exactly once.
+* **draining**: the node waits on its wake list and moves its components'
+  inbox entries into their logs, in order; the commit that stores them also
+  records how far the inbox was moved (an absolute position: exactly once,
+  even when a commit is retried). A session whose inbox could not be
+  emptied (its client is slow) takes even this node's messages through its
+  inbox (:attr:`HubSession.via_inbox`) until it is, so nothing overtakes.
 * **fencing**: a write touching a component another node has claimed fails
-  as a whole (:class:`~genesis_trio.stores.StoreFenced`): the hub stops
-  (exit status 3 under the CLI), as its memory can no longer be trusted.
+  whole (:class:`~genesis_trio.stores.StoreFenced`): the hub stops (exit 3).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import secrets
@@ -41,10 +45,11 @@ import trio
 from .._core.codec import MSGPACK, EncodedBody
 from .._core.errors import CloseCode, ErrorCode
 from .._core.frames import Error, Hello
-from ..stores._cluster import ClusterStore, StoreFenced
+from ..stores._cluster import ClusterStore, Inbox, StoreFenced
 from ..stores._protocol import Forward, StoreError
 from .journal import Journal
 from .sessions import ANONYMOUS_PREFIX, HubSession, SessionTable
+from .stats import totals
 
 log = logging.getLogger("genesis_trio.cluster")
 
@@ -58,6 +63,7 @@ ADOPT_BATCH: Final = 1000
 """Components adopted per look at most."""
 
 Reporter = Callable[[Error], None]
+Refusal = tuple[CloseCode, str]
 
 
 class Appender(Protocol):
@@ -85,16 +91,21 @@ class ClusterNode:
         stats: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         self.store = store
-        self._stats = stats
         self.journal = journal
         self.table = table
+        self._stats = stats
         self.router: Appender | None = None
         """Set by the hub (appends drained messages)."""
         self.handover_timeout = handover_timeout
         self.arriving: dict[str, trio.Event] = {}
-        """Components being claimed, by id: messages to them wait."""
+        """Components being claimed (and ``$sid:...`` for resumes by session id): messages
+        to them wait."""
         self._settled = trio.lowlevel.ParkingLot()
         self._drain_lock = trio.Lock()
+        self._upto: dict[str, int] = {}
+        """How far each inbox was moved (absolute), committed or not: never moved twice."""
+        self._last_forward: dict[str, int] = {}
+        """The journal generation of the last forward to each local ``via_inbox`` session."""
         self.forwarded = 0
         """Messages (and publishes) handed to other nodes."""
         self.drained = 0
@@ -105,6 +116,10 @@ class ClusterNode:
         """Components this node let go of because another node asked."""
         self.adopted = 0
         """Components taken over from dead nodes without a client asking."""
+        self.gaps = 0
+        """Inbox gaps found (a full inbox refused a publish): sessions marked truncated."""
+        self.fenced = False
+        """Set when this node learned it lost its lease or a component (it stops)."""
 
     # -- routing ------------------------------------------------------------------
 
@@ -128,14 +143,24 @@ class ClusterNode:
         report: Reporter | None = None,
         n: int | None = None,
     ) -> None:
-        """Record ``body`` for other nodes' components (in the next commit)."""
+        """Record ``body`` for components reached through their inboxes (next commit)."""
         tag = None
         if report is not None:
             tag = (weakref.WeakMethod(report) if hasattr(report, "__self__") else report, n,
                    body.get("id"))  # fmt: skip
         packed = EncodedBody(body).encoded(MSGPACK)
-        self.journal.forwarded(Forward(to, topic, packed, exclude, tag))
+        journal = self.journal
+        journal.forwarded(Forward(to, topic, packed, exclude, tag))
         self.forwarded += 1
+        table = self.table
+        if to is not None:
+            session = table.by_id.get(to)
+            if session is not None:  # local, but taking its messages through its inbox
+                self._last_forward[to] = journal.generation
+        elif topic is not None:
+            for session in table.subscribers.get(topic, ()):
+                if session.via_inbox:
+                    self._last_forward[session.component_id] = journal.generation
 
     def refused(self, refused: list[tuple[Forward, str]]) -> None:
         """The store refused forwards (after the commit): tell their senders."""
@@ -154,38 +179,58 @@ class ClusterNode:
 
     # -- arriving -------------------------------------------------------------------
 
-    async def arrive(
-        self, hello: Hello, *, take: bool = True
-    ) -> tuple[tuple[CloseCode, str] | None, str | None]:
+    async def arrive(self, hello: Hello, *, take: bool = True) -> tuple[Refusal | None, str | None]:
         """Claim the session a ``hello`` names, unless this node holds it.
 
-        Returns why the link is refused (None: go on) and, for a new
-        anonymous session, the id claimed for it (the table must use it).
-        ``take``: ask a live node holding it to let go (else: refused).
+        Returns why the link is refused (None: go on) and the id claimed for
+        a new anonymous session (the table must use it if it makes one; call
+        :meth:`settle` with it afterwards). ``take``: ask a live node holding
+        it to let go (else: refused).
         """
         table = self.table
         cid = hello.id
-        assigned = None
+        if cid is not None and cid.startswith(ANONYMOUS_PREFIX):
+            cid = None  # reserved: an anonymous session is resumed by its session id
         if cid is None and hello.sid is not None:
             known = table.by_sid.get(hello.sid)
-            cid = known.component_id if known is not None else None
-        if cid is None and hello.sid is None:  # a new anonymous session: claim its new id
-            cid = assigned = ANONYMOUS_PREFIX + secrets.token_hex(6)
-        elif cid is not None and cid in table.by_id:
+            if known is not None:
+                return None, None
+        if cid is not None and cid in table.by_id:
             return None, None
         marks: list[str] = []
         try:
-            if cid is not None:
-                while cid in self.arriving:  # another link of the same component: after it
-                    await self.arriving[cid].wait()
-                if cid in table.by_id:
-                    return None, None
-            self._mark(marks, cid if cid is not None else "$sid:" + str(hello.sid))
-            return await self._claim(cid, hello.sid, marks, take), assigned
+            with trio.move_on_after(self.handover_timeout + 3 * self.store.timeout):
+                if cid is not None or hello.sid is not None:
+                    key = cid if cid is not None else "$sid:" + str(hello.sid)
+                    while key in self.arriving:  # another link of the same one: after it
+                        await self.arriving[key].wait()
+                    if (cid is not None and cid in table.by_id) or (
+                        hello.sid is not None and hello.sid in table.by_sid
+                    ):
+                        return None, None
+                    self._mark(marks, key)
+                    refused, found = await self._claim(cid, hello.sid, marks, take)
+                    if refused is not None or found or cid is not None:
+                        return refused, None
+                # a new anonymous session (or an unknown session id without a name)
+                assigned = ANONYMOUS_PREFIX + secrets.token_hex(6)
+                self._mark(marks, assigned)
+                refused, _ = await self._claim(assigned, None, marks, take)
+                return refused, (assigned if refused is None else None)
+            return (CloseCode.STORE_UNAVAILABLE, "the session could not be claimed in time"), None
         finally:
             for key in marks:
                 self.arriving.pop(key).set()
             self._settled.unpark_all()
+
+    async def settle(self, *cids: str | None) -> None:
+        """After a handshake: let go of claimed ids that did not become sessions here."""
+        for cid in cids:
+            if cid is not None and cid not in self.table.by_id and cid not in self.arriving:
+                try:
+                    await self.store.release(cid)
+                except StoreError as exc:
+                    log.warning("cluster: could not release %r: %s", cid, exc)
 
     def _mark(self, marks: list[str], key: str) -> None:
         self.arriving[key] = trio.Event()
@@ -193,10 +238,11 @@ class ClusterNode:
 
     async def _claim(
         self, cid: str | None, sid: str | None, marks: list[str], take: bool
-    ) -> tuple[CloseCode, str] | None:
+    ) -> tuple[Refusal | None, bool]:
+        """Claim and load; (why refused, whether a session was found)."""
         journal, store = self.journal, self.store
         deadline = trio.current_time() + self.handover_timeout
-        asked = -1.0
+        asked = -math.inf
         try:
             await journal.wait_committed()  # this node's own deletes of it are in the store
             while True:
@@ -206,65 +252,100 @@ class ClusterNode:
                 assert claim.holder is not None
                 assert claim.component_id is not None
                 if not take:
-                    return CloseCode.TRY_AGAIN_LATER, f"held by node {claim.holder}"
+                    return (CloseCode.TRY_AGAIN_LATER, f"held by node {claim.holder}"), False
                 if trio.current_time() - asked >= 1.0:  # again: it may have been arriving
                     asked = trio.current_time()
                     await store.ask_release(claim.holder, claim.component_id)
                 if trio.current_time() >= deadline:
-                    return CloseCode.STORE_UNAVAILABLE, f"session held by node {claim.holder}"
+                    why = f"session held by node {claim.holder}"
+                    return (CloseCode.STORE_UNAVAILABLE, why), False
                 await trio.sleep(0.05)
-            if claim.component_id is None:
-                return None  # an unknown session id: the table makes a new session
-            self.claims += 1
-            cid = claim.component_id
-            if cid not in self.arriving:
-                self._mark(marks, cid)
+        except StoreError as exc:
+            return (CloseCode.STORE_UNAVAILABLE, str(exc)[:100]), False
+        if claim.component_id is None:
+            return None, False  # an unknown session id
+        self.claims += 1
+        cid = claim.component_id
+        if cid not in self.arriving:
+            self._mark(marks, cid)
+        try:
             await journal.wait_committed()  # forwards to it recorded before now are in its inbox
             async with self._drain_lock:
                 table = self.table
                 if claim.state is not None and cid not in table.by_id:
                     table.load(claim.state, trio.current_time(), journal.trio_time)
                 session = table.by_id.get(cid)
-                while session is not None:  # away while it arrives: it never blocks
-                    done = await self._drain_one(session)
-                    await journal.wait_committed()
-                    if done or session.connected:
+                while session is not None and not session.connected:  # away: never blocks
+                    if await self._drain_some([session]):
                         break
+            await self._drain()  # what it sent to this node's components before, first
         except StoreError as exc:
-            return CloseCode.STORE_UNAVAILABLE, str(exc)[:100]
-        return None
+            if cid not in self.table.by_id:  # claimed, not loaded: let go (best effort)
+                with trio.move_on_after(self.store.timeout), contextlib.suppress(StoreError):
+                    await store.release(cid)
+            return (CloseCode.STORE_UNAVAILABLE, str(exc)[:100]), False
+        return None, claim.state is not None
 
     # -- draining and letting go ----------------------------------------------------------
 
-    async def _drain_one(self, session: HubSession) -> bool:
-        """Move inbox entries into the session's log; True if all fitted."""
-        cid = session.component_id
-        bodies = await self.store.inbox(cid, 0, DRAIN_BATCH)
-        if not bodies:
-            return True
+    def _move(self, session: HubSession, inbox: Inbox, read_at: int) -> bool:
+        """Append what the session has not had of its inbox (never waits); True if emptied."""
         router = self.router
         assert router is not None
-        moved = 0
-        for packed in bodies:
-            if self.table.by_id.get(cid) is not session or router.blocks(session):
-                break
-            router.append_all((session,), EncodedBody(None, msgpack=packed))
+        cid = session.component_id
+        journal = self.journal
+        if inbox.gap is not None:  # a publish could not be put there: say so at resume
+            session.outbound.truncated = True
+            journal.touched(session)
+            journal.gap_seen(cid, inbox.gap)
+            self.gaps += 1
+        upto = self._upto.get(cid, 0)
+        start = max(0, upto - inbox.head)
+        bodies = inbox.bodies
+        moved = start
+        while moved < len(bodies) and not router.blocks(session):
+            router.append_all((session,), EncodedBody(None, msgpack=bodies[moved]))
             moved += 1
-        if moved:
-            self.journal.consumed(cid, moved)
-            self.drained += moved
-        return moved == len(bodies) < DRAIN_BATCH
+        if moved > start:
+            self._upto[cid] = inbox.head + moved
+            journal.consumed(cid, inbox.head + moved)
+            self.drained += moved - start
+        emptied = moved == len(bodies) < DRAIN_BATCH
+        if not emptied:
+            session.via_inbox = True
+        elif session.via_inbox and self._last_forward.get(cid, 0) <= read_at:
+            session.via_inbox = False  # every forward to it was in the store when it was read
+            self._last_forward.pop(cid, None)
+        return emptied
+
+    async def _drain_some(self, sessions: list[HubSession]) -> bool:
+        """Read and move the sessions' inboxes once, then commit; True if all were emptied."""
+        read_at = self.journal.committed_generation
+        inboxes = await self.store.inboxes([s.component_id for s in sessions], DRAIN_BATCH)
+        done = True
+        try:
+            for session, inbox in zip(sessions, inboxes, strict=True):
+                if self.table.by_id.get(session.component_id) is session:
+                    done = self._move(session, inbox, read_at) and done
+        finally:  # what was moved is committed before anything reads the inboxes again
+            with trio.CancelScope(shield=True), trio.move_on_after(self.store.timeout * 2):
+                await self.journal.wait_committed()
+        return done
 
     async def _drain(self) -> bool:
         """One round over this node's inboxes; True when nothing was left behind."""
-        done = True
         async with self._drain_lock:
-            for cid in await self.store.dirty():
-                session = self.table.by_id.get(cid)
-                if session is not None and cid not in self.arriving:
-                    done = await self._drain_one(session) and done
-            await self.journal.wait_committed()
-        return done
+            table = self.table
+            wanted = set(await self.store.dirty())
+            wanted.update(s.component_id for s in table.by_id.values() if s.via_inbox)
+            sessions = [
+                table.by_id[cid]
+                for cid in sorted(wanted)
+                if cid in table.by_id and cid not in self.arriving
+            ]
+            for cid in [c for c in self._upto if c not in table.by_id]:
+                del self._upto[cid]  # gone from here: its next owner reads the store
+            return await self._drain_some(sessions) if sessions else True
 
     async def _let_go(self, cid: str) -> None:
         """Another node wants ``cid``: close its link, commit, release."""
@@ -272,16 +353,19 @@ class ClusterNode:
             return  # ours is the newer claim: the other retries, then replaces
         session = self.table.by_id.get(cid)
         if session is not None:
-            link = session.connection
-            if link is not None:
-                link.close_soon(CloseCode.REPLACED, "taken over on another node")
-            self.table.unload(session)
+            async with self._drain_lock:  # not while its inbox is being moved
+                link = session.connection
+                if link is not None:
+                    link.close_soon(CloseCode.REPLACED, "taken over on another node")
+                self.table.unload(session)
+                self._upto.pop(cid, None)
             self.handovers += 1
         await self.journal.wait_committed()
-        await self.store.release(cid)
+        if cid not in self.arriving and cid not in self.table.by_id:  # not claimed again since
+            await self.store.release(cid)
 
     async def adopt_orphans(self, most: int = ADOPT_BATCH) -> int:
-        """Take over (up to ``most``) components whose node died; return how many.
+        """Take over (up to ``most``) components nobody alive holds; return how many.
 
         Someone must hold every session: to drain its inbox and, if its
         client never comes back, to expire it. An adopted session waits like
@@ -294,25 +378,21 @@ class ClusterNode:
                 if cid in self.table.by_id or cid in self.arriving:
                     continue
                 refused, _ = await self.arrive(Hello(id=cid), take=False)
-                if refused is None and cid not in self.table.by_id:
-                    await self.store.release(cid)  # claimed, but it has no session: let go
-                adopted += 1
+                if refused is None:
+                    adopted += 1
+                await self.settle(cid)  # claimed, but it has no session: let go
             if cursor == 0:
                 break
         self.adopted += adopted
         return adopted
 
+    # -- statistics -------------------------------------------------------------------
+
     async def cluster_stats(self) -> dict[str, Any]:
         """Every live node's statistics (``nodes``, by id) and their sums (``totals``)."""
-        nodes = {
-            node: orjson.loads(raw) for node, raw in sorted((await self.store.node_stats()).items())
-        }
-        totals: dict[str, float] = {}
-        for stats in nodes.values():
-            for name, value in stats.items():
-                if isinstance(value, int | float) and not isinstance(value, bool):
-                    totals[name] = totals.get(name, 0) + value
-        return {"nodes": nodes, "totals": totals}
+        found = sorted((await self.store.node_stats()).items())
+        nodes = {node: orjson.loads(raw) for node, raw in found}
+        return {"nodes": nodes, "totals": totals(nodes.values())}
 
     async def _publish_stats(self) -> None:
         if self._stats is not None:
@@ -323,32 +403,48 @@ class ClusterNode:
                 "claims": self.claims,
                 "handovers": self.handovers,
                 "adopted": self.adopted,
+                "gaps": self.gaps,
             }
             packed = orjson.dumps(stats, default=str, option=orjson.OPT_NON_STR_KEYS)
             await self.store.publish_stats(packed)
 
+    # -- the node's tasks ---------------------------------------------------------------
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Drain inboxes, answer hand-over requests, publish statistics, until cancelled."""
-        task_status.started()
+        """Drain inboxes, answer hand-over requests, publish statistics, adopt, until cancelled."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._adopting)
+            task_status.started()
+            await self._serving()
+
+    async def _serving(self) -> None:
         timeout = POLL
         published = -math.inf
-        adopted = trio.current_time()
         while True:
             try:
-                now = trio.current_time()
-                if now - published >= POLL:
-                    published = now
+                if trio.current_time() - published >= POLL:
+                    published = trio.current_time()
                     await self._publish_stats()
-                if now - adopted >= max(ADOPT_EVERY, 3 * self.store.lease):
-                    adopted = now
-                    await self.adopt_orphans()
                 work = await self.store.wait_wake(timeout)
                 for item in work:
                     if item.startswith("r"):
                         await self._let_go(item[1:])
                 timeout = POLL if await self._drain() else 0.05
             except StoreFenced:
+                self.fenced = True
                 raise  # this node's memory can no longer be trusted: stop
             except StoreError as exc:
                 log.warning("cluster: %s", exc)
                 await trio.sleep(POLL)
+
+    async def _adopting(self) -> None:
+        every = max(ADOPT_EVERY, 3 * self.store.lease)
+        while True:
+            await trio.sleep(every)
+            try:
+                await self.adopt_orphans()
+            except StoreFenced:
+                self.fenced = True
+                raise
+            except StoreError as exc:
+                log.warning("cluster: adoption: %s", exc)

@@ -76,6 +76,10 @@ class LinkHost(LinkServices, Protocol):
         """
         ...
 
+    async def settle(self, *component_ids: str | None) -> None:
+        """In a cluster, let go of claimed ids that did not become sessions here."""
+        ...
+
 
 async def _authenticate(
     host: LinkHost, transport: ServerTransport, hello: Hello
@@ -191,23 +195,21 @@ async def _serve_link(host: LinkHost, transport: ServerTransport) -> bool:
                 )
     table = host.sessions
     refused, assigned = await host.arrive(hello)
-    if (  # now that it is here: whose is it?
-        refused is None
-        and identity is not None
-        and table.owned_elsewhere(hello.id or "", hello.sid, identity.subject)
-    ):
-        c.auth_failures += 1
-        await transport.close(CloseCode.POLICY_VIOLATION, "id belongs to another identity")
-        return False
+    now = trio.current_time()
+    evicted = None
     if refused is not None:
         c.handshake_failures += 1
-        await transport.close(refused[0], refused[1][:120])
-        return False
-    now = trio.current_time()
-    evicted = table.make_room(hello, now)
-    if evicted is None:
+    elif identity is not None and table.owned_elsewhere(
+        hello.id or "", hello.sid, identity.subject
+    ):
+        c.auth_failures += 1  # now that it is here: whose is it?
+        refused = CloseCode.POLICY_VIOLATION, "id belongs to another identity"
+    elif (evicted := table.make_room(hello, now)) is None:
         c.sessions_refused += 1
-        await transport.close(CloseCode.TRY_AGAIN_LATER, "the hub is at its session limit")
+        refused = CloseCode.TRY_AGAIN_LATER, "the hub is at its session limit"
+    if refused is not None or evicted is None:
+        await host.settle(assigned, hello.id)  # a cluster's claims that made no session
+        await transport.close(*(refused or (CloseCode.TRY_AGAIN_LATER, "busy")))
         return False
     c.sessions_evicted += evicted
     opened = table.open(hello, now, identity.subject if identity is not None else None, assigned)
@@ -237,6 +239,8 @@ async def _serve_link(host: LinkHost, transport: ServerTransport) -> bool:
         link.report(_limit_error(opened.refused_topics))
     session.attach(link, now)
     table.joined(session, opened.recovered)
+    if assigned is not None and assigned != session.component_id:
+        await host.settle(assigned)
     welcome = Welcome(
         id=session.component_id,
         sid=session.sid,

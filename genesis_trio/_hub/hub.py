@@ -180,6 +180,8 @@ class TranscendentalExternalWebSocket(Outbox, Queries):
             return CloseCode.GOING_AWAY, "hub shutting down"
         if not self.journal.durable:
             return None
+        if self.fenced:
+            return CloseCode.STORE_UNAVAILABLE, "this node lost its sessions"
         if not self._running:
             return CloseCode.STORE_UNAVAILABLE, "hub not running"
         if not self.journal.healthy:
@@ -191,6 +193,11 @@ class TranscendentalExternalWebSocket(Outbox, Queries):
         if self.cluster is None:
             return None, None
         return await self.cluster.arrive(hello)
+
+    async def settle(self, *component_ids: str | None) -> None:
+        """In a cluster, let go of claimed ids that did not become sessions (LinkHost)."""
+        if self.cluster is not None:
+            await self.cluster.settle(*component_ids)
 
     def process(self, data: str | bytes, link: HubLink) -> None:
         """The per-frame pipeline for one link (LinkServices)."""
@@ -248,6 +255,12 @@ class TranscendentalExternalWebSocket(Outbox, Queries):
         ):
             raise PermissionError(f"may not see the members of {topic!r}")
         return self.presence.members(topic, data.get("after"))
+
+    @property
+    def fenced(self) -> bool:
+        """True once another node took a session this one held (a cluster): it stops."""
+        cluster = self.cluster
+        return cluster is not None and (cluster.fenced or cluster.journal.fenced is not None)
 
     @property
     def ready(self) -> bool:
@@ -366,6 +379,8 @@ class TranscendentalExternalWebSocket(Outbox, Queries):
                         await journal.compact()
             finally:
                 self._running = False
+                if self.fenced:  # its clients resume on another node
+                    self.close_all(CloseCode.STORE_UNAVAILABLE, "this node lost its sessions")
                 nursery.cancel_scope.cancel()
                 self.presence.flush(self.router.append_all)  # before the last commit
                 with trio.CancelScope(shield=True):

@@ -154,6 +154,9 @@ class Journal:
         self._wake = Signal()
         self._committed = trio.lowlevel.ParkingLot()
         self._ids = itertools.count(1)
+        self._forward_numbers = itertools.count(1)
+        self.shares = getattr(store, "shares_bodies", True)
+        """A message fanned out is stored once (else inline in every log)."""
         self._wall_offset: float | None = None  # set when run() starts: Trio's clock is there
         self.generation = 0
         """Incremented by every change recorded."""
@@ -217,7 +220,7 @@ class Journal:
         return out.msg_id
 
     def _entry(self, seq: int, out: EncodedBody, stamp: float, shared: bool) -> StoredEntry:
-        if shared or out.msg_id is not None:
+        if self.shares and (shared or out.msg_id is not None):
             return StoredEntry(seq, self._msg_id(out), self.wall(stamp))
         return StoredEntry(seq, 0, self.wall(stamp), out.encoded(MSGPACK))
 
@@ -257,14 +260,20 @@ class Journal:
 
     def forwarded(self, forward: Forward) -> None:
         """A message for components on other nodes (a clustered store)."""
-        self._batch.forwards.append(forward)
+        self._batch.forwards.append(forward._replace(number=next(self._forward_numbers)))
         self.generation += 1
         self._wake.set()
 
-    def consumed(self, component_id: str, count: int) -> None:
-        """``count`` more entries of a component's inbox are in its log (a clustered store)."""
+    def consumed(self, component_id: str, upto: int) -> None:
+        """A component's inbox is in its log up to absolute position ``upto`` (a cluster)."""
         consumed = self._batch.consumed
-        consumed[component_id] = consumed.get(component_id, 0) + count
+        consumed[component_id] = max(upto, consumed.get(component_id, 0))
+        self.generation += 1
+        self._wake.set()
+
+    def gap_seen(self, component_id: str, gap: str) -> None:
+        """The owner saw (and marked as truncation) a gap in a component's inbox."""
+        self._batch.gaps[component_id] = gap
         self.generation += 1
         self._wake.set()
 

@@ -73,14 +73,17 @@ class Router(HubCalls):
 
         def resolve() -> Sequence[HubSession]:
             target = sessions.get(component_id)
-            return (target,) if target is not None else ()
+            return (target,) if target is not None and not target.via_inbox else ()
 
         return resolve
 
     def by_topic(self, topic: str) -> Callable[[], Sequence[HubSession]]:
-        """The subscribers of ``topic`` (resolved again after every wait)."""
+        """The subscribers of ``topic`` (resolved again after every wait).
+
+        In a cluster, not those taking messages through their inbox (forwarded).
+        """
         subscribers = self.table.subscribers
-        return lambda: tuple(subscribers.get(topic, ()))
+        return lambda: tuple(s for s in subscribers.get(topic, ()) if not s.via_inbox)
 
     def by_sid(self, sid: str) -> Callable[[], Sequence[HubSession]]:
         """The session ``sid``, while it lives (a reply to the requester's own session)."""
@@ -190,6 +193,8 @@ class Router(HubCalls):
         topic = None
         if to is not None:
             target = table.by_id.get(to)
+            if target is not None and target.via_inbox:
+                target = None  # in a cluster: through its inbox, behind what waits there
             if target is None:
                 if to == HUB_ID:
                     return False
@@ -222,7 +227,7 @@ class Router(HubCalls):
             else:
                 if cluster is not None and cluster.waits(None):
                     return False
-                targets = tuple(table.subscribers.get(topic, ()))
+                targets = tuple(s for s in table.subscribers.get(topic, ()) if not s.via_inbox)
         if targets:
             if not self.has_room(targets):
                 return False
@@ -311,7 +316,7 @@ class Router(HubCalls):
         if cluster is not None and count >= 0:
             if to is None:
                 topic = body["topic"]
-                local = tuple(s.component_id for s in self.table.subscribers.get(topic, ()))
+                local = tuple(s.component_id for s in self.by_topic(topic)())
                 cluster.forward(body, topic=topic, exclude=local)
             elif count == 0:
                 cluster.forward(body, to=to, report=report, n=n)

@@ -26,7 +26,7 @@ from .._core.session import InboundTracker, OutboundLog, new_session_id, resume_
 from .._runtime.signal import Signal
 from ..stores import StoredState
 
-ANONYMOUS_PREFIX: Final = "anon-"
+ANONYMOUS_PREFIX: Final = "anon-"  # also in stores/_cluster_lua.py (CLAIM)
 """Component ids the hub assigns to clients that send none (reserved: clients may not use it)."""
 
 
@@ -114,6 +114,9 @@ class HubSession:
     """Told when the link goes (the table keeps disconnected sessions in order)."""
     retired: bool = False
     """Out of the table (ended, or handed to another node): the journal ignores it."""
+    via_inbox: bool = False
+    """In a cluster: its inbox holds messages not yet in its log, so every message to it
+    goes through the inbox too (nothing overtakes them)."""
 
     @property
     def connected(self) -> bool:
@@ -300,7 +303,7 @@ class SessionTable:
         ):
             cid = None  # reserved: only the session the hub named so may use it
         if cid is None:  # an anonymous client resumes by session id alone
-            cid = known.component_id if known is not None else None
+            cid = known.component_id if known is not None and known.anonymous else None
         if cid is None:
             cid = assigned or ANONYMOUS_PREFIX + secrets.token_hex(6)
         existing = self.by_id.get(cid)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Any
+
 import attrs
 
 from .._core.heartbeat import RttEstimator
@@ -318,3 +321,13 @@ def hub_snapshot(
         close_codes=dict(c.close_codes),
         **extra,
     )
+
+
+def totals(snapshots: Iterable[dict[str, Any]]) -> dict[str, float]:
+    """The sum of every numeric statistic over several nodes' ``get_stats()``."""
+    summed: dict[str, float] = {}
+    for stats in snapshots:
+        for name, value in stats.items():
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                summed[name] = summed.get(name, 0) + value
+    return summed

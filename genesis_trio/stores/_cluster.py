@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 import msgpack
+import trio
 
 from . import _cluster_lua as lua
 from ._protocol import Forward, StoreBatch, StoredSession, StoredState, StoreError
@@ -47,6 +48,17 @@ INBOX_CAPACITY: Final = 10_000
 
 class StoreFenced(StoreError):
     """Another node holds a component this node wrote to: this node must stop."""
+
+
+@attrs.frozen
+class Inbox:
+    """The head of a component's inbox: its absolute position, a gap, the bodies."""
+
+    head: int
+    """The absolute position of ``bodies[0]`` (entries ever moved out before it)."""
+    gap: str | None
+    """Set when a message could not be put in it (it was full): the session is truncated."""
+    bodies: list[bytes]
 
 
 @attrs.frozen
@@ -70,6 +82,9 @@ class ClusterStore(RedisStore):
     """
 
     clustered = True
+    shares_bodies = False
+    """A message fanned out is stored inline in each log: no shared bodies, so no
+    compaction racing other nodes' writes."""
 
     def __init__(
         self,
@@ -91,7 +106,7 @@ class ClusterStore(RedisStore):
         self._scripts: dict[str, Any] = {}
 
     def _argv(self, *more: str | bytes | int) -> list[str | bytes | int]:
-        return [self.prefix, self.token, self.node, *more]
+        return [self.prefix, self.token, self.node, int(self.lease * 10_000), *more]
 
     async def _run(self, r: coredis.Redis[bytes], name: str, *more: str | bytes | int) -> Any:
         script = self._scripts.get(name)
@@ -114,13 +129,32 @@ class ClusterStore(RedisStore):
     # -- joining and leaving ------------------------------------------------------------
 
     async def _claim(self) -> None:
-        """Join: register this incarnation (a node restarted under its id supersedes the old)."""
-        await self._call("connect", self._register)
+        """Join: register this incarnation once no live process holds the node id.
+
+        A node that crashed holds it until its lease lapses: its restart
+        waits that long (at most ``lease``). One still running keeps it: a
+        second process started with its id refuses to start, and the running
+        one is not disturbed.
+        """
+        deadline = trio.current_time() + self.lease + 1.0
+        while (holder := await self._call("connect", self._register)) is not None:
+            if trio.current_time() >= deadline:
+                raise StoreError(
+                    f"node id {self.node!r} is in use by a running node ({holder}) on "
+                    f"{self.name}: give each node its own --node-id"
+                )
+            await trio.sleep(0.25)
         self._claimed = True
 
-    async def _register(self, r: coredis.Redis[bytes]) -> None:
-        await r.set(f"{self.prefix}:node:{self.node}".encode(), self.token.encode(),
-                    px=int(self.lease * 1000))  # fmt: skip
+    async def _register(self, r: coredis.Redis[bytes]) -> str | None:
+        from coredis import PureToken
+
+        key = f"{self.prefix}:node:{self.node}".encode()
+        ms = int(self.lease * 1000)
+        if await r.set(key, self.token.encode(), condition=PureToken.NX, px=ms):
+            return None
+        holder = await r.get(key)
+        return "?" if holder is None else holder.decode(errors="replace")
 
     async def _renew(self) -> bool:
         try:
@@ -180,7 +214,13 @@ class ClusterStore(RedisStore):
         """Ask the node holding ``component_id`` (token ``holder``) to let go of it."""
         node = holder.rsplit("/", 1)[0]
         key = f"{self.prefix}:wake:{node}".encode()
-        await self._call("handover", lambda r: r.rpush(key, [b"r" + component_id.encode()]))
+        await self._call("handover", self._ask, key, b"r" + component_id.encode())
+
+    async def _ask(self, r: coredis.Redis[bytes], key: bytes, item: bytes) -> None:
+        async with r.pipeline(transaction=False) as pipe:
+            pipe.rpush(key, [item])
+            pipe.ltrim(key, -256, -1)  # a node that never reads it holds a bounded list
+            pipe.pexpire(key, int(self.lease * 10_000))
 
     # -- this node's inboxes ------------------------------------------------------------------
 
@@ -202,10 +242,30 @@ class ClusterStore(RedisStore):
         members = await self._call("inbox", lambda r: r.smembers(key))
         return sorted(m.decode() for m in members)
 
-    async def inbox(self, component_id: str, start: int, count: int) -> list[bytes]:
-        """Up to ``count`` bodies of a component's inbox from index ``start``."""
-        key = f"{self.prefix}:inbox:{component_id}".encode()
-        return list(await self._call("inbox", lambda r: r.lrange(key, start, start + count - 1)))
+    async def inboxes(self, component_ids: list[str], count: int) -> list[Inbox]:
+        """The head of each component's inbox (up to ``count`` bodies), in one transaction."""
+        if not component_ids:
+            return []
+        return list(await self._call("inbox", self._inboxes, component_ids, count))
+
+    async def _inboxes(
+        self, r: coredis.Redis[bytes], component_ids: list[str], count: int
+    ) -> list[Inbox]:
+        p = self.prefix
+        async with r.pipeline(transaction=True) as pipe:
+            replies = [
+                (
+                    pipe.hget(f"{p}:ihead".encode(), cid.encode()),
+                    pipe.hget(f"{p}:gaps".encode(), cid.encode()),
+                    pipe.lrange(f"{p}:inbox:{cid}".encode(), 0, count - 1),
+                )
+                for cid in component_ids
+            ]
+        out = []
+        for head, gap, bodies in replies:
+            h, g = await head, await gap
+            out.append(Inbox(int(h or 0), None if g is None else g.decode(), list(await bodies)))
+        return out
 
     # -- statistics ---------------------------------------------------------------------
 
@@ -226,6 +286,10 @@ class ClusterStore(RedisStore):
         return {
             k.decode()[len(head) :]: v for k, v in zip(keys, values, strict=True) if v is not None
         }
+
+    async def compact(self) -> int:
+        """Nothing to compact: a cluster stores every body inline (:attr:`shares_bodies`)."""
+        return 0
 
     # -- writing ------------------------------------------------------------------------
 
@@ -256,8 +320,12 @@ def _pack_batch(batch: StoreBatch) -> bytes:
             [[sid, _flat(e)] for sid, e in batch.appends.items() if e],
             [[sid, seq] for sid, seq in batch.trims.items()],
             [[sid, row.component_id, _pack_row(row)] for sid, row in batch.sessions.items()],
-            [[cid, n] for cid, n in batch.consumed.items()],
-            [[f.to or "", f.topic or "", f.body, list(f.exclude)] for f in batch.forwards],
+            [[cid, upto] for cid, upto in batch.consumed.items()],
+            [
+                [f.to or "", f.topic or "", f.body, list(f.exclude), f.number]
+                for f in batch.forwards
+            ],
+            [[cid, gap] for cid, gap in batch.gaps.items()],
         ],
         use_bin_type=False,  # Redis's cmsgpack reads no bin type: bytes go as (binary-safe) raw
     )

@@ -1,8 +1,12 @@
 """The Lua scripts of :class:`~genesis_trio.stores.ClusterStore` (run atomically by Redis).
 
 Every script takes the key prefix, this node's incarnation token
-(``node/random``) and its node id first. The layout is in the store's
-docstring; ``cmsgpack`` is Redis's built-in MessagePack.
+(``node/random``), its node id and the time-to-live of a node's own keys
+(milliseconds) first. The layout is in the store's docstring; ``cmsgpack``
+is Redis's built-in MessagePack. Every write is idempotent, so a batch
+retried after an unclear failure (applied, but the reply lost) changes
+nothing twice: inbox heads are absolute positions, forwards carry this
+incarnation's increasing numbers.
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ from __future__ import annotations
 from typing import Final
 
 _COMMON: Final = """
-local p, me, node = ARGV[1], ARGV[2], ARGV[3]
+local p, me, node, ttl = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
 local owner = p .. ':owner'
 local sessions = p .. ':sessions'
 local ids = p .. ':ids'
@@ -18,24 +22,32 @@ local function node_of(token) return string.match(token, '^(.*)/[^/]*$') end
 local function alive(token)
   return redis.call('GET', p .. ':node:' .. node_of(token)) == token
 end
+local function mark_dirty(n, cid)
+  local key = p .. ':dirty:' .. n
+  redis.call('SADD', key, cid)
+  redis.call('PEXPIRE', key, ttl)
+end
+if not alive(me) then return redis.error_reply('FENCED node ' .. node .. ' (its lease lapsed)') end
 """
 
 CLAIM: Final = (
     _COMMON
     + """
--- ARGV[4]: component id ('' = find it by the session id ARGV[5])
-local cid, sid = ARGV[4], ARGV[5]
-if cid == '' then
+-- ARGV[5]: component id ('' = find it by the session id ARGV[6])
+local cid, sid = ARGV[5], ARGV[6]
+if cid == '' then  -- by session id alone: anonymous sessions only
   local row = redis.call('HGET', sessions, sid)
   if not row then return {'none'} end
   cid = cmsgpack.unpack(row)[2]
+  if string.sub(cid, 1, 5) ~= 'anon-' then return {'none'} end
 end
 local cur = redis.call('HGET', owner, cid)
 if cur and cur ~= me and alive(cur) then return {'busy', cid, cur} end
 redis.call('HSET', owner, cid, me)
 if cur and cur ~= me then redis.call('SREM', p .. ':dirty:' .. node_of(cur), cid) end
-if redis.call('LLEN', p .. ':inbox:' .. cid) > 0 then
-  redis.call('SADD', p .. ':dirty:' .. node, cid)  -- what its old node left undrained
+local gap = redis.call('HEXISTS', p .. ':gaps', cid) == 1
+if gap or redis.call('LLEN', p .. ':inbox:' .. cid) > 0 then
+  mark_dirty(node, cid)  -- what its old node left undrained
 end
 local s = redis.call('HGET', ids, cid)
 if not s then return {'new', cid} end
@@ -51,23 +63,28 @@ make one) or ``ok`` with its header and log."""
 ORPHANS: Final = (
     _COMMON
     + """
--- ARGV[4]: HSCAN cursor. Components held by dead nodes (never this one).
-local r = redis.call('HSCAN', owner, ARGV[4], 'COUNT', 200)
+-- ARGV[5]: HSCAN cursor over the components. Those nobody alive holds (never this node).
+local r = redis.call('HSCAN', ids, ARGV[5], 'COUNT', 200)
 local found, seen = {}, {}
 for i = 1, #r[2], 2 do
-  local cid, token = r[2][i], r[2][i + 1]
-  if seen[token] == nil then seen[token] = token == me or alive(token) end
-  if not seen[token] then found[#found + 1] = cid end
+  local cid = r[2][i]
+  local token = redis.call('HGET', owner, cid)
+  if not token then
+    found[#found + 1] = cid
+  else
+    if seen[token] == nil then seen[token] = token == me or alive(token) end
+    if not seen[token] then found[#found + 1] = cid end
+  end
 end
 return {r[1], found}
 """
 )
-"""One step over the owners: the components whose node died (to adopt)."""
+"""One step over the components: those with no live holder (to adopt)."""
 
 RELEASE: Final = (
     _COMMON
     + """
-local cid = ARGV[4]
+local cid = ARGV[5]
 if redis.call('HGET', owner, cid) == me then redis.call('HDEL', owner, cid) end
 redis.call('SREM', p .. ':dirty:' .. node, cid)
 return 1
@@ -78,11 +95,12 @@ return 1
 RENEW: Final = (
     _COMMON
     + """
--- ARGV[4]: lease in milliseconds
-local cur = redis.call('GET', p .. ':node:' .. node)
-if cur == me then return redis.call('PEXPIRE', p .. ':node:' .. node, ARGV[4]) end
-if cur then return redis.error_reply('FENCED node ' .. node .. ' (it is ' .. cur .. ' now)') end
-return redis.error_reply('FENCED node ' .. node .. ' (its lease lapsed)')
+-- ARGV[5]: lease in milliseconds (the check above fenced a lapsed lease)
+redis.call('PEXPIRE', p .. ':node:' .. node, ARGV[5])
+for _, key in ipairs({p .. ':dirty:' .. node, p .. ':wake:' .. node}) do
+  if redis.call('EXISTS', key) == 1 then redis.call('PEXPIRE', key, ttl) end
+end
+return 1
 """
 )
 """Keep this node alive. A lapsed lease (others may have taken its components) fences it."""
@@ -90,11 +108,11 @@ return redis.error_reply('FENCED node ' .. node .. ' (its lease lapsed)')
 WRITE: Final = (
     _COMMON
     + """
--- ARGV[4]: the batch (MessagePack), ARGV[5]: an inbox's capacity
-local b = cmsgpack.unpack(ARGV[4])
-local cap = tonumber(ARGV[5])
+-- ARGV[5]: the batch (MessagePack), ARGV[6]: an inbox's capacity
+local b = cmsgpack.unpack(ARGV[5])
+local cap = tonumber(ARGV[6])
 local fence, deletes, messages, rewrites = b[1], b[2], b[3], b[4]
-local appends, trims, rows, consumed, forwards = b[5], b[6], b[7], b[8], b[9]
+local appends, trims, rows, consumed, forwards, gaps = b[5], b[6], b[7], b[8], b[9], b[10]
 for i = 1, #fence do
   if redis.call('HGET', owner, fence[i]) ~= me then
     return redis.error_reply('FENCED ' .. fence[i])
@@ -116,6 +134,8 @@ for i = 1, #deletes do
     redis.call('HDEL', ids, cid)
     redis.call('HDEL', owner, cid)
     redis.call('DEL', p .. ':inbox:' .. cid)
+    redis.call('HDEL', p .. ':ihead', cid)
+    redis.call('HDEL', p .. ':gaps', cid)
     redis.call('SREM', p .. ':dirty:' .. node, cid)
   end
 end
@@ -150,44 +170,67 @@ for i = 1, #rows do
   redis.call('HSET', sessions, sid, row)
   redis.call('HSET', ids, cid, sid)
 end
-for i = 1, #consumed do
-  local cid, n = consumed[i][1], consumed[i][2]
+for i = 1, #consumed do  -- an absolute position: applying it twice is applying it once
+  local cid, upto = consumed[i][1], consumed[i][2]
   local key = p .. ':inbox:' .. cid
-  redis.call('LTRIM', key, n, -1)
+  local head = tonumber(redis.call('HGET', p .. ':ihead', cid) or '0')
+  if upto > head then
+    redis.call('LTRIM', key, upto - head, -1)
+    redis.call('HSET', p .. ':ihead', cid, upto)
+  end
   if redis.call('LLEN', key) == 0 then redis.call('SREM', p .. ':dirty:' .. node, cid) end
+end
+for i = 1, #gaps do  -- a gap the owner saw (and marked its session truncated)
+  if redis.call('HGET', p .. ':gaps', gaps[i][1]) == gaps[i][2] then
+    redis.call('HDEL', p .. ':gaps', gaps[i][1])
+  end
 end
 local refused, woken = {}, {}
 local function push(cid, body)
   local key = p .. ':inbox:' .. cid
-  if redis.call('LLEN', key) >= cap then return false end
-  redis.call('RPUSH', key, body)
+  local length = redis.call('LLEN', key)
+  local full = length >= cap
+  if full then  -- remember the gap: the owner marks the session truncated (never silent)
+    local head = tonumber(redis.call('HGET', p .. ':ihead', cid) or '0')
+    redis.call('HSET', p .. ':gaps', cid, tostring(head + length))
+  else
+    redis.call('RPUSH', key, body)
+  end
   local o = redis.call('HGET', owner, cid)
   if o then
     local n = node_of(o)
-    redis.call('SADD', p .. ':dirty:' .. n, cid)
+    mark_dirty(n, cid)
     woken[n] = true
   end
-  return true
+  return not full
 end
+local hwkey = p .. ':fwdhw:' .. me
+local hw = tonumber(redis.call('GET', hwkey) or '0')
+local top = hw
 for i = 1, #forwards do
-  local to, topic, body = forwards[i][1], forwards[i][2], forwards[i][3]
-  if to ~= '' then
-    if redis.call('HEXISTS', ids, to) == 0 then
-      refused[#refused + 1] = {i, 'unknown'}
-    elseif not push(to, body) then
-      refused[#refused + 1] = {i, 'full'}
-    end
-  else
-    local skip = {}
-    for _, c in ipairs(forwards[i][4]) do skip[c] = true end
-    for _, c in ipairs(redis.call('SMEMBERS', p .. ':subs:' .. topic)) do
-      if not skip[c] then push(c, body) end
+  local to, topic, body, number = forwards[i][1], forwards[i][2], forwards[i][3], forwards[i][5]
+  if number > hw then  -- not applied by an earlier attempt of this batch
+    if number > top then top = number end
+    if to ~= '' then
+      if redis.call('HEXISTS', ids, to) == 0 then
+        refused[#refused + 1] = {i, 'unknown'}
+      elseif not push(to, body) then
+        refused[#refused + 1] = {i, 'full'}
+      end
+    else
+      local skip = {}
+      for _, c in ipairs(forwards[i][4]) do skip[c] = true end
+      for _, c in ipairs(redis.call('SMEMBERS', p .. ':subs:' .. topic)) do
+        if not skip[c] then push(c, body) end
+      end
     end
   end
 end
+if top > hw then redis.call('SET', hwkey, tostring(top), 'PX', 86400000) end
 for n in pairs(woken) do
   local key = p .. ':wake:' .. n
   if redis.call('LLEN', key) < 16 then redis.call('RPUSH', key, 'd') end
+  redis.call('PEXPIRE', key, ttl)
 end
 return refused
 """

@@ -92,6 +92,8 @@ class Forward(NamedTuple):
     body: bytes
     exclude: tuple[str, ...] = ()
     tag: object = None
+    number: int = 0
+    """Given by the journal, increasing: a store applies each forward once."""
 
 
 @attrs.define(eq=False)
@@ -113,7 +115,10 @@ class StoreBatch:
     cids: dict[str, str] = attrs.field(factory=dict)
     """The component id of every session touched (a clustered store fences on them)."""
     consumed: dict[str, int] = attrs.field(factory=dict)
-    """Inbox entries moved into logs, by component id (clustered stores only)."""
+    """How far each component's inbox was moved into its log: an absolute position,
+    by component id (clustered stores only)."""
+    gaps: dict[str, str] = attrs.field(factory=dict)
+    """Inbox gaps seen (and marked as truncation), by component id (clustered stores)."""
     forwards: list[Forward] = attrs.field(factory=list)
     """Messages for other nodes' components (clustered stores only)."""
 
@@ -126,6 +131,7 @@ class StoreBatch:
             or self.deletes
             or self.rewrites
             or self.consumed
+            or self.gaps
             or self.forwards
         )
 
@@ -176,8 +182,9 @@ class StoreBatch:
             self.upsert(row)
         self.messages.update(later.messages)
         self.cids.update(later.cids)
-        for cid, n in later.consumed.items():
-            self.consumed[cid] = self.consumed.get(cid, 0) + n
+        for cid, upto in later.consumed.items():
+            self.consumed[cid] = max(upto, self.consumed.get(cid, 0))
+        self.gaps.update(later.gaps)
         self.forwards += later.forwards
 
     @property
