@@ -78,3 +78,6 @@ def bench(session: nox.Session) -> None:
     """Benchmarks against peers; writes docs/benchmarks.md and a plot."""
     session.install("-e", ".[bench]")
     session.run("python", "-m", "bench", *session.posargs, env={"CI": os.environ.get("CI", "")})
+    if session.posargs in ([], ["--smoke"]):  # the whole session: the cluster against one node
+        out = ["--smoke"] if session.posargs else ["--out", "docs/benchmarks-cluster.md"]
+        session.run("python", "-m", "bench.cluster", *out)

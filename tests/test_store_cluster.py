@@ -233,3 +233,47 @@ async def test_a_sender_moving_to_its_receivers_node_is_not_overtaken() -> None:
         assert [e.recovered for name, e in links.events if name == "x"] == [False, True]
         clean(n0)
         clean(n1)
+
+
+@pytest.mark.slow
+@pytest.mark.deadline(90)
+async def test_a_receiver_arriving_at_its_senders_node_gets_its_inbox_first() -> None:
+    """A session loaded but still draining its inbox takes nothing directly (stranger's run)."""
+    async with contextlib.AsyncExitStack() as stack:
+        redis = await stack.enter_async_context(redis_server())
+        n0 = await stack.enter_async_context(start_node(redis.url, "n0", lease=2.0))
+        n1 = await stack.enter_async_context(start_node(redis.url, "n1", lease=2.0))
+        board = Switchboard()
+        board.silence(port_of(n0.url))  # b reaches n1 only, for now
+        links = Links()
+        a = await stack.enter_async_context(client([n0.url], "a", links))
+        b = await stack.enter_async_context(client([n1.url, n0.url], "b", links, board))
+        checker = DeliveryChecker()
+        n1.process.kill()  # b's node dies: what a sends now waits in b's inbox
+        await n1.process.wait()
+
+        async def send(numbers: range, pace: float = 0.0) -> None:
+            for n in numbers:
+                await a.send("b", "n", n)
+                checker.sent(("a", "b"), n)
+                if pace:
+                    await trio.sleep(pace)
+
+        import coredis
+
+        with trio.fail_after(60):
+            await send(range(1500))
+            await a.flush()
+            async with coredis.Redis.from_url(redis.url) as r:  # n1's lease lapsed: b is free
+                while await r.exists([b"genesis:node:n1"]):  # noqa: ASYNC110 - Redis's state
+                    await trio.sleep(0.05)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(send, range(1500, 2000), 0.01)  # while b arrives at n0
+                board.restore(port_of(n0.url))
+                for _ in range(2000):
+                    message = await b.receive()
+                    checker.delivered((message.sender, "b"), message.data)
+        report = checker.report()
+        assert (report.lost, report.duplicated, report.reordered, report.unexpected) == (0,) * 4
+        assert [e.recovered for name, e in links.events if name == "b"] == [False, True]
+        clean(n0)

@@ -192,6 +192,8 @@ class Router(HubCalls):
         cluster = self.cluster
         topic = None
         if to is not None:
+            if cluster is not None and cluster.waits(to):
+                return False  # being claimed (maybe loaded already): after its inbox
             target = table.by_id.get(to)
             if target is not None and target.via_inbox:
                 target = None  # in a cluster: through its inbox, behind what waits there
@@ -199,8 +201,6 @@ class Router(HubCalls):
                 if to == HUB_ID:
                     return False
                 if cluster is not None:  # on another node, or nowhere (then answered later)
-                    if cluster.waits(to):
-                        return False
                     body["from"] = session.component_id
                     cluster.forward(body, to=to, report=link.report, n=n)
                     session.inbound.processed(n)
