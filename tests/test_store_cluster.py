@@ -249,6 +249,8 @@ async def test_a_receiver_arriving_at_its_senders_node_gets_its_inbox_first() ->
         a = await stack.enter_async_context(client([n0.url], "a", links))
         b = await stack.enter_async_context(client([n1.url, n0.url], "b", links, board))
         checker = DeliveryChecker()
+        await b.send("b", "stored", 0)  # a round trip: b's new session is in Redis now
+        assert (await b.receive()).type == "stored"
         n1.process.kill()  # b's node dies: what a sends now waits in b's inbox
         await n1.process.wait()
 

@@ -1,30 +1,20 @@
-"""A hub as one node of a cluster: sessions claimed from a shared store, messages between nodes.
+"""A hub as one node of a cluster: sessions claimed from a shared store (docs/cluster.md).
 
 With a :class:`~genesis_trio.stores.ClusterStore` every component's session
-lives on one node at a time (docs/cluster.md):
+lives on one node at a time:
 
-* **arriving**: a ``hello`` for a component this node does not hold first
-  claims it in the store (:meth:`ClusterNode.arrive`). If a live node holds
-  it, that node is asked to let go (it closes its link with 4001, commits,
-  releases) and the claim is retried, up to ``handover_timeout``; a node
-  that died holds nothing once its lease lapsed. The claimed session is
-  loaded with its log and its inbox is drained into it; then every inbox of
-  this node is drained once more (what the arriving component sent to this
-  node's components from its old node comes before what it sends now), and
-  only then does the ``hello`` proceed: the client resumes exactly, on any
-  node. While a component arrives, messages to it (and every publish) wait.
-* **forwarding**: a message for a component this node does not hold, and
-  every publish (for the subscribers on other nodes), is recorded as a
-  :class:`~genesis_trio.stores.Forward` in the journal: it reaches the
-  target's inbox in the same commit that makes the sender's message
-  acknowledgeable. A forward to a component with no session is answered
-  ``unknown_target`` to its sender after the commit.
-* **draining**: the node waits on its wake list and moves its components'
-  inbox entries into their logs, in order; the commit that stores them also
-  records how far the inbox was moved (an absolute position: exactly once,
-  even when a commit is retried). A session whose inbox could not be
-  emptied (its client is slow) takes even this node's messages through its
-  inbox (:attr:`HubSession.via_inbox`) until it is, so nothing overtakes.
+* **arriving** (:meth:`ClusterNode.arrive`): a ``hello`` for a component this
+  node does not hold claims it; a live holder is asked to let go (it closes
+  its link with 4001), a dead one holds nothing once its lease lapsed. The
+  session is loaded, its inbox drained, then this node's other inboxes,
+  and only then does the ``hello`` proceed: an exact resume on any node.
+  Messages to an arriving component (and every publish) wait meanwhile.
+* **forwarding**: what this node does not hold goes into the target's
+  inbox in the sender's own commit (a :class:`~genesis_trio.stores.Forward`).
+* **draining**: inbox entries move into logs in order; the commit records
+  how far (an absolute position: exactly once, retries included). A
+  session whose inbox is not empty takes local messages through it too
+  (:attr:`HubSession.via_inbox`), so nothing overtakes.
 * **fencing**: a write touching a component another node has claimed fails
   whole (:class:`~genesis_trio.stores.StoreFenced`): the hub stops (exit 3).
 """
@@ -55,6 +45,8 @@ log = logging.getLogger("genesis_trio.cluster")
 
 DRAIN_BATCH: Final = 256
 """Inbox entries moved per component per round."""
+DRAIN_ROUND: Final = 4096
+"""Inbox entries moved per round over all components (smaller commits, steadier flow)."""
 POLL: Final = 1.0
 """Seconds between looks at the inboxes when nothing wakes the node."""
 ADOPT_EVERY: Final = 3.0
@@ -288,7 +280,9 @@ class ClusterNode:
 
     # -- draining and letting go ----------------------------------------------------------
 
-    def _move(self, session: HubSession, inbox: Inbox, read_at: int) -> bool:
+    def _move(
+        self, session: HubSession, inbox: Inbox, read_at: int, shared: dict[bytes, EncodedBody]
+    ) -> bool:
         """Append what the session has not had of its inbox (never waits); True if emptied."""
         router = self.router
         assert router is not None
@@ -304,13 +298,17 @@ class ClusterNode:
         bodies = inbox.bodies
         moved = start
         while moved < len(bodies) and not router.blocks(session):
-            router.append_all((session,), EncodedBody(None, msgpack=bodies[moved]))
+            packed = bodies[moved]  # one publish to many here: decoded and encoded once
+            out = shared.get(packed)
+            if out is None:
+                out = shared[packed] = EncodedBody(None, msgpack=packed)
+            router.append_all((session,), out)
             moved += 1
         if moved > start:
             self._upto[cid] = inbox.head + moved
             journal.consumed(cid, inbox.head + moved)
             self.drained += moved - start
-        emptied = moved == len(bodies) < DRAIN_BATCH
+        emptied = moved == len(bodies) < inbox.asked
         if not emptied:
             session.via_inbox = True
         elif session.via_inbox and self._last_forward.get(cid, 0) <= read_at:
@@ -321,12 +319,14 @@ class ClusterNode:
     async def _drain_some(self, sessions: list[HubSession]) -> bool:
         """Read and move the sessions' inboxes once, then commit; True if all were emptied."""
         read_at = self.journal.committed_generation
-        inboxes = await self.store.inboxes([s.component_id for s in sessions], DRAIN_BATCH)
+        count = max(16, min(DRAIN_BATCH, DRAIN_ROUND // len(sessions)))
+        inboxes = await self.store.inboxes([s.component_id for s in sessions], count)
+        shared: dict[bytes, EncodedBody] = {}
         done = True
         try:
             for session, inbox in zip(sessions, inboxes, strict=True):
                 if self.table.by_id.get(session.component_id) is session:
-                    done = self._move(session, inbox, read_at) and done
+                    done = self._move(session, inbox, read_at, shared) and done
         finally:  # what was moved is committed before anything reads the inboxes again
             with trio.CancelScope(shield=True), trio.move_on_after(self.store.timeout * 2):
                 await self.journal.wait_committed()

@@ -59,6 +59,8 @@ class Inbox:
     gap: str | None
     """Set when a message could not be put in it (it was full): the session is truncated."""
     bodies: list[bytes]
+    asked: int = 0
+    """How many bodies were asked for (fewer came: the inbox was emptied)."""
 
 
 @attrs.frozen
@@ -264,7 +266,8 @@ class ClusterStore(RedisStore):
         out = []
         for head, gap, bodies in replies:
             h, g = await head, await gap
-            out.append(Inbox(int(h or 0), None if g is None else g.decode(), list(await bodies)))
+            gap_ = None if g is None else g.decode()
+            out.append(Inbox(int(h or 0), gap_, list(await bodies), count))
         return out
 
     # -- statistics ---------------------------------------------------------------------
