@@ -186,20 +186,19 @@ for i = 1, #gaps do  -- a gap the owner saw (and marked its session truncated)
   end
 end
 local refused, woken = {}, {}
-local function push(cid, body)
+local function push(cid, body)  -- three calls per target: this is fan-out's cost
   local key = p .. ':inbox:' .. cid
-  local length = redis.call('LLEN', key)
-  local full = length >= cap
-  if full then  -- remember the gap: the owner marks the session truncated (never silent)
+  local length = redis.call('RPUSH', key, body)
+  local full = length > cap
+  if full then  -- take it back, remember the gap: the owner marks the session truncated
+    redis.call('RPOP', key)
     local head = tonumber(redis.call('HGET', p .. ':ihead', cid) or '0')
-    redis.call('HSET', p .. ':gaps', cid, tostring(head + length))
-  else
-    redis.call('RPUSH', key, body)
+    redis.call('HSET', p .. ':gaps', cid, tostring(head + length - 1))
   end
   local o = redis.call('HGET', owner, cid)
   if o then
     local n = node_of(o)
-    mark_dirty(n, cid)
+    redis.call('SADD', p .. ':dirty:' .. n, cid)
     woken[n] = true
   end
   return not full
@@ -231,6 +230,7 @@ for n in pairs(woken) do
   local key = p .. ':wake:' .. n
   if redis.call('LLEN', key) < 16 then redis.call('RPUSH', key, 'd') end
   redis.call('PEXPIRE', key, ttl)
+  redis.call('PEXPIRE', p .. ':dirty:' .. n, ttl)
 end
 return refused
 """
