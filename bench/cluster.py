@@ -172,6 +172,16 @@ def run(runs: int, warmup: float, duration: float, workdir: Path) -> Rates:
 def report(rates: Rates, runs: int) -> str:
     """A Markdown table: medians, and ratios to one node and to SQLite."""
     lines = [
+        "# Cluster benchmark",
+        "",
+        "`python -m bench.cluster` (also run by `nox -s bench`): a cluster of nodes on one",
+        "Redis against one node and against one SQLite hub, the default. `direct`: 8 pairs",
+        "of our Python client, senders on the first node, receivers on the others. `fanout`:",
+        "one publisher (our Python client) on the first node, 100 subscribers (the C load",
+        "generator) on the others. Every node and Redis share the server core, the clients",
+        "the other: on a 2-core machine this measures the cost of a delivery across nodes,",
+        "not how a cluster scales (docs/cluster.md, Sizing).",
+        "",
         f"Medians of {runs} runs, deliveries per second; {os.cpu_count()} cores, "
         f"{time.strftime('%Y-%m-%d')}. Ratios: to the one-node cluster, and to the "
         "one SQLite hub (the default).",

@@ -6,6 +6,8 @@ transaction holding it has committed (docs/operations.md). Stores here:
 
 * :class:`SQLiteStore` -- one SQLite file; the default of ``genesis-trio serve``;
 * :class:`RedisStore` -- a Redis server (``coredis``, imported when opened);
+* :class:`ClusterStore` -- one Redis shared by several hubs, the nodes of a
+  cluster (docs/cluster.md); a node that lost a session raises :class:`StoreFenced`;
 * :class:`MemoryStore` -- this process's memory: survives a hub object, not the
   process (tests restart hubs with it).
 
@@ -13,7 +15,10 @@ Write your own by implementing :class:`SessionStore` over the plain data types
 below (:class:`StoreBatch` in, :class:`StoredState` out).
 """
 
+from ._cluster import ClusterStore as ClusterStore
+from ._cluster import StoreFenced as StoreFenced
 from ._memory import MemoryStore as MemoryStore
+from ._protocol import Forward as Forward
 from ._protocol import SessionRow as SessionRow
 from ._protocol import SessionStore as SessionStore
 from ._protocol import StoreBatch as StoreBatch
@@ -25,6 +30,8 @@ from ._redis import RedisStore as RedisStore
 from ._sqlite import SQLiteStore as SQLiteStore
 
 __all__ = [
+    "ClusterStore",
+    "Forward",
     "MemoryStore",
     "RedisStore",
     "SQLiteStore",
@@ -32,6 +39,7 @@ __all__ = [
     "SessionStore",
     "StoreBatch",
     "StoreError",
+    "StoreFenced",
     "StoredEntry",
     "StoredSession",
     "StoredState",
