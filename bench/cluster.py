@@ -239,8 +239,10 @@ async def pairs(send: str, receive: list[str], warmup: float, duration: float) -
             before, t0 = received, time.monotonic()
             await trio.sleep(duration)
             count, seconds = received - before, time.monotonic() - t0
+            result = {"ok": count > 0, "rate": count / seconds}
+            print(json.dumps(result), flush=True)  # before closing: the result is out
             nursery.cancel_scope.cancel()
-    return {"ok": count > 0, "rate": count / seconds}
+    return result
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -265,10 +267,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         from bench import pyclient
 
         if args.command == "pairs":
-            result = trio.run(pairs, args.send, args.receive, args.warmup, args.duration)
+            trio.run(pairs, args.send, args.receive, args.warmup, args.duration)
         else:
-            result = trio.run(pyclient.publish, args.url, 64, args.run_for)
-        print(json.dumps(result), flush=True)
+            print(json.dumps(trio.run(pyclient.publish, args.url, 64, args.run_for)), flush=True)
         return 0
     runs, warmup, duration = (1, 0.2, 0.5) if args.smoke else (args.runs, 0.5, 3.0)
     os.environ.update(child_env())

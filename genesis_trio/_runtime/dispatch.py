@@ -108,6 +108,12 @@ class Dispatcher:
 
     async def run(self) -> None:
         """Dispatch the inbox in order, forever (the client's ``run`` owns this task)."""
+        try:
+            await self._run()
+        except _Closing:  # closing: what is left stays unacknowledged (kept by the hub)
+            await trio.sleep_forever()
+
+    async def _run(self) -> None:
         inbox = self.inbox
         handlers = self.handlers
         while True:
@@ -134,6 +140,8 @@ class Dispatcher:
             self._app_send.send_nowait(msg)
         except trio.WouldBlock:
             return False
+        except trio.ClosedResourceError:
+            raise _Closing("the client is closing") from None
         return True
 
     async def dispatch(self, msg: Message) -> tuple[bool, Any]:
@@ -144,7 +152,10 @@ class Dispatcher:
             # after queueing, and an application that takes the message and closes
             # at once would close before the message is released (and see it again).
             if not self._queue_nowait(msg):
-                await self._app_send.send(msg)
+                try:
+                    await self._app_send.send(msg)
+                except trio.ClosedResourceError:
+                    raise _Closing("the client is closing") from None
             return False, None
         return True, await handler(msg)
 
@@ -152,6 +163,8 @@ class Dispatcher:
         """Run one message's handler (or queue it), containing any failure."""
         try:
             handled, result = await self.dispatch(msg)
+        except _Closing:
+            raise  # not a handler's failure: the message stays unacknowledged
         except Exception as exc:
             self._counters.errors_contained += 1
             log.exception("handler for %r failed (contained)", msg.type)
@@ -205,3 +218,7 @@ class _Messages:
             return await self._channel.receive()
         except trio.EndOfChannel:
             raise StopAsyncIteration from None
+
+
+class _Closing(ClosedError):
+    """The application's side closed while a message was being handed over (never acked)."""
