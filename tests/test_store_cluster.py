@@ -17,7 +17,7 @@ import trio
 import websockets.sync.client
 
 from genesis_trio.stores import SessionRow, StoreBatch
-from genesis_trio.stores._cluster import ClusterStore, StoreFenced
+from genesis_trio.stores._cluster import ClusterStore, Inbox, NodeInbox, StoreFenced
 from genesis_trio.stores._protocol import Forward
 from genesis_trio.testing import DeliveryChecker
 
@@ -27,10 +27,6 @@ from .support.redis import redis_server
 from .test_cluster import Links, clean, client
 
 BODY = msgpack.packb({"type": "n", "data": 0, "to": "d", "from": "x"})
-
-
-def header(cid: str, sid: str) -> SessionRow:
-    return SessionRow(sid, cid, 1, 0, 0, 0, False, (), None)
 
 
 @contextlib.asynccontextmanager
@@ -43,20 +39,22 @@ async def node(url: str, name: str, **options: object) -> AsyncIterator[ClusterS
         await store.aclose()
 
 
-async def session_of(store: ClusterStore, cid: str) -> None:
+async def session_of(store: ClusterStore, cid: str, *topics: str) -> None:
     claim = await store.claim(cid, None)
     assert claim.kind == "new"
     batch = StoreBatch()
-    batch.upsert(header(cid, "sid-" + cid))
+    batch.upsert(SessionRow("sid-" + cid, cid, 1, 0, 0, 0, False, topics, None))
     batch.cids["sid-" + cid] = cid
     await store.write(batch)
 
 
-def forwards(*numbered: tuple[int, int]) -> StoreBatch:
+def forwards(
+    *numbered: tuple[int, int], to: str | None = "d", topic: str | None = None
+) -> StoreBatch:
     batch = StoreBatch()
     for number, data in numbered:
         body = msgpack.packb({"type": "n", "data": data, "to": "d", "from": "x"})
-        batch.forwards.append(Forward("d", None, body, number=number))
+        batch.forwards.append(Forward(to, topic, body, number=number))
     return batch
 
 
@@ -64,14 +62,27 @@ def data_of(bodies: list[bytes]) -> list[int]:
     return [msgpack.unpackb(b)["data"] for b in bodies]
 
 
+async def node_inbox(store: ClusterStore) -> NodeInbox:
+    _, mine = await store.read([], 100, 100)
+    assert mine is not None
+    return mine
+
+
+async def own_inbox(store: ClusterStore, cid: str) -> Inbox:
+    (inbox,), _ = await store.read([cid], 100, 0)
+    return inbox
+
+
 async def test_a_retried_batch_changes_nothing_twice() -> None:
     async with redis_server() as redis, node(redis.url, "n0") as n0, node(redis.url, "n1") as n1:
         await session_of(n0, "d")
         await n1.write(forwards((1, 0), (2, 1), (3, 2)))
-        (inbox,) = await n0.inboxes(["d"], 10)
-        assert (inbox.head, data_of(inbox.bodies)) == (0, [0, 1, 2])
+        inbox = await node_inbox(n0)  # for a component held by n0: n0's own inbox
+        assert inbox.head == 0
+        assert [(k, n) for k, n, _ in inbox.entries] == [("d", "d")] * 3
+        assert data_of([b for _, _, b in inbox.entries]) == [0, 1, 2]
         moved = StoreBatch()
-        moved.consumed["d"] = 2
+        moved.consumed[""] = 2
         moved.cids["sid-d"] = "d"
         await n0.write(moved)
         await n0.write(moved)  # applied, its reply lost, written again: the same state
@@ -79,8 +90,66 @@ async def test_a_retried_batch_changes_nothing_twice() -> None:
         await n1.write(again)
         await n1.write(again)  # the forward is applied once
         await n1.write(forwards((3, 2), (4, 3), (5, 4)))  # a retry holding newer ones too
-        (inbox,) = await n0.inboxes(["d"], 10)
-        assert (inbox.head, data_of(inbox.bodies)) == (2, [2, 3, 4])
+        inbox = await node_inbox(n0)
+        assert (inbox.head, data_of([b for _, _, b in inbox.entries])) == (2, [2, 3, 4])
+
+
+async def test_a_publish_is_one_entry_per_node_not_per_subscriber() -> None:
+    async with redis_server() as redis, node(redis.url, "n0") as n0, node(redis.url, "n1") as n1:
+        for cid in ("a", "b", "c"):
+            await session_of(n0, cid, "t")
+        await session_of(n1, "e", "t")
+        await session_of(n1, "f", "u")
+        async with node(redis.url, "n2") as n2:
+            await n2.write(forwards((1, 7), to=None, topic="t"))
+            assert [(k, n) for k, n, _ in (await node_inbox(n0)).entries] == [("t", "t")]
+            assert [(k, n) for k, n, _ in (await node_inbox(n1)).entries] == [("t", "t")]
+            assert (await node_inbox(n2)).entries == []
+            assert (await own_inbox(n0, "a")).bodies == []
+        await n0.write(forwards((1, 8), to=None, topic="t"))  # n0 delivers its own
+        assert len((await node_inbox(n0)).entries) == 1
+        assert len((await node_inbox(n1)).entries) == 2
+        await n1.write(forwards((1, 9), to=None, topic="u"))
+        assert len((await node_inbox(n0)).entries) == 1  # nobody on n0 has "u"
+
+
+async def test_letting_go_takes_what_the_node_had_not_delivered() -> None:
+    async with redis_server() as redis, node(redis.url, "n0") as n0, node(redis.url, "n1") as n1:
+        await session_of(n0, "d", "t")
+        await session_of(n0, "e", "t")
+        batch = forwards((1, 0))
+        batch.forwards += forwards((2, 1), to=None, topic="t").forwards
+        batch.forwards += forwards((3, 2), to="e").forwards
+        batch.forwards += forwards((4, 3), to=None, topic="v").forwards  # nobody's topic
+        batch.forwards += forwards((5, 4)).forwards
+        await n1.write(batch)
+        await n0.release("d")
+        inbox = await own_inbox(n1, "d")
+        assert data_of(inbox.bodies) == [0, 1, 4]  # its own, in order: not e's
+        claim = await n1.claim("d", None)
+        assert (claim.kind, claim.upto) == ("ok", 0)
+        await n1.write(forwards((6, 5), to=None, topic="t"))  # d's topic is now n1's
+        assert len((await node_inbox(n0)).entries) == 5  # e's were not taken
+        assert (await node_inbox(n1)).entries == []  # n1 delivers its own
+
+
+async def test_a_dead_nodes_undelivered_messages_go_to_the_next_holder() -> None:
+    async with redis_server() as redis, node(redis.url, "n1") as n1:
+        n0 = ClusterStore(redis.url, node="n0", lease=5.0)
+        await n0.open()
+        await session_of(n0, "d", "t")
+        await n1.write(forwards((1, 0), (2, 1), to=None, topic="t"))
+        moved = StoreBatch()
+        moved.consumed[""] = 1  # n0 delivered the first, then died
+        moved.cids["sid-d"] = "d"
+        await n0.write(moved)
+        await n0.aclose()  # its node key is gone: its components are free
+        await n1.write(forwards((3, 2), to=None, topic="t"))  # still into n0's inbox
+        claim = await n1.claim("d", None)
+        assert claim.kind == "ok"
+        assert data_of((await own_inbox(n1, "d")).bodies) == [1, 2]
+        await n1.write(forwards((4, 3), to=None, topic="t"))
+        assert (await node_inbox(n1)).entries == []  # its own subscriber now
 
 
 async def test_fencing_and_claims() -> None:
@@ -91,7 +160,7 @@ async def test_fencing_and_claims() -> None:
         unknown = await n1.claim(None, "no-such-sid")
         assert unknown.kind == "none"
         batch = StoreBatch()
-        batch.upsert(header("e", "sid-e"))
+        batch.upsert(SessionRow("sid-e", "e", 1, 0, 0, 0, False, (), None))
         batch.cids["sid-e"] = "e"
         with pytest.raises(StoreFenced, match="no longer holds e"):
             await n1.write(batch)  # never claimed: refused whole
@@ -99,28 +168,29 @@ async def test_fencing_and_claims() -> None:
             await n1.write(StoreBatch(forwards=[Forward("d", None, BODY, number=1)]))
 
 
-async def test_a_full_inbox_records_a_gap_for_publishes() -> None:
-    async with redis_server() as redis, node(redis.url, "n0", inbox_capacity=2) as n0:
-        await session_of(n0, "d")
-        batch = StoreBatch()
-        batch.upsert(SessionRow("sid-d", "d", 1, 0, 0, 0, False, ("t",), None))
-        batch.cids["sid-d"] = "d"
-        await n0.write(batch)
-        async with node(redis.url, "n1", inbox_capacity=2) as n1:
-            pub = StoreBatch()
-            for i in range(3):
-                pub.forwards.append(Forward(None, "t", BODY, number=i + 1))
-            pub.forwards.append(Forward("d", None, BODY, number=4))
+async def test_full_inboxes_refuse_messages_and_leave_gaps_for_publishes() -> None:
+    small = {"inbox_capacity": 2, "node_inbox_capacity": 2}
+    async with redis_server() as redis, node(redis.url, "n0", **small) as n0:
+        await session_of(n0, "d", "t")
+        async with node(redis.url, "n1", **small) as n1:
+            pub = forwards((1, 0), (2, 1), (3, 2), to=None, topic="t")
+            pub.forwards += forwards((4, 3)).forwards
             refused = await n1.write(pub)
             assert refused is not None
             assert [(f.number, why) for f, why in refused] == [(4, "full")]
-        (inbox,) = await n0.inboxes(["d"], 10)
-        assert len(inbox.bodies) == 2
-        assert inbox.gap is not None  # the owner will mark the session truncated
-        seen = StoreBatch(gaps={"d": inbox.gap})
-        await n0.write(seen)
-        (inbox,) = await n0.inboxes(["d"], 10)
-        assert inbox.gap is None
+            mine = await node_inbox(n0)
+            assert len(mine.entries) == 2
+            assert set(mine.gaps) == {"t"}  # n0 marks its subscribers of "t" truncated
+            await n0.write(StoreBatch(gaps={"#t": mine.gaps["t"]}))
+            assert (await node_inbox(n0)).gaps == {}
+            await n0.write(StoreBatch(forwards=forwards((5, 4)).forwards))  # n0 spills to d
+            spill = Forward("d", "t", BODY, spill=True, number=6)
+            await n0.write(StoreBatch(forwards=[spill, spill._replace(number=7)]))
+            inbox = await own_inbox(n0, "d")
+            assert len(inbox.bodies) == 2
+            assert inbox.gap is not None  # the owner will mark the session truncated
+            await n0.write(StoreBatch(gaps={"d": inbox.gap}))
+            assert (await own_inbox(n0, "d")).gap is None
 
 
 def _hello(url: str, hello: dict[str, object]) -> dict[str, object]:

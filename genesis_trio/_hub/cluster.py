@@ -9,12 +9,15 @@ lives on one node at a time:
   session is loaded, its inbox drained, then this node's other inboxes,
   and only then does the ``hello`` proceed: an exact resume on any node.
   Messages to an arriving component (and every publish) wait meanwhile.
-* **forwarding**: what this node does not hold goes into the target's
-  inbox in the sender's own commit (a :class:`~genesis_trio.stores.Forward`).
-* **draining**: inbox entries move into logs in order; the commit records
-  how far (an absolute position: exactly once, retries included). A
-  session whose inbox is not empty takes local messages through it too
-  (:attr:`HubSession.via_inbox`), so nothing overtakes.
+* **forwarding**: what this node does not hold goes into its holder's inbox
+  in the sender's own commit (a :class:`~genesis_trio.stores.Forward`): one
+  entry per node for a publish, not one per subscriber.
+* **draining** (:mod:`.inboxes`): inbox entries move into logs in order; the
+  commit records how far (an absolute position: exactly once, retries
+  included). A session whose own inbox is not empty takes local messages
+  through it too (:attr:`HubSession.via_inbox`), so nothing overtakes.
+* **letting go**: a node asked for a component closes its link, commits,
+  and releases it with what its inbox had not delivered to it.
 * **fencing**: a write touching a component another node has claimed fails
   whole (:class:`~genesis_trio.stores.StoreFenced`): the hub stops (exit 3).
 """
@@ -26,8 +29,8 @@ import logging
 import math
 import secrets
 import weakref
-from collections.abc import Callable, Sequence
-from typing import Any, Final, Protocol
+from collections.abc import Callable
+from typing import Any, Final
 
 import orjson
 import trio
@@ -35,18 +38,15 @@ import trio
 from .._core.codec import MSGPACK, EncodedBody
 from .._core.errors import CloseCode, ErrorCode
 from .._core.frames import Error, Hello
-from ..stores._cluster import ClusterStore, Inbox, StoreFenced
+from ..stores._cluster import ClusterStore, StoreFenced
 from ..stores._protocol import Forward, StoreError
+from .inboxes import Drain
 from .journal import Journal
-from .sessions import ANONYMOUS_PREFIX, HubSession, SessionTable
+from .sessions import ANONYMOUS_PREFIX, SessionTable
 from .stats import totals
 
 log = logging.getLogger("genesis_trio.cluster")
 
-DRAIN_BATCH: Final = 256
-"""Inbox entries moved per component per round."""
-DRAIN_ROUND: Final = 4096
-"""Inbox entries moved per round over all components (smaller commits, steadier flow)."""
 POLL: Final = 1.0
 """Seconds between looks at the inboxes when nothing wakes the node."""
 ADOPT_EVERY: Final = 3.0
@@ -56,18 +56,6 @@ ADOPT_BATCH: Final = 1000
 
 Reporter = Callable[[Error], None]
 Refusal = tuple[CloseCode, str]
-
-
-class Appender(Protocol):
-    """What the node needs of the router: append drained messages."""
-
-    def blocks(self, target: HubSession) -> bool:
-        """True when ``target`` is connected and its log full."""
-        ...
-
-    def append_all(self, targets: Sequence[HubSession], out: EncodedBody) -> None:
-        """Append ``out`` to every target's log."""
-        ...
 
 
 class ClusterNode:
@@ -86,30 +74,23 @@ class ClusterNode:
         self.journal = journal
         self.table = table
         self._stats = stats
-        self.router: Appender | None = None
-        """Set by the hub (appends drained messages)."""
+        self.drain = Drain(store, journal, table)
+        """This node's inboxes, moved into its sessions."""
         self.handover_timeout = handover_timeout
         self.arriving: dict[str, trio.Event] = {}
         """Components being claimed (and ``$sid:...`` for resumes by session id): messages
         to them wait."""
+        self.leaving: dict[str, trio.Event] = {}
+        """Components this node is letting go of: messages to them wait."""
         self._settled = trio.lowlevel.ParkingLot()
-        self._drain_lock = trio.Lock()
-        self._upto: dict[str, int] = {}
-        """How far each inbox was moved (absolute), committed or not: never moved twice."""
-        self._last_forward: dict[str, int] = {}
-        """The journal generation of the last forward to each local ``via_inbox`` session."""
         self.forwarded = 0
         """Messages (and publishes) handed to other nodes."""
-        self.drained = 0
-        """Messages moved from inboxes into this node's sessions."""
         self.claims = 0
         """Components claimed from the store (arrivals from elsewhere or from nowhere)."""
         self.handovers = 0
         """Components this node let go of because another node asked."""
         self.adopted = 0
         """Components taken over from dead nodes without a client asking."""
-        self.gaps = 0
-        """Inbox gaps found (a full inbox refused a publish): sessions marked truncated."""
         self.fenced = False
         """Set when this node learned it lost its lease or a component (it stops)."""
 
@@ -117,8 +98,10 @@ class ClusterNode:
 
     def waits(self, to: str | None) -> bool:
         """True while a message to ``to`` (a publish, for None) must wait for an arrival."""
-        arriving = self.arriving
-        return bool(arriving) and (to is None or to in arriving)
+        arriving, leaving = self.arriving, self.leaving
+        if not (arriving or leaving):
+            return False
+        return to is None or to in arriving or to in leaving
 
     async def settled(self, to: str | None) -> None:
         """Wait until :meth:`waits` is False."""
@@ -131,28 +114,31 @@ class ClusterNode:
         *,
         to: str | None = None,
         topic: str | None = None,
-        exclude: tuple[str, ...] = (),
         report: Reporter | None = None,
         n: int | None = None,
     ) -> None:
-        """Record ``body`` for components reached through their inboxes (next commit)."""
+        """Record ``body`` for components reached through inboxes (next commit).
+
+        ``to``: a component on another node, or this node's taking its
+        messages through its own inbox. ``topic``: the subscribers on other
+        nodes, and this node's taking theirs through their own inboxes.
+        """
         tag = None
         if report is not None:
             tag = (weakref.WeakMethod(report) if hasattr(report, "__self__") else report, n,
                    body.get("id"))  # fmt: skip
         packed = EncodedBody(body).encoded(MSGPACK)
-        journal = self.journal
-        journal.forwarded(Forward(to, topic, packed, exclude, tag))
+        journal, drain = self.journal, self.drain
+        journal.forwarded(Forward(to, topic, packed, tag=tag))
         self.forwarded += 1
         table = self.table
         if to is not None:
-            session = table.by_id.get(to)
-            if session is not None:  # local, but taking its messages through its inbox
-                self._last_forward[to] = journal.generation
+            if to in table.by_id:  # local, but taking its messages through its inbox
+                drain.noted(to)
         elif topic is not None:
             for session in table.subscribers.get(topic, ()):
                 if session.via_inbox:
-                    self._last_forward[session.component_id] = journal.generation
+                    drain.spill(session, topic, packed)
 
     def refused(self, refused: list[tuple[Forward, str]]) -> None:
         """The store refused forwards (after the commit): tell their senders."""
@@ -220,7 +206,8 @@ class ClusterNode:
         for cid in cids:
             if cid is not None and cid not in self.table.by_id and cid not in self.arriving:
                 try:
-                    await self.store.release(cid)
+                    async with self.drain.lock:  # what its node inbox holds goes with it
+                        await self.store.release(cid)
                 except StoreError as exc:
                     log.warning("cluster: could not release %r: %s", cid, exc)
 
@@ -232,17 +219,33 @@ class ClusterNode:
         self, cid: str | None, sid: str | None, marks: list[str], take: bool
     ) -> tuple[Refusal | None, bool]:
         """Claim and load; (why refused, whether a session was found)."""
-        journal, store = self.journal, self.store
+        drain = self.drain
+        paused = [False]  # from the claim until loaded: its messages may be in this node's inbox
+        try:
+            return await self._claim_and_load(cid, sid, marks, take, paused)
+        finally:
+            if paused[0]:
+                drain.paused -= 1
+
+    async def _claim_and_load(
+        self, cid: str | None, sid: str | None, marks: list[str], take: bool, paused: list[bool]
+    ) -> tuple[Refusal | None, bool]:
+        journal, store, drain = self.journal, self.store, self.drain
         deadline = trio.current_time() + self.handover_timeout
         asked = -math.inf
         try:
             await journal.wait_committed()  # this node's own deletes of it are in the store
             while True:
+                drain.paused += 1
+                paused[0] = True
                 claim = await store.claim(cid, sid)
+                if claim.component_id is None:
+                    return None, False  # an unknown session id
                 if claim.kind != "busy":
                     break
+                drain.paused -= 1
+                paused[0] = False
                 assert claim.holder is not None
-                assert claim.component_id is not None
                 if not take:
                     return (CloseCode.TRY_AGAIN_LATER, f"held by node {claim.holder}"), False
                 if trio.current_time() - asked >= 1.0:  # again: it may have been arriving
@@ -254,23 +257,28 @@ class ClusterNode:
                 await trio.sleep(0.05)
         except StoreError as exc:
             return (CloseCode.STORE_UNAVAILABLE, str(exc)[:100]), False
-        if claim.component_id is None:
-            return None, False  # an unknown session id
         self.claims += 1
         cid = claim.component_id
         if cid not in self.arriving:
             self._mark(marks, cid)
         try:
-            await journal.wait_committed()  # forwards to it recorded before now are in its inbox
-            async with self._drain_lock:
+            await journal.wait_committed()  # forwards to it recorded before: in its inbox
+            async with drain.lock:
                 table = self.table
                 if claim.state is not None and cid not in table.by_id:
                     table.load(claim.state, trio.current_time(), journal.trio_time)
+                drain.paused -= 1
+                paused[0] = False
                 session = table.by_id.get(cid)
                 while session is not None and not session.connected:  # away: never blocks
-                    if await self._drain_some([session]):
+                    if await drain.some([session], node=False):
                         break
-            await self._drain()  # what it sent to this node's components before, first
+            while drain.node_upto < claim.upto:  # what it sent to this node before, first
+                async with drain.lock:
+                    if await drain.some((), node=True):
+                        break
+                if drain.paused:  # another arrival holds this node's inbox a moment
+                    await trio.sleep(0.01)
         except StoreError as exc:
             if cid not in self.table.by_id:  # claimed, not loaded: let go (best effort)
                 with trio.move_on_after(self.store.timeout), contextlib.suppress(StoreError):
@@ -278,91 +286,29 @@ class ClusterNode:
             return (CloseCode.STORE_UNAVAILABLE, str(exc)[:100]), False
         return None, claim.state is not None
 
-    # -- draining and letting go ----------------------------------------------------------
-
-    def _move(
-        self, session: HubSession, inbox: Inbox, read_at: int, shared: dict[bytes, EncodedBody]
-    ) -> bool:
-        """Append what the session has not had of its inbox (never waits); True if emptied."""
-        router = self.router
-        assert router is not None
-        cid = session.component_id
-        journal = self.journal
-        if inbox.gap is not None:  # a publish could not be put there: say so at resume
-            session.outbound.truncated = True
-            journal.touched(session)
-            journal.gap_seen(cid, inbox.gap)
-            self.gaps += 1
-        upto = self._upto.get(cid, 0)
-        start = max(0, upto - inbox.head)
-        bodies = inbox.bodies
-        moved = start
-        while moved < len(bodies) and not router.blocks(session):
-            packed = bodies[moved]  # one publish to many here: decoded and encoded once
-            out = shared.get(packed)
-            if out is None:
-                out = shared[packed] = EncodedBody(None, msgpack=packed)
-            router.append_all((session,), out)
-            moved += 1
-        if moved > start:
-            self._upto[cid] = inbox.head + moved
-            journal.consumed(cid, inbox.head + moved)
-            self.drained += moved - start
-        emptied = moved == len(bodies) < inbox.asked
-        if not emptied:
-            session.via_inbox = True
-        elif session.via_inbox and self._last_forward.get(cid, 0) <= read_at:
-            session.via_inbox = False  # every forward to it was in the store when it was read
-            self._last_forward.pop(cid, None)
-        return emptied
-
-    async def _drain_some(self, sessions: list[HubSession]) -> bool:
-        """Read and move the sessions' inboxes once, then commit; True if all were emptied."""
-        read_at = self.journal.committed_generation
-        count = max(16, min(DRAIN_BATCH, DRAIN_ROUND // len(sessions)))
-        inboxes = await self.store.inboxes([s.component_id for s in sessions], count)
-        shared: dict[bytes, EncodedBody] = {}
-        done = True
-        try:
-            for session, inbox in zip(sessions, inboxes, strict=True):
-                if self.table.by_id.get(session.component_id) is session:
-                    done = self._move(session, inbox, read_at, shared) and done
-        finally:  # what was moved is committed before anything reads the inboxes again
-            with trio.CancelScope(shield=True), trio.move_on_after(self.store.timeout * 2):
-                await self.journal.wait_committed()
-        return done
-
-    async def _drain(self) -> bool:
-        """One round over this node's inboxes; True when nothing was left behind."""
-        async with self._drain_lock:
-            table = self.table
-            wanted = set(await self.store.dirty())
-            wanted.update(s.component_id for s in table.by_id.values() if s.via_inbox)
-            sessions = [
-                table.by_id[cid]
-                for cid in sorted(wanted)
-                if cid in table.by_id and cid not in self.arriving
-            ]
-            for cid in [c for c in self._upto if c not in table.by_id]:
-                del self._upto[cid]  # gone from here: its next owner reads the store
-            return await self._drain_some(sessions) if sessions else True
+    # -- letting go -------------------------------------------------------------------------
 
     async def _let_go(self, cid: str) -> None:
         """Another node wants ``cid``: close its link, commit, release."""
-        if cid in self.arriving:
+        if cid in self.arriving or cid in self.leaving:
             return  # ours is the newer claim: the other retries, then replaces
-        session = self.table.by_id.get(cid)
-        if session is not None:
-            async with self._drain_lock:  # not while its inbox is being moved
-                link = session.connection
-                if link is not None:
-                    link.close_soon(CloseCode.REPLACED, "taken over on another node")
-                self.table.unload(session)
-                self._upto.pop(cid, None)
-            self.handovers += 1
-        await self.journal.wait_committed()
-        if cid not in self.arriving and cid not in self.table.by_id:  # not claimed again since
-            await self.store.release(cid)
+        self.leaving[cid] = trio.Event()  # messages to it (and publishes) wait
+        try:
+            async with self.drain.lock:  # nothing moves from this node's inbox meanwhile
+                session = self.table.by_id.get(cid)
+                if session is not None:
+                    link = session.connection
+                    if link is not None:
+                        link.close_soon(CloseCode.REPLACED, "taken over on another node")
+                    self.table.unload(session)
+                    self.drain.forget(cid)
+                    self.handovers += 1
+                await self.journal.wait_committed()
+                if cid not in self.table.by_id:
+                    await self.store.release(cid)  # with what this node had not delivered
+        finally:
+            self.leaving.pop(cid).set()
+            self._settled.unpark_all()
 
     async def adopt_orphans(self, most: int = ADOPT_BATCH) -> int:
         """Take over (up to ``most``) components nobody alive holds; return how many.
@@ -397,13 +343,15 @@ class ClusterNode:
     async def _publish_stats(self) -> None:
         if self._stats is not None:
             stats = self._stats()
+            drain = self.drain
             stats["cluster"] = {
                 "forwarded": self.forwarded,
-                "drained": self.drained,
+                "drained": drain.drained,
+                "spilled": drain.spilled,
                 "claims": self.claims,
                 "handovers": self.handovers,
                 "adopted": self.adopted,
-                "gaps": self.gaps,
+                "gaps": drain.gaps,
             }
             packed = orjson.dumps(stats, default=str, option=orjson.OPT_NON_STR_KEYS)
             await self.store.publish_stats(packed)
@@ -429,7 +377,7 @@ class ClusterNode:
                 for item in work:
                     if item.startswith("r"):
                         await self._let_go(item[1:])
-                timeout = POLL if await self._drain() else 0.05
+                timeout = POLL if await self.drain.round() else 0.05
             except StoreFenced:
                 self.fenced = True
                 raise  # this node's memory can no longer be trusted: stop

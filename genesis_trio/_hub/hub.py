@@ -127,7 +127,7 @@ class TranscendentalExternalWebSocket(Outbox, Queries):
             system={"presence": self._presence_request},
         )
         if self.cluster is not None:
-            self.router.cluster, self.cluster.router = self.cluster, self.router
+            self.router.cluster, self.cluster.drain.router = self.cluster, self.router
             self.cluster.journal.on_refused = self.cluster.refused
         self.notices = Notices(self.counters, self.sessions, self.router.append_all)
         """What clients get in place of messages they cannot receive."""

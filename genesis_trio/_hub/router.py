@@ -235,7 +235,7 @@ class Router(HubCalls):
             self.append_all(targets, EncodedBody(body))
         if cluster is not None and topic is not None:
             body["from"] = session.component_id
-            cluster.forward(body, topic=topic, exclude=tuple(t.component_id for t in targets))
+            cluster.forward(body, topic=topic)
         session.inbound.processed(n)
         self.counters.messages_in += 1
         return True
@@ -315,9 +315,7 @@ class Router(HubCalls):
         cluster = self.cluster
         if cluster is not None and count >= 0:
             if to is None:
-                topic = body["topic"]
-                local = tuple(s.component_id for s in self.by_topic(topic)())
-                cluster.forward(body, topic=topic, exclude=local)
+                cluster.forward(body, topic=body["topic"])
             elif count == 0:
                 cluster.forward(body, to=to, report=report, n=n)
         return count

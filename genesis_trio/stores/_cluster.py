@@ -10,11 +10,19 @@ sessions, logs and messages:
   holding its session (a component's session is live on one node at a
   time: every write is fenced on it);
 * ``{prefix}:ids`` -- a hash, component id -> session id;
-* ``{prefix}:subs:{topic}`` -- a set of the component ids subscribed;
-* ``{prefix}:inbox:{component}`` -- a list of message bodies sent to the
-  component from other nodes, appended in the sender's own commit (so a
-  message is acknowledged only once it is there) and moved into the
-  component's log by its owner, in the owner's commit (exactly once);
+* ``{prefix}:tsubs:{len}:{token}:{topic}`` -- the components a node (its
+  token; ``-``: nobody) holds subscribed to a topic; ``{prefix}:stok:{topic}``
+  -- the tokens with any;
+* ``{prefix}:ninbox:{token}`` -- a node's inbox: messages from other nodes
+  for its components, one entry per message and node (a publish reaches each
+  node with subscribers once), appended in the sender's own commit (so a
+  message is acknowledged only once it is there) and delivered by the node
+  in its own commit (exactly once); ``{prefix}:nihead:{token}`` its absolute
+  head, ``{prefix}:ngaps:{token}`` the topics it had to refuse (full);
+* ``{prefix}:inbox:{component}`` -- a component's own inbox: what it
+  received while held by nobody, what its node could not deliver at once
+  (a slow reader), and what a node that let it go (or died) had not
+  delivered; moved into its log by its owner, in order, exactly once;
 * ``{prefix}:dirty:{node}`` -- the components of a node with inbox entries;
   ``{prefix}:wake:{node}`` -- a list the node waits on (``d``: drain;
   ``r<component>``: another node asks it to let go of a component);
@@ -22,8 +30,8 @@ sessions, logs and messages:
   at its block (``block << 32``), so ids never collide across nodes.
 
 Every write is one Lua script (atomic): the fence check, then the batch,
-then the forwards to other nodes' components. Redis Cluster is not
-supported yet (the scripts touch keys of several sessions).
+then the forwards to other nodes. Redis Cluster is not supported yet (the
+scripts touch keys of several sessions).
 """
 
 from __future__ import annotations
@@ -43,7 +51,12 @@ if TYPE_CHECKING:
     import coredis
 
 INBOX_CAPACITY: Final = 10_000
-"""Entries an inbox holds at most; a forward beyond it is refused (``full``)."""
+"""Entries a component's inbox holds at most; a message beyond it is refused
+(``full``), a publish leaves a gap (the session is marked truncated)."""
+NODE_INBOX_CAPACITY: Final = 100_000
+"""Entries a node's inbox holds at most (the same rules beyond it)."""
+CLUSTER_LAYOUT: Final = 2
+"""The cluster's own keys (``meta`` field ``cluster``): 2 = fan-out once per node."""
 
 
 class StoreFenced(StoreError):
@@ -61,6 +74,20 @@ class Inbox:
     bodies: list[bytes]
     asked: int = 0
     """How many bodies were asked for (fewer came: the inbox was emptied)."""
+    component_id: str = ""
+
+
+@attrs.frozen
+class NodeInbox:
+    """The head of this node's own inbox: its position, its gaps, its entries."""
+
+    head: int
+    """The absolute position of ``entries[0]``."""
+    gaps: dict[str, str]
+    """Topics a publish could not be put here for (full), each with its gap's mark."""
+    entries: list[tuple[str, str, bytes]]
+    """``(kind, name, body)``: ``d`` for the component ``name``, ``t`` for the topic."""
+    asked: int = 0
 
 
 @attrs.frozen
@@ -73,6 +100,8 @@ class Claim:
     component_id: str | None = None
     holder: str | None = None
     state: StoredState | None = None
+    upto: int = 0
+    """The end of this node's inbox when claimed: what it holds before was sent before."""
 
 
 class ClusterStore(RedisStore):
@@ -97,6 +126,7 @@ class ClusterStore(RedisStore):
         timeout: float = 5.0,
         lease: float = LEASE_SECONDS,
         inbox_capacity: int = INBOX_CAPACITY,
+        node_inbox_capacity: int = NODE_INBOX_CAPACITY,
     ) -> None:
         super().__init__(url, prefix=prefix, timeout=timeout, owner=node, lease=lease)
         if not node or "/" in node or any(c.isspace() for c in node):
@@ -105,10 +135,13 @@ class ClusterStore(RedisStore):
         self.token = f"{node}/{secrets.token_hex(6)}"
         """This incarnation (a restarted node is a new one: its old claims lapse)."""
         self.inbox_capacity = inbox_capacity
+        self.node_inbox_capacity = node_inbox_capacity
         self._scripts: dict[str, Any] = {}
 
     def _argv(self, *more: str | bytes | int) -> list[str | bytes | int]:
-        return [self.prefix, self.token, self.node, int(self.lease * 10_000), *more]
+        ttl = int(self.lease * 10_000)
+        caps = (self.inbox_capacity, self.node_inbox_capacity)
+        return [self.prefix, self.token, self.node, ttl, *caps, *more]
 
     async def _run(self, r: coredis.Redis[bytes], name: str, *more: str | bytes | int) -> Any:
         script = self._scripts.get(name)
@@ -175,6 +208,12 @@ class ClusterStore(RedisStore):
 
     async def _load(self, r: coredis.Redis[bytes]) -> StoredState:
         await self._check_layout(r)
+        layout = await r.hget(self._meta, b"cluster")
+        if layout is None:
+            await r.hset(self._meta, {b"cluster": str(CLUSTER_LAYOUT).encode()})
+        elif int(layout) != CLUSTER_LAYOUT:
+            want = CLUSTER_LAYOUT
+            raise StoreError(f"{self.name} holds cluster layout {int(layout)}, not {want}")
         block = int(await r.incr(f"{self.prefix}:idblock".encode()))
         return StoredState((), {}, first_id=block << 32)
 
@@ -189,16 +228,18 @@ class ClusterStore(RedisStore):
         cid = reply[1].decode()
         if kind == "busy":
             return Claim(kind, cid, holder=reply[2].decode())
+        upto = int(reply[2])
         if kind == "new":
-            return Claim(kind, cid)
-        row = _unpack_row(reply[2])
-        entries = tuple(_unpack_log(reply[3]))
+            return Claim(kind, cid, upto=upto)
+        row = _unpack_row(reply[3])
+        entries = tuple(_unpack_log(reply[4]))
         wanted = sorted({e.msg_id for e in entries if e.msg_id})
         messages: dict[int, bytes] = {}
         if wanted:
             bodies = await self._call("claim", self._bodies, wanted)
             messages = {i: b for i, b in zip(wanted, bodies, strict=True) if b is not None}
-        return Claim(kind, cid, state=StoredState((StoredSession(row, entries),), messages))
+        state = StoredState((StoredSession(row, entries),), messages)
+        return Claim(kind, cid, state=state, upto=upto)
 
     async def _bodies(self, r: coredis.Redis[bytes], ids: list[int]) -> list[bytes | None]:
         return list(await r.hmget(self._messages, [str(i).encode() for i in ids]))
@@ -238,37 +279,30 @@ class ClusterStore(RedisStore):
         rest = await r.lpop(key, 64) or []
         return [v.decode() for v in [first[1], *rest]]
 
-    async def dirty(self) -> list[str]:
-        """The components of this node with messages in their inboxes."""
-        key = f"{self.prefix}:dirty:{self.node}".encode()
-        members = await self._call("inbox", lambda r: r.smembers(key))
-        return sorted(m.decode() for m in members)
+    async def read(
+        self, component_ids: list[str], count: int, node_count: int
+    ) -> tuple[list[Inbox], NodeInbox | None]:
+        """The heads of this node's inboxes, as of one moment.
 
-    async def inboxes(self, component_ids: list[str], count: int) -> list[Inbox]:
-        """The head of each component's inbox (up to ``count`` bodies), in one transaction."""
-        if not component_ids:
-            return []
-        return list(await self._call("inbox", self._inboxes, component_ids, count))
-
-    async def _inboxes(
-        self, r: coredis.Redis[bytes], component_ids: list[str], count: int
-    ) -> list[Inbox]:
-        p = self.prefix
-        async with r.pipeline(transaction=True) as pipe:
-            replies = [
-                (
-                    pipe.hget(f"{p}:ihead".encode(), cid.encode()),
-                    pipe.hget(f"{p}:gaps".encode(), cid.encode()),
-                    pipe.lrange(f"{p}:inbox:{cid}".encode(), 0, count - 1),
-                )
-                for cid in component_ids
-            ]
-        out = []
-        for head, gap, bodies in replies:
-            h, g = await head, await gap
-            gap_ = None if g is None else g.decode()
-            out.append(Inbox(int(h or 0), gap_, list(await bodies), count))
-        return out
+        Each component's in ``component_ids`` (up to ``count`` bodies each);
+        this node's own (``node_count`` entries) with the components' marked
+        dirty, unless ``node_count`` is 0 (then None).
+        """
+        reply = await self._script("inbox", "READ", count, node_count, *component_ids)
+        inboxes = [
+            Inbox(int(head), gap.decode() or None, list(bodies), count, cid.decode())
+            for cid, head, gap, bodies in reply[0]
+        ]
+        if not node_count:
+            return inboxes, None
+        head, gaps, entries = reply[1]
+        pairs = iter(gaps)
+        return inboxes, NodeInbox(
+            int(head),
+            {t.decode(): g.decode() for t, g in zip(pairs, pairs, strict=True)},
+            [_entry(e) for e in entries],
+            node_count,
+        )
 
     # -- statistics ---------------------------------------------------------------------
 
@@ -301,8 +335,15 @@ class ClusterStore(RedisStore):
         if not batch:
             return None
         packed = _pack_batch(batch)
-        reply = await self._script("write", "WRITE", packed, self.inbox_capacity)
+        reply = await self._script("write", "WRITE", packed)
         return [(batch.forwards[int(i) - 1], why.decode()) for i, why in reply or ()]
+
+
+def _entry(raw: bytes) -> tuple[str, str, bytes]:
+    """A node inbox entry: ``kind`` (one letter), ``len:name``, then the body."""
+    colon = raw.index(b":", 1)
+    end = colon + 1 + int(raw[1:colon])
+    return raw[:1].decode(), raw[colon + 1 : end].decode(), raw[end:]
 
 
 def _flat(entries: Any) -> list[Any]:
@@ -324,10 +365,7 @@ def _pack_batch(batch: StoreBatch) -> bytes:
             [[sid, seq] for sid, seq in batch.trims.items()],
             [[sid, row.component_id, _pack_row(row)] for sid, row in batch.sessions.items()],
             [[cid, upto] for cid, upto in batch.consumed.items()],
-            [
-                [f.to or "", f.topic or "", f.body, list(f.exclude), f.number]
-                for f in batch.forwards
-            ],
+            [[f.to or "", f.topic or "", f.body, f.number, int(f.spill)] for f in batch.forwards],
             [[cid, gap] for cid, gap in batch.gaps.items()],
         ],
         use_bin_type=False,  # Redis's cmsgpack reads no bin type: bytes go as (binary-safe) raw

@@ -82,15 +82,16 @@ class StoredState:
 class Forward(NamedTuple):
     """A message for components of other nodes (a clustered store puts it in their inboxes).
 
-    ``to`` names one component; otherwise every subscriber of ``topic``
-    except the components in ``exclude`` (this node delivered to those).
+    ``to`` names one component; otherwise every subscriber of ``topic`` on
+    other nodes (this node delivered to its own). ``spill``: a message for
+    this node's component ``to`` that must go behind what its inbox holds.
     ``tag`` is the hub's, opaque to stores (who to tell of a refusal).
     """
 
     to: str | None
     topic: str | None
     body: bytes
-    exclude: tuple[str, ...] = ()
+    spill: bool = False
     tag: object = None
     number: int = 0
     """Given by the journal, increasing: a store applies each forward once."""
@@ -116,9 +117,10 @@ class StoreBatch:
     """The component id of every session touched (a clustered store fences on them)."""
     consumed: dict[str, int] = attrs.field(factory=dict)
     """How far each component's inbox was moved into its log: an absolute position,
-    by component id (clustered stores only)."""
+    by component id; ``""``: this node's own inbox (clustered stores only)."""
     gaps: dict[str, str] = attrs.field(factory=dict)
-    """Inbox gaps seen (and marked as truncation), by component id (clustered stores)."""
+    """Inbox gaps seen (and marked as truncation), by component id; ``#topic``: a
+    topic's gap in this node's own inbox (clustered stores)."""
     forwards: list[Forward] = attrs.field(factory=list)
     """Messages for other nodes' components (clustered stores only)."""
 

@@ -133,5 +133,8 @@ async def start_cli_hub(
             process.kill()
         with trio.move_on_after(5, shield=True):
             await process.wait()
-        with contextlib.suppress(OSError):
-            os.unlink(log_file.name)
+        if os.environ.get("GENESIS_KEEP_HUB_LOGS"):  # debugging: say where the log is
+            print(f"hub log kept: {log_file.name}")
+        else:
+            with contextlib.suppress(OSError):
+                os.unlink(log_file.name)
