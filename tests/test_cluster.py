@@ -102,6 +102,16 @@ async def test_direct_messages_and_publishes_cross_nodes() -> None:
             while a.last_error is None:  # noqa: ASYNC110 - the client has no event for it
                 await trio.sleep(0.01)
         assert a.last_error.code == "unknown_target"
+
+        api = n0.url.replace("ws://", "http://").removesuffix("/ws")
+        async with httpx.AsyncClient(base_url=api) as http:  # the hub's own sends, across
+            sent = await http.post("/api/components/b/messages", json={"type": "op", "data": 7})
+            assert (sent.status_code, sent.json()) == (202, {"seq": 0})  # b's node knows it
+            ghost = await http.post("/api/components/ghost/messages", json={"type": "op"})
+            assert ghost.status_code == 404
+            assert "in the cluster" in ghost.json()["detail"]
+        message = await b.receive()
+        assert (message.sender, message.type, message.data) == ("$hub", "op", 7)
         for ws in (a, b, c, d):
             assert ws.statistics().resumes_failed == 0
         assert min(links.count(name) for name in "abcd") == 1

@@ -147,7 +147,12 @@ SCHEMAS: dict[str, Any] = {
     "Sent": {
         "type": "object",
         "required": ["seq"],
-        "properties": {"seq": {"type": "integer", "description": "In the target's session."}},
+        "properties": {
+            "seq": {
+                "type": "integer",
+                "description": "In the target's session (0: held by another node of a cluster).",
+            }
+        },
     },
     "Published": {
         "type": "object",
@@ -290,6 +295,7 @@ PATHS: dict[str, Any] = {
             {
                 "202": _json("Sent", "In the component's session."),
                 "404": _problem("No such session."),
+                "503": _problem("Its inbox on another node of a cluster is full (`limit`)."),
                 **_BODY_ERRORS,
             },
             requestBody=_body("MessageIn"),

@@ -276,6 +276,8 @@ class TranscendentalAPI:
             raise Problem(404, str(exc)) from None
         except (ValueError, TypeError) as exc:
             raise Problem(400, str(exc)[:300]) from None
+        except RemoteError as exc:  # a full inbox in a cluster
+            raise Problem(503, exc.message[:300], code=exc.code) from None
         return JSON({"seq": seq}, 202)
 
     async def publish(self, request: Request) -> Response:

@@ -32,7 +32,6 @@ from .._core.errors import (
     ConnectionClosed,
     LocalProtocolError,
     RemoteProtocolError,
-    UnknownComponent,
 )
 from .._core.frames import HUB_ID, Body, Error, Hello, check_body, valid_subscription
 from .._runtime.component import ComponentBase
@@ -164,18 +163,9 @@ class LocalComponent(ComponentBase):
         if to == HUB_ID:
             await router.hub_message(session, None, body, 0, self._report)
             return 0
-        alone = router.cluster is None  # in a cluster, what is not here is forwarded
         if to is not None:
-            if alone and to not in host.sessions.by_id:
-                raise UnknownComponent(f"no component {to!r} on this hub")
-            if await router.deliver_anywhere(body) == 0:
-                if alone:
-                    raise UnknownComponent(f"component {to!r} left while the message waited")
-                result = 0
-            else:
-                result = host.sessions.by_id[to].outbound.last_seq
-        else:
-            result = await router.deliver_anywhere(body)
+            return await router.send_to(to, body, host.journal.wait_committed)
+        result = await router.deliver_anywhere(body)
         await host.journal.wait_committed()
         return result
 

@@ -60,8 +60,11 @@ class Outbox:
 
         Returns the message's sequence number in that component's session
         once it is stored there (delivered exactly once, now or after it
-        resumes); waits (bounded) while its buffer is full. Raises
-        :class:`UnknownComponent` when the hub holds no session for ``to``.
+        resumes; 0 when it is held by another node of a cluster); waits
+        (bounded) while its buffer is full. Raises :class:`UnknownComponent`
+        when no session for ``to`` exists (in a cluster: on any node), and
+        :class:`~genesis_trio.RemoteError` (``limit``) when its inbox on
+        another node is full.
         """
         body: dict[str, Any] = {"type": type, "to": to}
         if data is not None:
@@ -133,14 +136,4 @@ class Outbox:
             raise ValueError(f"invalid component id {to!r}")
         body["from"] = HUB_ID
         checked(body)
-        alone = self.router.cluster is None  # in a cluster, what is not here is forwarded
-        if alone and to not in self.sessions.by_id:
-            raise UnknownComponent(f"no component {to!r} on this hub")
-        if await self.router.deliver_anywhere(body) == 0:
-            if alone:
-                raise UnknownComponent(f"component {to!r} left while the message waited")
-            seq = 0
-        else:
-            seq = self.sessions.by_id[to].outbound.last_seq
-        await self.journal.wait_committed()
-        return seq
+        return await self.router.send_to(to, body, self.journal.wait_committed)

@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import trio
 
 from .._core.coalesce import FanoutWindow
 from .._core.codec import EncodedBody
 from .._core.config import HubConfig
-from .._core.errors import CloseCode, ErrorCode
+from .._core.errors import CloseCode, ErrorCode, RemoteError, UnknownComponent
 from .._core.frames import HUB_ID, Body, Error, MessageFrame, Rejected
 from .._core.link import Backlogged
 from .auth import Authorizer
@@ -319,6 +319,34 @@ class Router(HubCalls):
             elif count == 0:
                 cluster.forward(body, to=to, report=report, n=n)
         return count
+
+    async def send_to(self, to: str, body: Body, committed: Callable[[], Awaitable[None]]) -> int:
+        """Deliver ``body`` to the component ``to``, here or on another node; once stored.
+
+        Returns its sequence number in that component's session (0 when on
+        another node: it is known there only). Raises
+        :class:`UnknownComponent` when no session for ``to`` exists, and
+        :class:`RemoteError` (``limit``) when its inbox in a cluster is full.
+        """
+        alone = self.cluster is None  # in a cluster, what is not here is forwarded
+        if alone and to not in self.table.by_id:
+            raise UnknownComponent(f"no component {to!r} on this hub")
+        refusals: list[Error] = []
+
+        def refused(error: Error) -> None:  # after the commit (a cluster)
+            refusals.append(error)
+
+        seq = 0
+        if await self.deliver_anywhere(body, report=refused) > 0:
+            seq = self.table.by_id[to].outbound.last_seq
+        elif alone:
+            raise UnknownComponent(f"component {to!r} left while the message waited")
+        await committed()
+        for error in refusals:
+            if error.code == ErrorCode.UNKNOWN_TARGET:
+                raise UnknownComponent(f"no component {to!r} in the cluster")
+            raise RemoteError(error.code, error.msg)
+        return seq
 
     async def deliver(
         self,
