@@ -357,7 +357,8 @@ function checkTopic(topic, system) {
  */
 export class GenesisClient extends EventTarget {
   // configuration
-  /** @type {string} */ #url;
+  /** @type {string[]} */ #urls;
+  #urlIndex = 0;
   /** @type {WebSocketConstructor} */ #WebSocket;
   /** @type {StorageLike | null} */ #storage;
   /** @type {string} */ #storageKey;
@@ -438,22 +439,28 @@ export class GenesisClient extends EventTarget {
   };
 
   /**
-   * @param {string} url the hub's endpoint, `ws://host:port/ws` or `wss://...`
+   * @param {string | string[]} url the hub's endpoint, `ws://host:port/ws` or `wss://...`;
+   *   or several (the nodes of a cluster): a link that fails before its welcome makes the
+   *   next attempt use the next one
    * @param {string | null} id the component id (§2.1), or null for an anonymous session
    * @param {GenesisOptions} [options]
    */
   constructor(url, id, options = {}) {
     super();
-    const parsed = new URL(url);
-    if (parsed.protocol !== "ws:" && parsed.protocol !== "wss:") {
-      throw new TypeError(`the hub's URL must be ws:// or wss://, not ${url}`);
+    const urls = typeof url === "string" ? [url] : [...url];
+    if (urls.length === 0) throw new TypeError("at least one hub URL is needed");
+    for (const each of urls) {
+      const parsed = new URL(each);
+      if (parsed.protocol !== "ws:" && parsed.protocol !== "wss:") {
+        throw new TypeError(`the hub's URL must be ws:// or wss://, not ${each}`);
+      }
     }
     if (id !== null && (typeof id !== "string" || !COMPONENT_ID.test(id))) {
       throw new TypeError(`not a valid component id: ${JSON.stringify(id)}`);
     }
     const WebSocketClass = options.WebSocket ?? /** @type {WebSocketConstructor | undefined} */ (globalThis.WebSocket);
     if (!WebSocketClass) throw new TypeError("no WebSocket class: pass options.WebSocket");
-    this.#url = url;
+    this.#urls = urls;
     this.#id = id;
     this.#WebSocket = WebSocketClass;
     this.#storage = options.storage ?? null;
@@ -829,8 +836,9 @@ export class GenesisClient extends EventTarget {
     /** @type {WebSocketLike} */
     let sock;
     try {
-      sock = new this.#WebSocket(this.#url, [SUBPROTOCOL]);
+      sock = new this.#WebSocket(this.#urls[this.#urlIndex], [SUBPROTOCOL]);
     } catch (error) {
+      this.#nextUrl();
       this.#retry(1006, `cannot open a WebSocket: ${String(error)}`);
       return;
     }
@@ -1416,6 +1424,7 @@ export class GenesisClient extends EventTarget {
   #linkEnded(link, code, reason) {
     if (link !== this.#link) return;
     this.#link = null;
+    if (!link.welcomed) this.#nextUrl(); // that node is down, or refused us: try another
     clearTimeout(link.timer);
     this.#stopLinkTimers();
     if (this.#closing) {
@@ -1444,6 +1453,11 @@ export class GenesisClient extends EventTarget {
       this.#saveSoon();
     }
     this.#retry(code, reason);
+  }
+
+  /** The next of several hub URLs (a cluster's nodes) for the next attempt. */
+  #nextUrl() {
+    this.#urlIndex = (this.#urlIndex + 1) % this.#urls.length;
   }
 
   /**

@@ -75,12 +75,13 @@ export function tempDir() {
 /**
  * Start `python -m genesis_trio serve` on 127.0.0.1 and wait for its ready line.
  * @param {{store: string, port?: number, args?: string[], timeout?: number}} options
- *   `store`: a SQLite file path; `port`: 0 (default) for a free one
+ *   `store`: a SQLite file path, or a `redis://` URL; `port`: 0 (default) for a free one
  * @returns {Promise<Hub>}
  */
 export async function startHub({ store, port = 0, args = [], timeout = 15_000 }) {
   const argv = ["-c", BOOTSTRAP, "serve", "--host", "127.0.0.1", "--port", String(port)];
-  argv.push("--store", `sqlite:${store}`, "--log-level", "warning", ...args);
+  const spec = store.startsWith("redis://") ? store : `sqlite:${store}`;
+  argv.push("--store", spec, "--log-level", "warning", ...args);
   const child = spawn(python(), argv, { cwd: ROOT, stdio: ["pipe", "pipe", "pipe"] });
   children.add(child);
   let stdout = "";
@@ -116,6 +117,50 @@ export async function startHub({ store, port = 0, args = [], timeout = 15_000 })
       }
       children.delete(child);
       return child.exitCode;
+    },
+  };
+}
+
+/** A free TCP port on 127.0.0.1 (asked of the kernel, then let go). */
+async function freePort() {
+  const server = net.createServer();
+  await new Promise((resolve) => server.listen(0, "127.0.0.1", () => resolve(undefined)));
+  const port = /** @type {net.AddressInfo} */ (server.address()).port;
+  await new Promise((resolve) => server.close(() => resolve(undefined)));
+  return port;
+}
+
+/**
+ * A `redis-server` on a free 127.0.0.1 port (no persistence), stopped by `stop()`.
+ * Without one on PATH this fails under CI=true and returns null elsewhere (skip).
+ * @returns {Promise<{url: string, stop: () => Promise<void>} | null>}
+ */
+export async function startRedis() {
+  const port = await freePort();
+  const child = spawn("redis-server", ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"], {
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  const started = await new Promise((resolve) => {
+    let out = "";
+    child.once("error", () => resolve(false));
+    child.once("exit", () => resolve(false));
+    child.stdout.setEncoding("utf8").on("data", (chunk) => {
+      out += chunk;
+      if (out.includes("Ready to accept connections")) resolve(true);
+    });
+  });
+  if (!started) {
+    if (process.env.CI === "true") throw new Error("redis-server is needed (on PATH) for the cluster test");
+    return null;
+  }
+  children.add(child);
+  const exited = new Promise((resolve) => child.once("exit", () => resolve(undefined)));
+  return {
+    url: `redis://127.0.0.1:${port}/0`,
+    async stop() {
+      child.kill("SIGTERM");
+      await exited;
+      children.delete(child);
     },
   };
 }
@@ -180,7 +225,7 @@ export async function startProxy(targetPort) {
 
 /**
  * A client on Node's `ws`, with a quick backoff for tests.
- * @param {string} url
+ * @param {string | string[]} url
  * @param {string | null} id
  * @param {import("../../genesis_trio/static/genesis.js").GenesisOptions} [options]
  */
