@@ -35,7 +35,7 @@ from genesis_trio.stores import (
 )
 from genesis_trio.testing import DeliveryChecker, MemoryHub, start_memory_hub
 
-from .support.redis import redis_server
+from .support.redis import redis_cluster, redis_server
 
 
 def row(sid: str, **changes: object) -> SessionRow:
@@ -82,17 +82,20 @@ def test_batch_delete_and_rewrite_discard_earlier_changes() -> None:
     assert batch.deletes == {"a", "b"}
 
 
-@pytest.mark.parametrize("kind", ["memory", "sqlite", "redis"])
+@pytest.mark.parametrize("kind", ["memory", "sqlite", "redis", "redis-cluster"])
 async def test_store_round_trip(kind: str, tmp_path: pathlib.Path) -> None:
     async with contextlib.AsyncExitStack() as stack:
+        url = ""
         if kind == "redis":
-            server = await stack.enter_async_context(redis_server())
-        await _round_trip(kind, tmp_path, lambda: server.url)
+            url = (await stack.enter_async_context(redis_server())).url
+        elif kind == "redis-cluster":  # three shards: every key of a prefix in one slot
+            url = (await stack.enter_async_context(redis_cluster())).url("rt")
+        await _round_trip(kind, tmp_path, lambda: url)
 
 
 async def _round_trip(kind: str, tmp_path: pathlib.Path, url: Callable[[], str]) -> None:
     def make() -> SessionStore:
-        if kind == "redis":
+        if kind.startswith("redis"):
             return RedisStore(url(), prefix="rt")
         return memory if kind == "memory" else SQLiteStore(tmp_path / "s.sqlite3")
 

@@ -58,6 +58,14 @@ def test_url_and_name() -> None:
             RedisStore(bad)
     with pytest.raises(ValueError, match="prefix"):
         RedisStore("redis://h/0", prefix="{x}")
+    sharded = RedisStore("redis://h:7000/0?cluster=yes&prefix=chat")
+    assert (sharded.redis_cluster, sharded.keyspace) == (True, "{chat}")
+    assert sharded.name == "redis://h:7000/0#chat (Redis Cluster)"
+    assert RedisStore("redis://h/0?cluster=no").keyspace == "genesis"
+    with pytest.raises(ValueError, match="database 0"):
+        RedisStore("redis://h/3?cluster=yes")
+    with pytest.raises(ValueError, match="yes or no"):
+        RedisStore("redis://h/0?cluster=maybe")
 
 
 async def test_an_unreachable_server_is_a_store_error_in_bounded_time() -> None:

@@ -30,8 +30,8 @@ sessions, logs and messages:
   at its block (``block << 32``), so ids never collide across nodes.
 
 Every write is one Lua script (atomic): the fence check, then the batch,
-then the forwards to other nodes. Redis Cluster is not supported yet (the
-scripts touch keys of several sessions).
+then the forwards to other nodes. On a Redis Cluster (``?cluster=yes``) the
+keys share the prefix's hash tag, so every script runs on one shard.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ from ._protocol import Forward, StoreBatch, StoredSession, StoredState, StoreErr
 from ._redis import LEASE_SECONDS, RedisStore, _pack_row, _unpack_log, _unpack_row, log
 
 if TYPE_CHECKING:
-    import coredis
+    from ._redis import Client
 
 INBOX_CAPACITY: Final = 10_000
 """Entries a component's inbox holds at most; a message beyond it is refused
@@ -141,13 +141,13 @@ class ClusterStore(RedisStore):
     def _argv(self, *more: str | bytes | int) -> list[str | bytes | int]:
         ttl = int(self.lease * 10_000)
         caps = (self.inbox_capacity, self.node_inbox_capacity)
-        return [self.prefix, self.token, self.node, ttl, *caps, *more]
+        return [self.keyspace, self.token, self.node, ttl, *caps, *more]
 
-    async def _run(self, r: coredis.Redis[bytes], name: str, *more: str | bytes | int) -> Any:
+    async def _run(self, r: Client, name: str, *more: str | bytes | int) -> Any:
         script = self._scripts.get(name)
         if script is None:
             script = self._scripts[name] = r.register_script(getattr(lua, name))
-        return await script(keys=[], args=self._argv(*more))
+        return await script(keys=[self._meta], args=self._argv(*more))  # routed by its slot
 
     def _taken(self) -> StoreError:
         return StoreFenced(f"{self.name}: this node no longer holds {self._lost}")
@@ -181,10 +181,10 @@ class ClusterStore(RedisStore):
             await trio.sleep(0.25)
         self._claimed = True
 
-    async def _register(self, r: coredis.Redis[bytes]) -> str | None:
+    async def _register(self, r: Client) -> str | None:
         from coredis import PureToken
 
-        key = f"{self.prefix}:node:{self.node}".encode()
+        key = f"{self.keyspace}:node:{self.node}".encode()
         ms = int(self.lease * 1000)
         if await r.set(key, self.token.encode(), condition=PureToken.NX, px=ms):
             return None
@@ -200,13 +200,13 @@ class ClusterStore(RedisStore):
             return False  # Redis is away: the writes say so
         return True
 
-    async def _release(self, r: coredis.Redis[bytes]) -> None:
+    async def _release(self, r: Client) -> None:
         """Leave: drop the node's key if it is still this incarnation's (claims lapse at once)."""
-        key = f"{self.prefix}:node:{self.node}".encode()
+        key = f"{self.keyspace}:node:{self.node}".encode()
         if await r.get(key) == self.token.encode():
             await r.delete([key])
 
-    async def _load(self, r: coredis.Redis[bytes]) -> StoredState:
+    async def _load(self, r: Client) -> StoredState:
         await self._check_layout(r)
         layout = await r.hget(self._meta, b"cluster")
         if layout is None:
@@ -214,7 +214,7 @@ class ClusterStore(RedisStore):
         elif int(layout) != CLUSTER_LAYOUT:
             want = CLUSTER_LAYOUT
             raise StoreError(f"{self.name} holds cluster layout {int(layout)}, not {want}")
-        block = int(await r.incr(f"{self.prefix}:idblock".encode()))
+        block = int(await r.incr(f"{self.keyspace}:idblock".encode()))
         return StoredState((), {}, first_id=block << 32)
 
     # -- claiming components ------------------------------------------------------------
@@ -241,7 +241,7 @@ class ClusterStore(RedisStore):
         state = StoredState((StoredSession(row, entries),), messages)
         return Claim(kind, cid, state=state, upto=upto)
 
-    async def _bodies(self, r: coredis.Redis[bytes], ids: list[int]) -> list[bytes | None]:
+    async def _bodies(self, r: Client, ids: list[int]) -> list[bytes | None]:
         return list(await r.hmget(self._messages, [str(i).encode() for i in ids]))
 
     async def orphans(self, cursor: int) -> tuple[int, list[str]]:
@@ -256,10 +256,10 @@ class ClusterStore(RedisStore):
     async def ask_release(self, holder: str, component_id: str) -> None:
         """Ask the node holding ``component_id`` (token ``holder``) to let go of it."""
         node = holder.rsplit("/", 1)[0]
-        key = f"{self.prefix}:wake:{node}".encode()
+        key = f"{self.keyspace}:wake:{node}".encode()
         await self._call("handover", self._ask, key, b"r" + component_id.encode())
 
-    async def _ask(self, r: coredis.Redis[bytes], key: bytes, item: bytes) -> None:
+    async def _ask(self, r: Client, key: bytes, item: bytes) -> None:
         async with r.pipeline(transaction=False) as pipe:
             pipe.rpush(key, [item])
             pipe.ltrim(key, -256, -1)  # a node that never reads it holds a bounded list
@@ -271,8 +271,8 @@ class ClusterStore(RedisStore):
         """Wait (up to ``seconds``) for work: ``d`` (drain) or ``r<component>`` (let go)."""
         return list(await self._call("wake", self._wait_wake, seconds))
 
-    async def _wait_wake(self, r: coredis.Redis[bytes], seconds: float) -> list[str]:
-        key = f"{self.prefix}:wake:{self.node}".encode()
+    async def _wait_wake(self, r: Client, seconds: float) -> list[str]:
+        key = f"{self.keyspace}:wake:{self.node}".encode()
         first = await r.blpop([key], timeout=seconds)
         if not first:
             return []
@@ -308,7 +308,7 @@ class ClusterStore(RedisStore):
 
     async def publish_stats(self, snapshot: bytes) -> None:
         """Publish this node's statistics (kept three leases unless published again)."""
-        key = f"{self.prefix}:stats:{self.node}".encode()
+        key = f"{self.keyspace}:stats:{self.node}".encode()
         ms = int(self.lease * 3000)
         await self._call("statistics", lambda r: r.set(key, snapshot, px=ms))
 
@@ -316,8 +316,8 @@ class ClusterStore(RedisStore):
         """The statistics every live node published, by node id."""
         return dict(await self._call("statistics", self._node_stats))
 
-    async def _node_stats(self, r: coredis.Redis[bytes]) -> dict[str, bytes]:
-        head = f"{self.prefix}:stats:"
+    async def _node_stats(self, r: Client) -> dict[str, bytes]:
+        head = f"{self.keyspace}:stats:"
         keys = [k async for k in r.scan_iter(match=f"{head}*".encode(), count=100)]
         values = await r.mget(keys) if keys else []
         return {

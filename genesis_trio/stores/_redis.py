@@ -8,6 +8,10 @@ Layout under a key prefix (default ``genesis``), MessagePack values:
 * ``{prefix}:messages`` -- a hash, message id -> body (fanned-out messages,
   stored once).
 
+On a Redis Cluster (``?cluster=yes``) the prefix is written ``{prefix}``, a
+hash tag: every key of the prefix is in one slot, so a batch is still one
+transaction on one shard.
+
 Each batch from the hub's journal is one ``MULTI``/``EXEC`` transaction sent
 in one round trip (group commit): all of it applies or none. A write is
 acknowledged once Redis has applied it; whether it survives a Redis crash is
@@ -54,6 +58,8 @@ from ._protocol import (
 if TYPE_CHECKING:
     import coredis
 
+    Client = coredis.Redis[bytes] | coredis.RedisCluster[bytes]
+
 DEFAULT_PREFIX: Final = "genesis"
 LAYOUT_VERSION: Final = 1
 LEASE_SECONDS: Final = 10.0
@@ -72,7 +78,8 @@ class RedisStore:
     """A :class:`~genesis_trio.stores.SessionStore` in a Redis server.
 
     ``url``: ``redis://[user:password@]host:port/db`` (``rediss://`` for
-    TLS); credentials never appear in :attr:`name`. ``prefix`` namespaces
+    TLS; ``?cluster=yes`` for a Redis Cluster); credentials never appear in
+    :attr:`name`. ``prefix`` namespaces
     the keys, so several hubs (or tests) can share one server; the URL may
     carry it too (``?prefix=NAME``). One hub at a time uses a prefix: it
     holds a lease on it (``LEASE_SECONDS``, renewed); :meth:`open` waits
@@ -97,46 +104,54 @@ class RedisStore:
         query = urllib.parse.parse_qs(parts.query)
         if "prefix" in query:
             prefix = query.pop("prefix")[-1]
-            parts = parts._replace(query=urllib.parse.urlencode(query, doseq=True))
-            url = urllib.parse.urlunsplit(parts)
+        sharded = query.pop("cluster", ["no"])[-1].lower()
+        if sharded not in ("yes", "no", "true", "false", "1", "0"):
+            raise ValueError(f"?cluster= is yes or no, not {sharded!r}")
+        parts = parts._replace(query=urllib.parse.urlencode(query, doseq=True))
+        url = urllib.parse.urlunsplit(parts)
         if parts.scheme not in ("redis", "rediss") or not parts.hostname:
             raise ValueError(f"a Redis URL is redis://host:port/db, not {url!r}")
         if not prefix or any(c in prefix for c in "{} "):
             raise ValueError(f"a key prefix is a non-empty word without braces: {prefix!r}")
         if not timeout > 0:
             raise ValueError("timeout must be positive")
+        if sharded in ("yes", "true", "1") and parts.path not in ("", "/", "/0"):
+            raise ValueError("a Redis Cluster has database 0 only: redis://host:port/0?cluster=yes")
         self.url = url
         self.prefix = prefix
+        self.redis_cluster = sharded in ("yes", "true", "1")
+        """The server is a Redis Cluster (``?cluster=yes``): every key of the prefix carries
+        the hash tag ``{prefix}``, so they share one slot (one shard)."""
+        self.keyspace = f"{{{prefix}}}" if self.redis_cluster else prefix
+        """What every key starts with: the prefix, hash-tagged on a Redis Cluster."""
         self.timeout = timeout
         port = f":{parts.port}" if parts.port else ""
         self.name = f"{parts.scheme}://{parts.hostname}{port}{parts.path or '/0'}#{prefix}"
         """``redis://host:port/db#prefix`` (no credentials)."""
-        self._client: coredis.Redis[bytes] | None = None
+        if self.redis_cluster:
+            self.name += " (Redis Cluster)"
+        self._client: Client | None = None
         self._stop = trio.Event()
         self._stopped = trio.Event()
-        self._sessions = f"{prefix}:sessions".encode()
-        self._messages = f"{prefix}:messages".encode()
-        self._meta = f"{prefix}:meta".encode()
+        keys = self.keyspace
+        self._sessions = f"{keys}:sessions".encode()
+        self._messages = f"{keys}:messages".encode()
+        self._meta = f"{keys}:meta".encode()
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}"
         self.lease = lease
-        self._lease = f"{prefix}:lease".encode()
+        self._lease = f"{keys}:lease".encode()
         self._claimed = False
         self._lost: str | None = None
         """Who took the lease from us (writes fail from then on)."""
 
     def _log(self, sid: str) -> bytes:
-        return f"{self.prefix}:log:{sid}".encode()
+        return f"{self.keyspace}:log:{sid}".encode()
 
     # -- the client's lifetime ----------------------------------------------------
 
     async def _serve_client(self, ready: trio.Event, failure: list[BaseException]) -> None:
         try:
-            import coredis  # a second to import: only when Redis is used
-
-            client: coredis.Redis[bytes] = coredis.Redis.from_url(
-                self.url, decode_responses=False, stream_timeout=self.timeout,
-                connect_timeout=self.timeout,
-            )  # fmt: skip
+            client = self._make_client()
             async with client:
                 self._client = client
                 ready.set()
@@ -153,6 +168,27 @@ class RedisStore:
             self._client = None
             ready.set()
             self._stopped.set()
+
+    def _make_client(self) -> Client:
+        import coredis  # a second to import: only when Redis is used
+        from coredis.connection import TCPLocation
+
+        timeout = self.timeout
+        if not self.redis_cluster:
+            redis: coredis.Redis[bytes] = coredis.Redis.from_url(
+                self.url, decode_responses=False, stream_timeout=timeout, connect_timeout=timeout
+            )
+            return redis
+        # Not RedisCluster.from_url: coredis 6.9 passes its own deprecated Node to itself
+        # there (a DeprecationWarning on every client).
+        parts = urllib.parse.urlsplit(self.url)
+        cluster: coredis.RedisCluster[bytes] = coredis.RedisCluster(
+            startup_nodes=[TCPLocation(parts.hostname or "", parts.port or 6379)],
+            username=parts.username, password=parts.password,
+            ssl=parts.scheme == "rediss", decode_responses=False, stream_timeout=timeout,
+            connect_timeout=timeout,
+        )  # fmt: skip
+        return cluster
 
     async def _call(self, what: str, fn: Any, *args: Any) -> Any:
         if self._client is None:
@@ -185,7 +221,7 @@ class RedisStore:
             await trio.sleep(0.25)
         self._claimed = True
 
-    async def _try_claim(self, r: coredis.Redis[bytes]) -> str | None:
+    async def _try_claim(self, r: Client) -> str | None:
         """Take the lease (None) or say who holds it."""
         from coredis import PureToken
 
@@ -211,11 +247,11 @@ class RedisStore:
             log.error("%s: another hub (%s) took the key prefix over", self.name, holder)
         return True
 
-    async def _renew_once(self, r: coredis.Redis[bytes]) -> bool:
+    async def _renew_once(self, r: Client) -> bool:
         ms = str(int(self.lease * 1000))
         return bool(await r.eval(_RENEW, keys=[self._lease], args=[self.owner, ms]))
 
-    async def _release(self, r: coredis.Redis[bytes]) -> None:
+    async def _release(self, r: Client) -> None:
         await r.eval(_RELEASE, keys=[self._lease], args=[self.owner])
 
     # -- the store protocol -------------------------------------------------------
@@ -236,14 +272,14 @@ class RedisStore:
         state: StoredState = await self._call("load", self._load)
         return state
 
-    async def _check_layout(self, r: coredis.Redis[bytes]) -> None:
+    async def _check_layout(self, r: Client) -> None:
         version = await r.hget(self._meta, b"layout")
         if version is None:
             await r.hset(self._meta, {b"layout": str(LAYOUT_VERSION).encode()})
         elif int(version) != LAYOUT_VERSION:
             raise StoreError(f"{self.name} holds layout {int(version)}, not {LAYOUT_VERSION}")
 
-    async def _load(self, r: coredis.Redis[bytes]) -> StoredState:
+    async def _load(self, r: Client) -> StoredState:
         await self._check_layout(r)
         rows = {
             sid.decode(): _unpack_row(v) for sid, v in (await r.hgetall(self._sessions)).items()
@@ -270,7 +306,7 @@ class RedisStore:
             await self._call("write", self._write, batch)
         return None
 
-    async def _write(self, r: coredis.Redis[bytes], batch: StoreBatch) -> None:
+    async def _write(self, r: Client, batch: StoreBatch) -> None:
         async with r.pipeline(transaction=True) as pipe:
             if batch.deletes:
                 pipe.hdel(self._sessions, [sid.encode() for sid in batch.deletes])
@@ -298,7 +334,7 @@ class RedisStore:
         """Drop message bodies no log references any more; return how many."""
         return int(await self._call("compaction", self._compact))
 
-    async def _compact(self, r: coredis.Redis[bytes]) -> int:
+    async def _compact(self, r: Client) -> int:
         ids = await r.hkeys(self._messages)
         if not ids:
             return 0

@@ -34,10 +34,15 @@ def redis_server_binary() -> str:
 class RedisServer:
     """One ``redis-server`` process on 127.0.0.1 (AOF on, fsync always: durable)."""
 
-    def __init__(self, port: int | None = None, directory: str | None = None) -> None:
+    def __init__(
+        self, port: int | None = None, directory: str | None = None, *, cluster: bool = False
+    ) -> None:
         self.port = port or free_port()
         self.directory = directory or tempfile.mkdtemp(prefix="gt-redis-")
         self.process: trio.Process | None = None
+        self.cluster = cluster
+        """A Redis Cluster node (``cluster-enabled yes``)."""
+        self.bus_port = free_port() if cluster else 0
 
     @property
     def url(self) -> str:
@@ -51,6 +56,11 @@ class RedisServer:
             "appendonly": "yes", "appendfsync": "always", "protected-mode": "no",
             "loglevel": "warning",
         }  # fmt: skip
+        if self.cluster:  # its bus on a free port too (not port + 10000: maybe past 65535)
+            flags |= {
+                "cluster-enabled": "yes", "cluster-config-file": "nodes.conf",
+                "cluster-port": str(self.bus_port),
+            }  # fmt: skip
         argv = [redis_server_binary()]
         for name, value in flags.items():
             argv += [f"--{name}", value]
@@ -94,3 +104,62 @@ async def redis_server() -> AsyncIterator[RedisServer]:
         with trio.CancelScope(shield=True):
             await server.stop()
         shutil.rmtree(server.directory, ignore_errors=True)
+
+
+class RedisCluster:
+    """A Redis Cluster of ``shards`` masters on 127.0.0.1 (no replicas), made by ``redis-cli``."""
+
+    def __init__(self, shards: int = 3) -> None:
+        self.servers = [RedisServer(cluster=True) for _ in range(shards)]
+
+    def url(self, prefix: str = "genesis") -> str:
+        """The address of one of its nodes, for a Redis Cluster client."""
+        return f"{self.servers[0].url}?cluster=yes&prefix={prefix}"
+
+    async def start(self) -> None:
+        """Start every shard, join them, give each a third of the slots; wait until it is up."""
+        for server in self.servers:
+            await server.start()
+        cli = shutil.which("redis-cli")
+        if cli is None:
+            redis_server_binary()  # the same skip, or failure under CI
+            pytest.fail("redis-cli is missing (it comes with redis-server)")
+        nodes = [f"127.0.0.1:{s.port}" for s in self.servers]
+        argv = [cli, "--cluster", "create", *nodes, "--cluster-replicas", "0", "--cluster-yes"]
+        done = await trio.run_process(argv, capture_stdout=True, capture_stderr=True, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"redis-cli --cluster create failed: {done.stdout[-2000:]!r}")
+        with trio.fail_after(20):
+            for server in self.servers:
+                while b"cluster_state:ok" not in await self._info(cli, server.port):  # noqa: ASYNC110
+                    await trio.sleep(0.05)
+
+    @staticmethod
+    async def _info(cli: str, port: int) -> bytes:
+        argv = [cli, "-p", str(port), "cluster", "info"]
+        done = await trio.run_process(argv, capture_stdout=True, check=False)
+        return bytes(done.stdout)
+
+    async def key_counts(self) -> list[int]:
+        """How many keys each shard holds."""
+        cli = shutil.which("redis-cli")
+        assert cli is not None
+        counts = []
+        for server in self.servers:
+            argv = [cli, "-p", str(server.port), "dbsize"]
+            counts.append(int((await trio.run_process(argv, capture_stdout=True)).stdout))
+        return counts
+
+
+@contextlib.asynccontextmanager
+async def redis_cluster(shards: int = 3) -> AsyncIterator[RedisCluster]:
+    """A fresh Redis Cluster for the block, every shard stopped (and its data removed) after."""
+    cluster = RedisCluster(shards)
+    try:
+        await cluster.start()
+        yield cluster
+    finally:
+        with trio.CancelScope(shield=True):
+            for server in cluster.servers:
+                await server.stop()
+                shutil.rmtree(server.directory, ignore_errors=True)

@@ -1,0 +1,86 @@
+"""On a Redis Cluster (three shards, started by the test): hubs and cluster nodes.
+
+Every key of a prefix carries the hash tag ``{prefix}``: the prefix lives on
+one shard, and different prefixes (hubs, or clusters of nodes) spread over
+the shards. Real processes: three ``redis-server --cluster-enabled yes``
+joined by ``redis-cli --cluster create``, and CLI hubs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+
+import pytest
+import trio
+
+from genesis_trio.testing import DeliveryChecker
+
+from .support.cluster import Switchboard, start_node
+from .support.processes import start_cli_hub
+from .support.redis import redis_cluster
+from .support.workload import exchange
+from .test_cluster import Links, clean, client
+
+pytestmark = [pytest.mark.slow]
+
+
+@pytest.mark.deadline(90)
+async def test_cluster_nodes_on_a_redis_cluster_resume_exactly_after_a_node_dies() -> None:
+    async with contextlib.AsyncExitStack() as stack:
+        redis = await stack.enter_async_context(redis_cluster())
+        url = redis.url("genesis")
+        nodes = [await stack.enter_async_context(start_node(url, f"n{i}")) for i in range(2)]
+        links = Links()
+        board = Switchboard()
+        urls = [n.url for n in nodes]
+        names = ["p0", "p1", "p2", "p3"]  # p0, p2 on n0; p1, p3 on n1
+        clients = [
+            await stack.enter_async_context(
+                client(urls[i % 2 :] + urls[: i % 2], name, links, board, topics=["t"])
+            )
+            for i, name in enumerate(names)
+        ]
+        for n in range(20):  # a publish reaches the subscribers on both nodes, in order
+            await clients[0].publish("t", "tick", n)
+        for ws in clients:
+            assert [(await ws.receive()).data for _ in range(20)] == list(range(20))
+
+        checker = DeliveryChecker()
+        delivered = 0
+        killed = trio.Event()
+
+        def count() -> None:
+            nonlocal delivered
+            delivered += 1
+            if delivered == 1000 and not killed.is_set():
+                nodes[0].process.send_signal(signal.SIGKILL)
+                killed.set()
+
+        with trio.fail_after(60):
+            await exchange(clients, lambda i: (i + 1) % 4, 600, checker, delivered=count)
+        report = checker.report()
+        assert killed.is_set()
+        assert report.sent == report.delivered == 2400
+        assert (report.lost, report.duplicated, report.reordered, report.unexpected) == (0,) * 4
+        resumes = [e for name, e in links.events if not e.first]
+        assert {name for name, e in links.events if not e.first} >= {"p0", "p2"}
+        assert all(e.recovered for e in resumes), resumes
+        counts = await redis.key_counts()
+        assert sorted(c > 0 for c in counts) == [False, False, True], counts  # one shard
+        clean(nodes[1])
+
+
+@pytest.mark.deadline(60)
+async def test_hubs_with_their_own_prefixes_spread_over_the_shards() -> None:
+    async with contextlib.AsyncExitStack() as stack:
+        redis = await stack.enter_async_context(redis_cluster())
+        links = Links()
+        for prefix in ("a", "b"):  # CLUSTER KEYSLOT {a} = 15495, {b} = 3300: two shards
+            hub = await stack.enter_async_context(start_cli_hub("--store", redis.url(prefix)))
+            ws = await stack.enter_async_context(client([hub.url], "x", links))
+            await ws.send("x", "ping", prefix)
+            assert (await ws.receive()).data == prefix
+            clean(hub)
+        counts = await redis.key_counts()
+        assert sorted(c > 0 for c in counts) == [False, True, True], counts
