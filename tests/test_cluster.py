@@ -266,3 +266,37 @@ async def test_a_dead_nodes_sessions_are_adopted_and_wait_for_their_clients() ->
         resumed = [e for name, e in links.events if name == "b"][1:]
         assert [e.recovered for e in resumed] == [True]
         clean(n1)
+
+
+@pytest.mark.deadline(60)
+async def test_adoption_stops_at_max_sessions() -> None:
+    async with contextlib.AsyncExitStack() as stack:
+        redis = await stack.enter_async_context(redis_server())
+        n0 = await stack.enter_async_context(start_node(redis.url, "n0", lease=1.0))
+        n1 = await stack.enter_async_context(
+            start_node(redis.url, "n1", "--max-sessions", "2", lease=1.0)
+        )
+        links = Links()
+        for name in ("a", "b", "c"):  # three sessions on n0, left there by their clients
+            async with client([n0.url], name, links) as ws:
+                await ws.send(name, "hi", 0)
+                assert (await ws.receive()).data == 0
+                await ws.aclose(end_session=False)
+        x = await stack.enter_async_context(client([n1.url], "x", links))
+        n0.process.send_signal(signal.SIGKILL)
+        await n0.process.wait()
+        api = n1.url.replace("ws://", "http://").removesuffix("/ws")
+        async with httpx.AsyncClient(base_url=api) as http:
+
+            async def adopted() -> int:
+                stats = (await http.get("/api/cluster")).json()["nodes"]["n1"]
+                return int(stats["cluster"]["adopted"])
+
+            with trio.fail_after(20):  # one pass adopts what fits: one, next to x
+                while not (count := await adopted()):  # noqa: ASYNC110 - another process
+                    await trio.sleep(0.1)
+            assert count == 1
+            assert len((await http.get("/api/components")).json()["items"]) == 2
+        await x.send("x", "still", 1)
+        assert (await x.receive()).data == 1
+        clean(n1)

@@ -316,12 +316,17 @@ class ClusterNode:
         Someone must hold every session: to drain its inbox and, if its
         client never comes back, to expire it. An adopted session waits like
         any disconnected one; its client resumes it here or on any node.
+        Never past ``max_sessions``: a full node leaves them to the others.
         """
         adopted, cursor = 0, 0
+        table = self.table
         while adopted < most:
             cursor, found = await self.store.orphans(cursor)
             for cid in found:
-                if cid in self.table.by_id or cid in self.arriving:
+                if len(table.by_id) >= table.config.max_sessions:
+                    self.adopted += adopted
+                    return adopted
+                if cid in table.by_id or cid in self.arriving:
                     continue
                 refused, _ = await self.arrive(Hello(id=cid), take=False)
                 if refused is None:
