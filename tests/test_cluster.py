@@ -17,7 +17,7 @@ import httpx
 import pytest
 import trio
 
-from genesis_trio import Connected, LinkEvent, TranscendentalWebSocket, backoff
+from genesis_trio import Connected, LinkEvent, Message, TranscendentalWebSocket, backoff
 from genesis_trio.testing import DeliveryChecker
 
 from .support.cluster import Switchboard, port_of, start_node
@@ -110,8 +110,24 @@ async def test_direct_messages_and_publishes_cross_nodes() -> None:
             ghost = await http.post("/api/components/ghost/messages", json={"type": "op"})
             assert ghost.status_code == 404
             assert "in the cluster" in ghost.json()["detail"]
-        message = await b.receive()
-        assert (message.sender, message.type, message.data) == ("$hub", "op", 7)
+            message = await b.receive()
+            assert (message.sender, message.type, message.data) == ("$hub", "op", 7)
+
+            @b.on("add")
+            async def add(message: Message) -> int:
+                return int(sum(message.data))
+
+            @b.on("boom")
+            async def boom(message: Message) -> None:
+                raise RuntimeError("no")
+
+            for _ in range(3):  # n0's request, answered on n1: the reply comes back to n0
+                reply = await http.post(
+                    "/api/components/b/requests", json={"type": "add", "data": [1, 2]}
+                )
+                assert (reply.status_code, reply.json()) == (200, {"data": 3})
+            failed = await http.post("/api/components/b/requests", json={"type": "boom"})
+            assert (failed.status_code, failed.json()["code"]) == (502, "handler_error")
         for ws in (a, b, c, d):
             assert ws.statistics().resumes_failed == 0
         assert min(links.count(name) for name in "abcd") == 1

@@ -37,11 +37,12 @@ import trio
 
 from .._core.codec import MSGPACK, EncodedBody
 from .._core.errors import CloseCode, ErrorCode
-from .._core.frames import Error, Hello
+from .._core.frames import Body, Error, Hello
 from ..stores._cluster import ClusterStore, StoreFenced
 from ..stores._protocol import Forward, StoreError
 from .inboxes import Drain
 from .journal import Journal
+from .requests import NODE_REQUEST, node_of_request
 from .sessions import ANONYMOUS_PREFIX, SessionTable
 from .stats import totals
 
@@ -139,6 +140,22 @@ class ClusterNode:
             for session in table.subscribers.get(topic, ()):
                 if session.via_inbox:
                     drain.spill(session, topic, packed)
+
+    def replies(self, resolve: Callable[[Body], None]) -> Callable[[Body], None]:
+        """Where replies to ``$hub`` go: this node's requests to ``resolve``, others' there."""
+        self.drain.on_reply = resolve  # those other nodes send here
+        node = self.store.node
+
+        def route(body: Body) -> None:
+            owner = node_of_request(body.get("re"))
+            if owner is None or owner == node:
+                resolve(body)
+                return
+            packed = EncodedBody(body).encoded(MSGPACK)
+            self.journal.forwarded(Forward(NODE_REQUEST + owner, None, packed))
+            self.forwarded += 1
+
+        return route
 
     def refused(self, refused: list[tuple[Forward, str]]) -> None:
         """The store refused forwards (after the commit): tell their senders."""

@@ -23,7 +23,7 @@ from starlette.websockets import WebSocket
 from .._core.codec import EncodedBody
 from .._core.config import HubConfig
 from .._core.errors import CloseCode
-from .._core.frames import Hello, valid_component_id
+from .._core.frames import Body, Hello, valid_component_id
 from .._core.histogram import Histogram
 from .._core.link import Backlogged
 from .._core.message import Message
@@ -114,8 +114,12 @@ class TranscendentalExternalWebSocket(Outbox, Queries):
         )
         """This hub's part in a cluster (a :class:`~genesis_trio.stores.ClusterStore`)."""
         self._handlers: dict[str, HubHandler] = {}
-        self.requests = HubRequests()
+        cluster = self.cluster
+        self.requests = HubRequests(node=None if cluster is None else cluster.store.node)
         """The hub's own requests waiting for replies."""
+        on_reply: Callable[[Body], None] = self.requests.resolve
+        if cluster is not None:  # replies to other nodes' requests go there
+            on_reply = cluster.replies(on_reply)
         self.router = Router(
             self.config,
             self.counters,
@@ -123,7 +127,7 @@ class TranscendentalExternalWebSocket(Outbox, Queries):
             self.journal,
             self._handlers,
             authorizer,
-            on_reply=self.requests.resolve,
+            on_reply=on_reply,
             system={"presence": self._presence_request},
         )
         if self.cluster is not None:

@@ -18,12 +18,13 @@ in the same commit as the moved messages: retries move nothing twice.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Final, Protocol
 
 import trio
 
 from .._core.codec import EncodedBody
+from .._core.frames import Body
 from ..stores._cluster import ClusterStore, Inbox, NodeInbox
 from ..stores._protocol import Forward
 from .journal import Journal
@@ -73,6 +74,8 @@ class Drain:
         """Messages put behind a session's own inbox instead (slow readers, arrivals)."""
         self.gaps = 0
         """Inbox gaps found (a full inbox refused a publish): sessions marked truncated."""
+        self.on_reply: Callable[[Body], None] | None = None
+        """Takes replies to this node's own requests, answered on other nodes."""
 
     def noted(self, component_id: str) -> None:
         """A message for a local session went into its own inbox (in this commit)."""
@@ -142,6 +145,10 @@ class Drain:
         start = max(0, self.node_upto - inbox.head)
         entries = inbox.entries
         for kind, name, packed in entries[start:]:
+            if kind == "h":  # a reply to this node's hub (its request went elsewhere)
+                if self.on_reply is not None:
+                    self.on_reply(EncodedBody(None, msgpack=packed).body)
+                continue
             if kind == "t":
                 targets: Sequence[HubSession] = tuple(table.subscribers.get(name, ()))
             else:

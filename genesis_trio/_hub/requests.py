@@ -17,15 +17,26 @@ from .._runtime.dispatch import Pending
 
 MAX_PENDING: Final = 10_000
 """Hub requests waiting at once; more raise at once."""
+NODE_REQUEST: Final = "$hub@"
+"""How the ids of a cluster node's requests begin: ``$hub@NODE/...``."""
+
+
+def node_of_request(rid: object) -> str | None:
+    """The node whose request ``rid`` is (a cluster), else None."""
+    if isinstance(rid, str) and rid.startswith(NODE_REQUEST) and "/" in rid:
+        return rid[len(NODE_REQUEST) :].split("/", 1)[0]
+    return None
 
 
 class HubRequests:
     """Pending hub requests by id."""
 
-    def __init__(self, limit: int = MAX_PENDING) -> None:
+    def __init__(self, limit: int = MAX_PENDING, node: str | None = None) -> None:
         self.limit = limit
         self.pending: dict[str, Pending] = {}
         self._prefix = f"$hub.{secrets.token_hex(4)}."
+        if node is not None:  # a cluster's node: its ids say where replies go
+            self._prefix = f"{NODE_REQUEST}{node}/{secrets.token_hex(4)}."
         self._ids = itertools.count(1)
         self.late_replies = 0
         """Replies that came after their request gave up (or named no request)."""

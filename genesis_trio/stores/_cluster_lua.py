@@ -364,6 +364,9 @@ for i = 1, #forwards do
     if number > top then top = number end
     if spill == 1 then  -- this node's component, behind what its own inbox holds
       push(to, body, false)
+    elseif string.sub(to, 1, 5) == '$hub@' then  -- a reply to another node's own request
+      local tok = redis.call('GET', p .. ':node:' .. string.sub(to, 6))
+      if tok then npush(tok, 'h', to, body) end
     elseif to ~= '' then
       local o = redis.call('HGET', owner, to)
       local ok
