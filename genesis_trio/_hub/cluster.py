@@ -24,25 +24,22 @@ lives on one node at a time:
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import secrets
-import weakref
 from collections.abc import Callable
 from typing import Any, Final
 
 import orjson
 import trio
 
-from .._core.codec import MSGPACK, EncodedBody
-from .._core.errors import CloseCode, ErrorCode
-from .._core.frames import Body, Error, Hello
+from .._core.errors import CloseCode
+from .._core.frames import Hello
 from ..stores._cluster import ClusterStore, StoreFenced
-from ..stores._protocol import Forward, StoreError
+from ..stores._protocol import StoreError
+from .forwarding import Forwarding
 from .inboxes import Drain
 from .journal import Journal
-from .requests import NODE_REQUEST, node_of_request
 from .sessions import ANONYMOUS_PREFIX, SessionTable
 from .stats import totals
 
@@ -55,11 +52,10 @@ ADOPT_EVERY: Final = 3.0
 ADOPT_BATCH: Final = 1000
 """Components adopted per look at most."""
 
-Reporter = Callable[[Error], None]
 Refusal = tuple[CloseCode, str]
 
 
-class ClusterNode:
+class ClusterNode(Forwarding):
     """This hub's part in the cluster (see the module docstring)."""
 
     def __init__(
@@ -83,6 +79,8 @@ class ClusterNode:
         to them wait."""
         self.leaving: dict[str, trio.Event] = {}
         """Components this node is letting go of: messages to them wait."""
+        self._unreleased: set[str] = set()
+        """Components maybe this node's in the store, not loaded, to release (:meth:`_hold`)."""
         self._settled = trio.lowlevel.ParkingLot()
         self.forwarded = 0
         """Messages (and publishes) handed to other nodes."""
@@ -108,69 +106,6 @@ class ClusterNode:
         """Wait until :meth:`waits` is False."""
         while self.waits(to):
             await self._settled.park()
-
-    def forward(
-        self,
-        body: dict[str, object],
-        *,
-        to: str | None = None,
-        topic: str | None = None,
-        report: Reporter | None = None,
-        n: int | None = None,
-    ) -> None:
-        """Record ``body`` for components reached through inboxes (next commit).
-
-        ``to``: a component on another node, or this node's taking its
-        messages through its own inbox. ``topic``: the subscribers on other
-        nodes, and this node's taking theirs through their own inboxes.
-        """
-        tag = None
-        if report is not None:
-            tag = (weakref.WeakMethod(report) if hasattr(report, "__self__") else report, n,
-                   body.get("id"))  # fmt: skip
-        packed = EncodedBody(body).encoded(MSGPACK)
-        journal, drain = self.journal, self.drain
-        journal.forwarded(Forward(to, topic, packed, tag=tag))
-        self.forwarded += 1
-        table = self.table
-        if to is not None:
-            if to in table.by_id:  # local, but taking its messages through its inbox
-                drain.noted(to)
-        elif topic is not None:
-            for session in table.subscribers.get(topic, ()):
-                if session.via_inbox:
-                    drain.spill(session, topic, packed)
-
-    def replies(self, resolve: Callable[[Body], None]) -> Callable[[Body], None]:
-        """Where replies to ``$hub`` go: this node's requests to ``resolve``, others' there."""
-        self.drain.on_reply = resolve  # those other nodes send here
-        node = self.store.node
-
-        def route(body: Body) -> None:
-            owner = node_of_request(body.get("re"))
-            if owner is None or owner == node:
-                resolve(body)
-                return
-            packed = EncodedBody(body).encoded(MSGPACK)
-            self.journal.forwarded(Forward(NODE_REQUEST + owner, None, packed))
-            self.forwarded += 1
-
-        return route
-
-    def refused(self, refused: list[tuple[Forward, str]]) -> None:
-        """The store refused forwards (after the commit): tell their senders."""
-        for forward, why in refused:
-            tag = forward.tag
-            if not isinstance(tag, tuple):
-                continue
-            ref, n, rid = tag
-            report = ref() if isinstance(ref, weakref.WeakMethod) else ref
-            if report is None:
-                continue
-            if why == "unknown":
-                report(Error(ErrorCode.UNKNOWN_TARGET, f"no component {forward.to!r}", n, rid))
-            else:
-                report(Error(ErrorCode.LIMIT, f"the inbox of {forward.to!r} is full", n, rid))
 
     # -- arriving -------------------------------------------------------------------
 
@@ -224,9 +159,9 @@ class ClusterNode:
             if cid is not None and cid not in self.table.by_id and cid not in self.arriving:
                 try:
                     async with self.drain.lock:  # what its node inbox holds goes with it
-                        await self.store.release(cid)
+                        await self._release(cid)
                 except StoreError as exc:
-                    log.warning("cluster: could not release %r: %s", cid, exc)
+                    log.warning("cluster: could not release %r (later): %s", cid, exc)
 
     def _mark(self, marks: list[str], key: str) -> None:
         self.arriving[key] = trio.Event()
@@ -255,7 +190,13 @@ class ClusterNode:
             while True:
                 drain.paused += 1
                 paused[0] = True
-                claim = await store.claim(cid, sid)
+                answered = False
+                try:
+                    claim = await store.claim(cid, sid)
+                    answered = True
+                finally:
+                    if not answered and cid is not None:
+                        self._hold(cid)  # taken or not: let go of it before the inbox moves
                 if claim.component_id is None:
                     return None, False  # an unknown session id
                 if claim.kind != "busy":
@@ -278,14 +219,17 @@ class ClusterNode:
         cid = claim.component_id
         if cid not in self.arriving:
             self._mark(marks, cid)
+        loaded = False
         try:
             await journal.wait_committed()  # forwards to it recorded before: in its inbox
             async with drain.lock:
                 table = self.table
                 if claim.state is not None and cid not in table.by_id:
                     table.load(claim.state, trio.current_time(), journal.trio_time)
+                drain.claimed(cid, claim.upto)
                 drain.paused -= 1
                 paused[0] = False
+                loaded = True
                 session = table.by_id.get(cid)
                 while session is not None and not session.connected:  # away: never blocks
                     if await drain.some([session], node=False):
@@ -297,11 +241,42 @@ class ClusterNode:
                 if drain.paused:  # another arrival holds this node's inbox a moment
                     await trio.sleep(0.01)
         except StoreError as exc:
-            if cid not in self.table.by_id:  # claimed, not loaded: let go (best effort)
-                with trio.move_on_after(self.store.timeout), contextlib.suppress(StoreError):
-                    await store.release(cid)
             return (CloseCode.STORE_UNAVAILABLE, str(exc)[:100]), False
+        finally:
+            if not loaded:  # claimed, not loaded: let go of it before the inbox moves
+                self._hold(cid)
         return None, claim.state is not None
+
+    # -- releasing ----------------------------------------------------------------------
+
+    def _hold(self, cid: str) -> None:
+        """``cid`` may be this node's in the store but is not loaded: its messages in this
+        node's inbox must not be passed over until it is released (the serving loop)."""
+        if cid not in self._unreleased:
+            self._unreleased.add(cid)
+            self.drain.paused += 1
+
+    async def _release(self, cid: str) -> None:
+        """Release ``cid`` with what this node's inbox holds for it (the caller holds the
+        drain lock); if that fails, hold it back for a later try."""
+        try:
+            await self.store.release(cid)
+        except StoreError:
+            self._hold(cid)
+            raise
+        if cid in self._unreleased:
+            self._unreleased.discard(cid)
+            self.drain.paused -= 1
+
+    async def _release_held(self) -> None:
+        """Try again to release what a failure left held (see :meth:`_hold`)."""
+        for cid in sorted(self._unreleased):
+            if cid in self.table.by_id or cid in self.arriving:
+                self._unreleased.discard(cid)  # claimed (and loaded) again since
+                self.drain.paused -= 1
+                continue
+            async with self.drain.lock:
+                await self._release(cid)
 
     # -- letting go -------------------------------------------------------------------------
 
@@ -314,6 +289,7 @@ class ClusterNode:
             async with self.drain.lock:  # nothing moves from this node's inbox meanwhile
                 session = self.table.by_id.get(cid)
                 if session is not None:
+                    await self.drain.some((), node=True)  # delivered here: less to copy
                     link = session.connection
                     if link is not None:
                         link.close_soon(CloseCode.REPLACED, "taken over on another node")
@@ -322,7 +298,7 @@ class ClusterNode:
                     self.handovers += 1
                 await self.journal.wait_committed()
                 if cid not in self.table.by_id:
-                    await self.store.release(cid)  # with what this node had not delivered
+                    await self._release(cid)  # with what this node had not delivered
         finally:
             self.leaving.pop(cid).set()
             self._settled.unpark_all()
@@ -395,6 +371,8 @@ class ClusterNode:
                 if trio.current_time() - published >= POLL:
                     published = trio.current_time()
                     await self._publish_stats()
+                if self._unreleased:
+                    await self._release_held()
                 work = await self.store.wait_wake(timeout)
                 for item in work:
                     if item.startswith("r"):

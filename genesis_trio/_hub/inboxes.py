@@ -64,8 +64,12 @@ class Drain:
         messages for the session not loaded yet)."""
         self.node_upto = 0
         """How far this node's own inbox was moved (absolute), committed or not."""
-        self._upto: dict[str, int] = {}
-        """How far each component's inbox was moved (absolute), committed or not."""
+        self._upto: dict[str, tuple[str, int]] = {}
+        """How far each component's inbox was moved (absolute), committed or not, and for
+        which session (a new session of the component starts its inbox anew)."""
+        self.since: dict[str, int] = {}
+        """Components claimed here, with the end of this node's inbox at their claim: what
+        it holds before that was not sent to them here (their own inbox has it)."""
         self._last_forward: dict[str, int] = {}
         """The journal generation of the last spill to each local ``via_inbox`` session."""
         self.drained = 0
@@ -89,10 +93,16 @@ class Drain:
         self.noted(cid)
         self.spilled += 1
 
+    def claimed(self, component_id: str, upto: int) -> None:
+        """A component was claimed when this node's inbox ended at ``upto``."""
+        if upto > self.node_upto:
+            self.since[component_id] = upto
+
     def forget(self, component_id: str) -> None:
         """The session left this node: its next holder reads the store."""
         self._upto.pop(component_id, None)
         self._last_forward.pop(component_id, None)
+        self.since.pop(component_id, None)
 
     def _truncated(self, session: HubSession) -> None:
         session.outbound.truncated = True
@@ -110,7 +120,9 @@ class Drain:
         if inbox.gap is not None:  # a publish could not be put there: say so at resume
             self._truncated(session)
             journal.gap_seen(cid, inbox.gap)
-        upto = self._upto.get(cid, 0)
+        sid, upto = self._upto.get(cid, ("", 0))
+        if sid != session.sid:
+            upto = 0  # a new session: its inbox was deleted with the old one
         start = max(0, upto - inbox.head)
         bodies = inbox.bodies
         moved = start
@@ -122,7 +134,7 @@ class Drain:
             router.append_all((session,), out)
             moved += 1
         if moved > start:
-            self._upto[cid] = inbox.head + moved
+            self._upto[cid] = (session.sid, inbox.head + moved)
             journal.consumed(cid, inbox.head + moved)
             self.drained += moved - start
         emptied = moved == len(bodies) < inbox.asked
@@ -144,7 +156,8 @@ class Drain:
             journal.gap_seen("#" + topic, gap)
         start = max(0, self.node_upto - inbox.head)
         entries = inbox.entries
-        for kind, name, packed in entries[start:]:
+        since = self.since
+        for at, (kind, name, packed) in enumerate(entries[start:], inbox.head + start):
             if kind == "h":  # a reply to this node's hub (its request went elsewhere)
                 if self.on_reply is not None:
                     self.on_reply(EncodedBody(None, msgpack=packed).body)
@@ -153,9 +166,14 @@ class Drain:
                 targets: Sequence[HubSession] = tuple(table.subscribers.get(name, ()))
             else:
                 target = table.by_id.get(name)
-                targets = () if target is None else (target,)
+                if target is None:  # not loaded: kept in its own inbox (the store checks
+                    journal.forwarded(Forward(name, None, packed, spill=True))  # it is ours)
+                    continue
+                targets = (target,)
             now: list[HubSession] = []
             for session in targets:
+                if since and at < since.get(session.component_id, -1):
+                    continue  # sent before it was claimed here: its own inbox has it
                 if session.via_inbox or router.blocks(session):
                     self.spill(session, name if kind == "t" else None, packed)
                 else:
@@ -169,6 +187,8 @@ class Drain:
         if len(entries) > start:
             self.node_upto = inbox.head + len(entries)
             journal.consumed("", self.node_upto)
+            for cid in [c for c, upto in since.items() if upto <= self.node_upto]:
+                del since[cid]
         return len(entries) < inbox.asked
 
     async def some(self, sessions: Sequence[HubSession], *, node: bool) -> bool:
@@ -179,9 +199,9 @@ class Drain:
         between its claim and its load).
         """
         read_at = self.journal.committed_generation
-        node = node and not self.paused
+        read_node = node and not self.paused
         inboxes, mine = await self.store.read(
-            [s.component_id for s in sessions], DRAIN_BATCH, DRAIN_ROUND if node else 0
+            [s.component_id for s in sessions], DRAIN_BATCH, DRAIN_ROUND if read_node else 0
         )
         shared: dict[bytes, EncodedBody] = {}
         done = True
@@ -194,7 +214,7 @@ class Drain:
             if mine is not None:
                 done = self._move_node(mine, shared) and done
             elif node:
-                done = False
+                done = False  # paused: not read
         finally:  # what was moved is committed before anything reads the inboxes again
             with trio.CancelScope(shield=True), trio.move_on_after(self.store.timeout * 2):
                 await self.journal.wait_committed()

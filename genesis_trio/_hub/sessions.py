@@ -365,7 +365,13 @@ class SessionTable:
             del self.by_id[session.component_id]
         self.by_sid.pop(session.sid, None)
         self._back(session)
-        self.set_topics(session, ())
+        for topic in session.topics:  # out of the index; its header keeps them (a pending
+            subs = self.subscribers.get(topic)  # write must not drop its subscriptions)
+            if subs is not None:
+                subs.discard(session)
+                if not subs:
+                    del self.subscribers[topic]
+        self.subscriptions -= len(session.topics)
         session.retired = True
         session.room.unpark_all()
 

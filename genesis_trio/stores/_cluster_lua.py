@@ -353,17 +353,31 @@ for i = 1, #gaps do  -- a gap the owner saw (and marked as truncation); '#topic'
     redis.call('HDEL', p .. ':gaps', cid)
   end
 end
-local refused = {}
-local hwkey = p .. ':fwdhw:' .. me
+local refused, fresh = {}, {}
+local hwkey, refkey = p .. ':fwdhw:' .. me, p .. ':fwdref:' .. me
 local hw = tonumber(redis.call('GET', hwkey) or '0')
 local top = hw
+local earlier = nil  -- the refusals of the last batch applied (its reply may have been lost)
+local function refuse(i, number, why)
+  refused[#refused + 1] = {i, why}
+  fresh[#fresh + 1] = {number, why}
+end
 for i = 1, #forwards do
   local f = forwards[i]
   local to, topic, body, number, spill = f[1], f[2], f[3], f[4], f[5]
-  if number > hw then  -- not applied by an earlier attempt of this batch
+  if number <= hw then  -- applied by an earlier attempt of this batch: its refusal again
+    if earlier == nil then
+      earlier = {}
+      local r = redis.call('HGETALL', refkey)
+      for j = 1, #r, 2 do earlier[tonumber(r[j])] = r[j + 1] end
+    end
+    if earlier[number] then refuse(i, number, earlier[number]) end
+  else
     if number > top then top = number end
     if spill == 1 then  -- this node's component, behind what its own inbox holds
-      push(to, body, false)
+      if redis.call('HGET', owner, to) == me and redis.call('HEXISTS', ids, to) == 1 then
+        push(to, body, false)
+      end
     elseif string.sub(to, 1, 5) == '$hub@' then  -- a reply to another node's own request
       local tok = redis.call('GET', p .. ':node:' .. string.sub(to, 6))
       if tok then npush(tok, 'h', to, body) end
@@ -371,14 +385,14 @@ for i = 1, #forwards do
       local o = redis.call('HGET', owner, to)
       local ok
       if redis.call('HEXISTS', ids, to) == 0 then
-        refused[#refused + 1] = {i, 'unknown'}
+        refuse(i, number, 'unknown')
       else
         if not (o and o ~= me) then
           ok = push(to, body, true)
         elseif redis.call('LLEN', p .. ':inbox:' .. to) < cap then  -- its node would spill it
           ok = npush(o, 'd', to, body)
         end
-        if not ok then refused[#refused + 1] = {i, 'full'} end
+        if not ok then refuse(i, number, 'full') end
       end
     else  -- once per node with subscribers (this one delivered its own)
       for _, tok in ipairs(redis.call('SMEMBERS', p .. ':stok:' .. topic)) do
@@ -391,7 +405,12 @@ for i = 1, #forwards do
     end
   end
 end
-if top > hw then redis.call('SET', hwkey, tostring(top), 'PX', DAY) end
+if top > hw then
+  redis.call('SET', hwkey, tostring(top), 'PX', DAY)
+  redis.call('DEL', refkey)  -- what this batch refused, for a retry of it
+  for _, r in ipairs(fresh) do redis.call('HSET', refkey, r[1], r[2]) end
+  if #fresh > 0 then redis.call('PEXPIRE', refkey, DAY) end
+end
 wake_all()
 return refused
 """
