@@ -349,3 +349,19 @@ async def test_a_receiver_arriving_at_its_senders_node_gets_its_inbox_first() ->
         assert (report.lost, report.duplicated, report.reordered, report.unexpected) == (0,) * 4
         assert [e.recovered for name, e in links.events if name == "b"] == [False, True]
         clean(n0)
+
+
+async def test_a_copy_from_a_dead_node_stops_at_capacity_with_a_gap() -> None:
+    async with redis_server() as redis, node(redis.url, "n1", inbox_capacity=2) as n1:
+        n0 = ClusterStore(redis.url, node="n0", lease=5.0)
+        await n0.open()
+        await session_of(n0, "d", "t")
+        await session_of(n0, "e", "u")
+        await n1.write(forwards((1, 0), (2, 1), (3, 2), to=None, topic="t"))
+        await n0.aclose()
+        assert (await n1.claim("e", None)).kind == "ok"  # nothing there for it
+        assert (await own_inbox(n1, "e")).bodies == []
+        assert (await n1.claim("d", None)).kind == "ok"
+        inbox = await own_inbox(n1, "d")
+        assert data_of(inbox.bodies) == [0, 1]
+        assert inbox.gap is not None  # the third could not be kept: its resume says so

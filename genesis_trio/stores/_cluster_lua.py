@@ -88,19 +88,37 @@ local function npush(tok, kind, name, body)  -- a node's inbox: 'd' to a compone
     return false
   end
   redis.call('RPUSH', key, kind .. #name .. ':' .. name .. body)
-  if length == 0 then redis.call('PEXPIRE', key, DAY) end
+  redis.call('HINCRBY', p .. ':ncount:' .. tok, kind .. name, 1)  -- what it may hold, for copies
+  if length == 0 then
+    redis.call('PEXPIRE', key, DAY)
+    redis.call('PEXPIRE', p .. ':ncount:' .. tok, DAY)
+  end
   woken[node_of(tok)] = true
   return true
 end
 local function copy_node(tok, cid, ts)  -- tok's undelivered entries for cid, into cid's inbox
-  local want = {}
-  for _, t in ipairs(ts) do want[t] = true end
-  for _, e in ipairs(redis.call('LRANGE', p .. ':ninbox:' .. tok, 0, -1)) do
+  local want, names = {}, {'d' .. cid}
+  for _, t in ipairs(ts) do
+    want[t] = true
+    names[#names + 1] = 't' .. t
+  end
+  local any = false  -- entries for it may be there (counts since the inbox was last empty)
+  for _, c in ipairs(redis.call('HMGET', p .. ':ncount:' .. tok, unpack(names))) do
+    if c then any = true end
+  end
+  local room = cap - redis.call('LLEN', p .. ':inbox:' .. cid)
+  local entries = any and redis.call('LRANGE', p .. ':ninbox:' .. tok, 0, -1) or {}
+  for _, e in ipairs(entries) do
     local c = string.find(e, ':', 2, true)
     local n = tonumber(string.sub(e, 2, c - 1))
     local kind, name = string.sub(e, 1, 1), string.sub(e, c + 1, c + n)
     if (kind == 'd' and name == cid) or (kind == 't' and want[name]) then
+      if room <= 0 then  -- full: the rest is a gap (marked as truncation), not copied
+        redis.call('HSET', p .. ':gaps', cid, tok .. '>' .. cap)
+        break
+      end
       push(cid, string.sub(e, c + n + 1), false)
+      room = room - 1
     end
   end
   local gaps = redis.call('HGETALL', p .. ':ngaps:' .. tok)
@@ -206,7 +224,9 @@ redis.call('PEXPIRE', p .. ':node:' .. node, ARGV[7])
 for _, key in ipairs({p .. ':dirty:' .. node, p .. ':wake:' .. node}) do
   if redis.call('EXISTS', key) == 1 then redis.call('PEXPIRE', key, ttl) end
 end
-for _, key in ipairs({p .. ':ninbox:' .. me, p .. ':nihead:' .. me, p .. ':ngaps:' .. me}) do
+local mine = {'ninbox', 'nihead', 'ngaps', 'ncount'}
+for i = 1, #mine do mine[i] = p .. ':' .. mine[i] .. ':' .. me end
+for _, key in ipairs(mine) do
   if redis.call('EXISTS', key) == 1 then redis.call('PEXPIRE', key, DAY) end
 end
 return 1
@@ -338,8 +358,12 @@ for i = 1, #consumed do  -- an absolute position: applying it twice is applying 
       redis.call('HSET', p .. ':ihead', cid, upto)
     end
   end
-  if cid ~= '' and redis.call('LLEN', key) == 0 then
-    redis.call('SREM', p .. ':dirty:' .. node, cid)
+  if redis.call('LLEN', key) == 0 then
+    if cid == '' then
+      redis.call('DEL', p .. ':ncount:' .. me)  -- empty: nothing for anyone to copy
+    else
+      redis.call('SREM', p .. ':dirty:' .. node, cid)
+    end
   end
 end
 for i = 1, #gaps do  -- a gap the owner saw (and marked as truncation); '#topic': its own inbox's
