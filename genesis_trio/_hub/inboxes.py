@@ -33,7 +33,10 @@ from .sessions import HubSession, SessionTable
 DRAIN_BATCH: Final = 256
 """Entries moved per component inbox per pass."""
 DRAIN_ROUND: Final = 4096
-"""Entries of the node's own inbox moved per pass (smaller commits, steadier flow)."""
+"""Entries of the node's own inbox read per pass."""
+DELIVERIES: Final = 16_384
+"""Deliveries (appends to logs, spills) per pass at most: a publish to many subscribers
+is many rows in the commit, which must stay small enough to be quick."""
 
 
 class Appender(Protocol):
@@ -110,9 +113,15 @@ class Drain:
         self.gaps += 1
 
     def _move(
-        self, session: HubSession, inbox: Inbox, read_at: int, shared: dict[bytes, EncodedBody]
-    ) -> bool:
-        """Append what the session has not had of its own inbox; True if emptied."""
+        self,
+        session: HubSession,
+        inbox: Inbox,
+        read_at: int,
+        shared: dict[bytes, EncodedBody],
+        limit: int,
+    ) -> tuple[bool, int]:
+        """Append what the session has not had of its own inbox (up to ``limit``);
+        (whether it was emptied, how many were appended)."""
         router = self.router
         assert router is not None
         cid = session.component_id
@@ -126,7 +135,8 @@ class Drain:
         start = max(0, upto - inbox.head)
         bodies = inbox.bodies
         moved = start
-        while moved < len(bodies) and not router.blocks(session):
+        end = min(len(bodies), start + limit)
+        while moved < end and not router.blocks(session):
             packed = bodies[moved]  # one publish to many here: decoded and encoded once
             out = shared.get(packed)
             if out is None:
@@ -143,10 +153,11 @@ class Drain:
         elif session.via_inbox and self._last_forward.get(cid, 0) <= read_at:
             session.via_inbox = False  # every spill to it was in the store when it was read
             self._last_forward.pop(cid, None)
-        return emptied
+        return emptied, moved - start
 
-    def _move_node(self, inbox: NodeInbox, shared: dict[bytes, EncodedBody]) -> bool:
-        """Deliver this node's own inbox to its sessions (never waits); True if emptied."""
+    def _move_node(self, inbox: NodeInbox, shared: dict[bytes, EncodedBody], budget: int) -> bool:
+        """Deliver this node's own inbox to its sessions (never waits; up to about
+        ``budget`` deliveries); True if emptied."""
         router = self.router
         assert router is not None
         table, journal = self.table, self.journal
@@ -157,7 +168,11 @@ class Drain:
         start = max(0, self.node_upto - inbox.head)
         entries = inbox.entries
         since = self.since
+        moved = start
         for at, (kind, name, packed) in enumerate(entries[start:], inbox.head + start):
+            if budget <= 0:
+                break  # the rest in the next pass (its own commit)
+            moved += 1
             if kind == "h":  # a reply to this node's hub (its request went elsewhere)
                 if self.on_reply is not None:
                     self.on_reply(EncodedBody(None, msgpack=packed).body)
@@ -178,18 +193,19 @@ class Drain:
                     self.spill(session, name if kind == "t" else None, packed)
                 else:
                     now.append(session)
+            budget -= len(targets)
             if now:
                 out = shared.get(packed)
                 if out is None:
                     out = shared[packed] = EncodedBody(None, msgpack=packed)
                 router.append_all(now, out)
                 self.drained += len(now)
-        if len(entries) > start:
-            self.node_upto = inbox.head + len(entries)
+        if moved > start:
+            self.node_upto = inbox.head + moved
             journal.consumed("", self.node_upto)
             for cid in [c for c, upto in since.items() if upto <= self.node_upto]:
                 del since[cid]
-        return len(entries) < inbox.asked
+        return moved == len(entries) < inbox.asked
 
     async def some(self, sessions: Sequence[HubSession], *, node: bool) -> bool:
         """One pass (the caller holds :attr:`lock`), then commit; True if all was emptied.
@@ -207,12 +223,15 @@ class Drain:
         done = True
         try:
             table = self.table
+            budget = DELIVERIES
             for inbox in inboxes:
                 session = table.by_id.get(inbox.component_id)
                 if session is not None:
-                    done = self._move(session, inbox, read_at, shared) and done
+                    emptied, moved = self._move(session, inbox, read_at, shared, budget)
+                    budget -= moved
+                    done = emptied and done
             if mine is not None:
-                done = self._move_node(mine, shared) and done
+                done = self._move_node(mine, shared, budget) and done
             elif node:
                 done = False  # paused: not read
         finally:  # what was moved is committed before anything reads the inboxes again
