@@ -20,7 +20,7 @@ import trio
 from genesis_trio import Connected, LinkEvent, Message, TranscendentalWebSocket, backoff
 from genesis_trio.testing import DeliveryChecker
 
-from .support.cluster import Switchboard, port_of, start_node
+from .support.cluster import Switchboard, port_of, ring_through_a_kill, start_node
 from .support.processes import HubProcess
 from .support.redis import redis_server
 from .support.workload import exchange
@@ -148,23 +148,7 @@ async def test_resume_on_another_node_after_sigkill() -> None:
         for i, name in enumerate(names):  # p0, p3 on n0; p1, p4 on n1; p2, p5 on n2
             order = urls[i % 3 :] + urls[: i % 3]
             clients.append(await stack.enter_async_context(client(order, name, links, board)))
-        checker = DeliveryChecker()
-        delivered = 0
-        killed = trio.Event()
-
-        def count() -> None:
-            nonlocal delivered
-            delivered += 1
-            if delivered == 2000 and not killed.is_set():
-                nodes[0].process.send_signal(signal.SIGKILL)
-                killed.set()
-
-        with trio.fail_after(60):
-            await exchange(clients, lambda i: (i + 1) % 6, 1000, checker, delivered=count)
-        report = checker.report()
-        assert killed.is_set()
-        assert report.sent == report.delivered == 6000
-        assert (report.lost, report.duplicated, report.reordered, report.unexpected) == (0,) * 4
+        await ring_through_a_kill(clients, nodes[0], after=2000, messages=1000)
         resumes = [(name, e) for name, e in links.events if not e.first]
         moved = {name for name, _ in resumes}
         assert {"p0", "p3"} <= moved  # the clients of the killed node came back elsewhere

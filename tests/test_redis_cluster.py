@@ -9,17 +9,12 @@ joined by ``redis-cli --cluster create``, and CLI hubs.
 from __future__ import annotations
 
 import contextlib
-import signal
 
 import pytest
-import trio
 
-from genesis_trio.testing import DeliveryChecker
-
-from .support.cluster import Switchboard, start_node
+from .support.cluster import Switchboard, ring_through_a_kill, start_node
 from .support.processes import start_cli_hub
 from .support.redis import redis_cluster
-from .support.workload import exchange
 from .test_cluster import Links, clean, client
 
 pytestmark = [pytest.mark.slow]
@@ -46,23 +41,7 @@ async def test_cluster_nodes_on_a_redis_cluster_resume_exactly_after_a_node_dies
         for ws in clients:
             assert [(await ws.receive()).data for _ in range(20)] == list(range(20))
 
-        checker = DeliveryChecker()
-        delivered = 0
-        killed = trio.Event()
-
-        def count() -> None:
-            nonlocal delivered
-            delivered += 1
-            if delivered == 1000 and not killed.is_set():
-                nodes[0].process.send_signal(signal.SIGKILL)
-                killed.set()
-
-        with trio.fail_after(60):
-            await exchange(clients, lambda i: (i + 1) % 4, 600, checker, delivered=count)
-        report = checker.report()
-        assert killed.is_set()
-        assert report.sent == report.delivered == 2400
-        assert (report.lost, report.duplicated, report.reordered, report.unexpected) == (0,) * 4
+        await ring_through_a_kill(clients, nodes[0], after=1000, messages=600)
         resumes = [e for name, e in links.events if not e.first]
         assert {name for name, e in links.events if not e.first} >= {"p0", "p2"}
         assert all(e.recovered for e in resumes), resumes

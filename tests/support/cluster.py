@@ -9,12 +9,17 @@ next address while the node still believes the old link is alive.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+import signal
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import trio
 
+from genesis_trio import TranscendentalWebSocket
+from genesis_trio.testing import DeliveryChecker
+
 from .processes import HubProcess, free_port, start_cli_hub
+from .workload import exchange
 
 
 @contextlib.asynccontextmanager
@@ -25,6 +30,32 @@ async def start_node(
     args = ("--store", redis_url, "--cluster", "--node-id", node, "--node-lease", str(lease))
     async with start_cli_hub(*args, *more, port=port or free_port()) as hub:
         yield hub
+
+
+async def ring_through_a_kill(
+    clients: Sequence[TranscendentalWebSocket], victim: HubProcess, after: int, messages: int
+) -> None:
+    """Each client sends ``messages`` numbered messages to the next; ``victim`` is
+    SIGKILLed after ``after`` deliveries. Asserts every one arrived exactly once, in order."""
+    checker = DeliveryChecker()
+    delivered = 0
+    killed = trio.Event()
+
+    def count() -> None:
+        nonlocal delivered
+        delivered += 1
+        if delivered == after and not killed.is_set():
+            victim.process.send_signal(signal.SIGKILL)
+            killed.set()
+
+    with trio.fail_after(60):
+        await exchange(
+            clients, lambda i: (i + 1) % len(clients), messages, checker, delivered=count
+        )
+    report = checker.report()
+    assert killed.is_set()
+    assert report.sent == report.delivered == messages * len(clients)
+    assert (report.lost, report.duplicated, report.reordered, report.unexpected) == (0,) * 4
 
 
 def port_of(url: str) -> int:
