@@ -148,7 +148,7 @@ async def test_resume_on_another_node_after_sigkill() -> None:
         for i, name in enumerate(names):  # p0, p3 on n0; p1, p4 on n1; p2, p5 on n2
             order = urls[i % 3 :] + urls[: i % 3]
             clients.append(await stack.enter_async_context(client(order, name, links, board)))
-        await ring_through_a_kill(clients, nodes[0], after=2000, messages=1000)
+        await ring_through_a_kill(clients, nodes[0], after=500, messages=1000)
         resumes = [(name, e) for name, e in links.events if not e.first]
         moved = {name for name, _ in resumes}
         assert {"p0", "p3"} <= moved  # the clients of the killed node came back elsewhere

@@ -41,7 +41,7 @@ async def test_cluster_nodes_on_a_redis_cluster_resume_exactly_after_a_node_dies
         for ws in clients:
             assert [(await ws.receive()).data for _ in range(20)] == list(range(20))
 
-        await ring_through_a_kill(clients, nodes[0], after=1000, messages=600)
+        await ring_through_a_kill(clients, nodes[0], after=300, messages=600)
         resumes = [e for name, e in links.events if not e.first]
         assert {name for name, e in links.events if not e.first} >= {"p0", "p2"}
         assert all(e.recovered for e in resumes), resumes

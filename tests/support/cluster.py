@@ -36,7 +36,9 @@ async def ring_through_a_kill(
     clients: Sequence[TranscendentalWebSocket], victim: HubProcess, after: int, messages: int
 ) -> None:
     """Each client sends ``messages`` numbered messages to the next; ``victim`` is
-    SIGKILLed after ``after`` deliveries. Asserts every one arrived exactly once, in order."""
+    SIGKILLed after ``after`` deliveries (fewer than ``messages``: none of its clients
+    can have had all of theirs). Asserts every one arrived exactly once, in order."""
+    assert after < messages
     checker = DeliveryChecker()
     delivered = 0
     killed = trio.Event()
