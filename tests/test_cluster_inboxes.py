@@ -243,3 +243,36 @@ async def test_a_new_session_of_a_component_reads_its_inbox_from_the_start() -> 
         await m.journal.wait_committed()
         await drain.round()
         assert m.log_of("d") == [3, 4]
+
+
+class FakeLink:
+    """A session's link, as far as the node needs one: it records how it was closed."""
+
+    def __init__(self) -> None:
+        self.closed: list[tuple[int, str]] = []
+
+    def close_soon(self, code: int, reason: str) -> None:
+        self.closed.append((code, reason))
+
+    def committed(self, now: float) -> None:
+        pass
+
+
+async def test_a_connected_session_that_lost_messages_is_told_at_once() -> None:
+    async with redis_server() as redis:
+        n = Node(await store_of(redis.url, "m", inbox_capacity=2))
+        async with trio.open_nursery() as nursery:
+            await nursery.start(n.journal.run)
+            await session_of(n.store, "d")
+            await n.arrive("d")
+            session = n.table.by_id["d"]
+            link = FakeLink()
+            session.attach(link, trio.current_time())
+            for data in (1, 2, 3):  # a reader far behind: its own inbox holds two
+                n.cluster.drain.spill(session, None, body(data))
+            await n.journal.wait_committed()
+            await n.cluster.drain.round()
+            assert session.outbound.truncated  # its resume says recovered: false
+            assert [code for code, _ in link.closed] == [4004]  # and it is told now
+            nursery.cancel_scope.cancel()
+        await n.store.aclose()

@@ -24,6 +24,7 @@ from typing import Final, Protocol
 import trio
 
 from .._core.codec import EncodedBody
+from .._core.errors import CloseCode
 from .._core.frames import Body
 from ..stores._cluster import ClusterStore, Inbox, NodeInbox
 from ..stores._protocol import Forward
@@ -108,9 +109,14 @@ class Drain:
         self.since.pop(component_id, None)
 
     def _truncated(self, session: HubSession) -> None:
+        """A gap: the session's next resume says ``recovered: false``; a connected one
+        is closed now (4004, as a slow consumer on one hub), so it learns at once."""
         session.outbound.truncated = True
         self.journal.touched(session)
         self.gaps += 1
+        link = session.connection
+        if link is not None:
+            link.close_soon(CloseCode.SLOW_CONSUMER, "too far behind: messages were lost")
 
     def _move(
         self,
