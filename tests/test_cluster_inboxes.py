@@ -276,3 +276,34 @@ async def test_a_connected_session_that_lost_messages_is_told_at_once() -> None:
             assert [code for code, _ in link.closed] == [4004]  # and it is told now
             nursery.cancel_scope.cancel()
         await n.store.aclose()
+
+
+async def test_publishes_wait_only_for_arrivals_subscribed_to_their_topic() -> None:
+    async with redis_server() as redis, node(redis.url, "m") as m:
+        await session_of(m.store, "d", "t")
+        await session_of(m.store, "e", "u")
+        await m.arrive("e")
+        cluster = m.cluster
+        claimed = trio.Event()
+        moving = cluster._moving
+
+        def spy(topics: Any, sign: int) -> None:
+            moving(topics, sign)
+            if sign > 0 and "t" in topics:
+                claimed.set()
+
+        cluster._moving = spy  # type: ignore[method-assign]
+        async with trio.open_nursery() as nursery, cluster.drain.lock:  # d: claimed, not loaded
+            nursery.start_soon(m.arrive, "d")
+            await claimed.wait()
+            with trio.fail_after(5):  # another topic goes through meanwhile
+                publish_u = {"type": "n", "topic": "u", "from": "x", "data": 1}
+                reached = await m.router.deliver_anywhere(publish_u)
+            assert reached == 1
+            assert cluster.waits(None, "t")
+            nursery.start_soon(  # d's topic waits for d
+                m.router.deliver_anywhere, {"type": "n", "topic": "t", "from": "x", "data": 2}
+            )
+        await m.journal.wait_committed()
+        assert m.log_of("d") == [2]  # it reached d, loaded here in the meantime
+        assert m.log_of("e") == [1]

@@ -27,7 +27,8 @@ from __future__ import annotations
 import logging
 import math
 import secrets
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterable
 from typing import Any, Final
 
 import orjson
@@ -81,6 +82,10 @@ class ClusterNode(Forwarding):
         """Components this node is letting go of: messages to them wait."""
         self._unreleased: set[str] = set()
         """Components maybe this node's in the store, not loaded, to release (:meth:`_hold`)."""
+        self._claiming = 0
+        """Claims sent, not yet answered."""
+        self._topics: Counter[str] = Counter()
+        """Topics of components claimed but not loaded, or let go but not released."""
         self._settled = trio.lowlevel.ParkingLot()
         self.forwarded = 0
         """Messages (and publishes) handed to other nodes."""
@@ -95,17 +100,33 @@ class ClusterNode(Forwarding):
 
     # -- routing ------------------------------------------------------------------
 
-    def waits(self, to: str | None) -> bool:
-        """True while a message to ``to`` (a publish, for None) must wait for an arrival."""
-        arriving, leaving = self.arriving, self.leaving
-        if not (arriving or leaving):
-            return False
-        return to is None or to in arriving or to in leaving
+    def waits(self, to: str | None, topic: str | None = None) -> bool:
+        """True while a message to ``to`` must wait for an arrival or a departure of it.
 
-    async def settled(self, to: str | None) -> None:
+        A publish (``to`` None) on ``topic`` waits while a component subscribed to it
+        is claimed here but not loaded, or let go but not released (this node would
+        deliver it to nobody, and the store skips this node), and while a claim's
+        answer (its topics) is awaited.
+        """
+        if to is not None:
+            return to in self.arriving or to in self.leaving
+        if self._claiming or self._unreleased:
+            return True
+        if topic is None:
+            return bool(self.arriving or self.leaving)
+        return self._topics[topic] > 0
+
+    async def settled(self, to: str | None, topic: str | None = None) -> None:
         """Wait until :meth:`waits` is False."""
-        while self.waits(to):
+        while self.waits(to, topic):
             await self._settled.park()
+
+    def _moving(self, topics: Iterable[str], sign: int) -> None:
+        """Topics of components between this node and the store (publishes on them wait)."""
+        self._topics.update({t: sign for t in topics})
+        if sign < 0:
+            self._topics = +self._topics  # drop those back at zero
+            self._settled.unpark_all()
 
     # -- arriving -------------------------------------------------------------------
 
@@ -191,12 +212,17 @@ class ClusterNode(Forwarding):
                 drain.paused += 1
                 paused[0] = True
                 answered = False
+                self._claiming += 1
                 try:
                     claim = await store.claim(cid, sid)
                     answered = True
                 finally:
                     if not answered and cid is not None:
                         self._hold(cid)  # taken or not: let go of it before the inbox moves
+                    if answered and claim.state is not None:  # until loaded (below)
+                        self._moving(claim.state.sessions[0].row.topics, 1)
+                    self._claiming -= 1
+                    self._settled.unpark_all()
                 if claim.component_id is None:
                     return None, False  # an unknown session id
                 if claim.kind != "busy":
@@ -230,6 +256,8 @@ class ClusterNode(Forwarding):
                 drain.paused -= 1
                 paused[0] = False
                 loaded = True
+                if claim.state is not None:  # in the table now: publishes reach it here
+                    self._moving(claim.state.sessions[0].row.topics, -1)
                 session = table.by_id.get(cid)
                 while session is not None and not session.connected:  # away: never blocks
                     if await drain.some([session], node=False):
@@ -245,6 +273,8 @@ class ClusterNode(Forwarding):
         finally:
             if not loaded:  # claimed, not loaded: let go of it before the inbox moves
                 self._hold(cid)
+                if claim.state is not None:
+                    self._moving(claim.state.sessions[0].row.topics, -1)
         return None, claim.state is not None
 
     # -- releasing ----------------------------------------------------------------------
@@ -284,10 +314,14 @@ class ClusterNode(Forwarding):
         """Another node wants ``cid``: close its link, commit, release."""
         if cid in self.arriving or cid in self.leaving:
             return  # ours is the newer claim: the other retries, then replaces
-        self.leaving[cid] = trio.Event()  # messages to it (and publishes) wait
+        self.leaving[cid] = trio.Event()  # messages to it (and publishes on its topics) wait
+        topics: tuple[str, ...] = ()
         try:
             async with self.drain.lock:  # nothing moves from this node's inbox meanwhile
                 session = self.table.by_id.get(cid)
+                if session is not None:
+                    topics = tuple(session.topics)
+                    self._moving(topics, 1)  # until released (a failure holds them all)
                 if session is not None:
                     await self.drain.some((), node=True)  # delivered here: less to copy
                     link = session.connection
@@ -301,7 +335,7 @@ class ClusterNode(Forwarding):
                     await self._release(cid)  # with what this node had not delivered
         finally:
             self.leaving.pop(cid).set()
-            self._settled.unpark_all()
+            self._moving(topics, -1)
 
     async def adopt_orphans(self, most: int = ADOPT_BATCH) -> int:
         """Take over (up to ``most``) components nobody alive holds; return how many.

@@ -225,7 +225,7 @@ class Router(HubCalls):
                 )
                 targets = ()
             else:
-                if cluster is not None and cluster.waits(None):
+                if cluster is not None and cluster.waits(None, topic):
                     return False
                 targets = tuple(s for s in table.subscribers.get(topic, ()) if not s.via_inbox)
         if targets:
@@ -309,9 +309,9 @@ class Router(HubCalls):
         In a cluster, what this hub does not hold is forwarded to the other
         nodes (``report`` hears of an unknown target after the commit).
         """
-        to = body.get("to")
+        to, topic = body.get("to"), body.get("topic")
         resolve = self.by_id(to) if to is not None else self.by_topic(body["topic"])
-        count = await self.deliver(resolve, EncodedBody(body), valid, arrival=to)
+        count = await self.deliver(resolve, EncodedBody(body), valid, arrival=to, topic=topic)
         cluster = self.cluster
         if cluster is not None and count >= 0:
             if to is None:
@@ -354,20 +354,21 @@ class Router(HubCalls):
         out: EncodedBody,
         valid: Callable[[], bool] = always,
         arrival: str | None = "",
+        topic: str | None = None,
     ) -> int:
         """Append ``out`` to every target's log, atomically; return the target count.
 
         Waits while a connected target's log is full; past the slow-consumer
         timeout that target is closed (4004) and receives under retention
         rules instead. Returns -1 if ``valid()`` fails after a wait. In a
-        cluster, also waits while the component ``arrival`` (a publish: any
-        component, None) is being claimed (``""``: never).
+        cluster, also waits while the component ``arrival`` (a publish on
+        ``topic``: None) is arriving or leaving (``""``: never).
         """
         deadline = math.inf
         cluster = self.cluster
         while True:
-            if cluster is not None and arrival != "" and cluster.waits(arrival):
-                await cluster.settled(arrival)
+            if cluster is not None and arrival != "" and cluster.waits(arrival, topic):
+                await cluster.settled(arrival, topic)
                 if not valid():
                     return -1
                 continue
