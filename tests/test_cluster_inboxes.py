@@ -305,5 +305,29 @@ async def test_publishes_wait_only_for_arrivals_subscribed_to_their_topic() -> N
                 m.router.deliver_anywhere, {"type": "n", "topic": "t", "from": "x", "data": 2}
             )
         await m.journal.wait_committed()
+        await cluster.drain.round()  # (behind what its own inbox held, empty here)
         assert m.log_of("d") == [2]  # it reached d, loaded here in the meantime
         assert m.log_of("e") == [1]
+
+
+async def test_a_publish_here_right_after_a_claim_waits_behind_the_copied_ones() -> None:
+    async with redis_server() as redis, node(redis.url, "n1") as n1:
+        n0 = await store_of(redis.url, "n0")
+        await session_of(n0, "d", "t")
+        await n1.store.write(publish(1, 1, "t"))  # for d: in n0's inbox, undelivered
+        await n0.aclose()  # n0 dies
+        cluster = n1.cluster
+        loaded = trio.Event()
+        some = cluster.drain.some
+
+        async def spy(sessions: Any, *, node: bool) -> bool:
+            if not node and not loaded.is_set():  # d is loaded; its own inbox not read yet
+                loaded.set()
+                await n1.router.deliver_anywhere({"type": "n", "topic": "t", "from": "x",
+                                                  "data": 2})  # fmt: skip
+            return await some(sessions, node=node)
+
+        cluster.drain.some = spy  # type: ignore[method-assign]
+        await n1.arrive("d")
+        await cluster.drain.round()
+        assert n1.log_of("d") == [1, 2]

@@ -252,6 +252,9 @@ class ClusterNode(Forwarding):
                 table = self.table
                 if claim.state is not None and cid not in table.by_id:
                     table.load(claim.state, trio.current_time(), journal.trio_time)
+                    # its own inbox may hold what its last node had not delivered: until
+                    # that is in its log, everything for it goes behind (nothing overtakes)
+                    table.by_id[cid].via_inbox = True
                 drain.claimed(cid, claim.upto)
                 drain.paused -= 1
                 paused[0] = False
