@@ -331,3 +331,47 @@ async def test_a_publish_here_right_after_a_claim_waits_behind_the_copied_ones()
         await n1.arrive("d")
         await cluster.drain.round()
         assert n1.log_of("d") == [1, 2]
+
+
+async def test_a_publish_recorded_before_a_claim_reaches_the_claimed_component() -> None:
+    async with redis_server() as redis, node(redis.url, "n1") as n1:
+        n0 = await store_of(redis.url, "n0")
+        await session_of(n0, "d", "t")
+        await n0.aclose()  # n0 dies: d is free
+        store = n1.store
+        write, claim = store.write, store.claim
+        writes = 0
+        first, go, claimed = trio.Event(), trio.Event(), trio.Event()
+
+        async def slow_write(batch: StoreBatch) -> Any:
+            nonlocal writes
+            writes += 1
+            if writes == 1:  # publish 1: in flight when d arrives
+                first.set()
+                await go.wait()
+            elif not claimed.is_set():  # a publish made meanwhile, written after the claim
+                with trio.move_on_after(5):
+                    await claimed.wait()
+            return await write(batch)
+
+        async def spy_claim(cid: str | None, sid: str | None) -> Any:
+            try:
+                return await claim(cid, sid)
+            finally:
+                claimed.set()
+
+        store.write = slow_write  # type: ignore[method-assign]
+        store.claim = spy_claim  # type: ignore[method-assign]
+        async with trio.open_nursery() as nursery:
+            await n1.router.deliver_anywhere({"type": "n", "topic": "t", "from": "x", "data": 1})
+            await first.wait()
+            nursery.start_soon(n1.arrive, "d")  # it waits for publish 1's commit
+            await trio.testing.wait_all_tasks_blocked()
+            publish_2 = {"type": "n", "topic": "t", "from": "x", "data": 2}
+            nursery.start_soon(n1.router.deliver_anywhere, publish_2)  # during that wait
+            await trio.testing.wait_all_tasks_blocked()
+            go.set()
+        store.write, store.claim = write, claim  # type: ignore[method-assign]
+        await n1.journal.wait_committed()
+        await n1.cluster.drain.round()
+        assert n1.log_of("d") == [1, 2]

@@ -207,13 +207,13 @@ class ClusterNode(Forwarding):
         deadline = trio.current_time() + self.handover_timeout
         asked = -math.inf
         try:
-            await journal.wait_committed()  # this node's own deletes of it are in the store
             while True:
                 drain.paused += 1
                 paused[0] = True
                 answered = False
-                self._claiming += 1
-                try:
+                self._claiming += 1  # publishes wait from here: any recorded before are
+                try:  # committed first (the claim moves its subscriptions to this node)
+                    await journal.wait_committed()  # (and this node's own deletes of it)
                     claim = await store.claim(cid, sid)
                     answered = True
                 finally:
