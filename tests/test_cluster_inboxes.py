@@ -375,3 +375,21 @@ async def test_a_publish_recorded_before_a_claim_reaches_the_claimed_component()
         await n1.journal.wait_committed()
         await n1.cluster.drain.round()
         assert n1.log_of("d") == [1, 2]
+
+
+async def test_a_held_release_does_not_let_go_of_a_component_arriving_meanwhile() -> None:
+    async with redis_server() as redis, node(redis.url, "m") as m:
+        await session_of(m.store, "d")
+        cluster = m.cluster
+        cluster._hold("d")  # a claim of d that was cancelled before its answer
+        async with trio.open_nursery() as nursery:
+            async with cluster.drain.lock:
+                nursery.start_soon(cluster._release_held)  # it waits for the lock
+                await trio.testing.wait_all_tasks_blocked()
+                nursery.start_soon(m.arrive, "d")  # d's client comes back here
+                await trio.testing.wait_all_tasks_blocked()
+        session = m.table.by_id["d"]
+        m.journal.touched(session)
+        await m.journal.wait_committed()
+        assert m.journal.fenced is None  # this node still holds d: its writes go through
+        assert not cluster._unreleased

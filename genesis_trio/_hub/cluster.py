@@ -177,10 +177,11 @@ class ClusterNode(Forwarding):
     async def settle(self, *cids: str | None) -> None:
         """After a handshake: let go of claimed ids that did not become sessions here."""
         for cid in cids:
-            if cid is not None and cid not in self.table.by_id and cid not in self.arriving:
+            if cid is not None:
                 try:
                     async with self.drain.lock:  # what its node inbox holds goes with it
-                        await self._release(cid)
+                        if cid not in self.table.by_id and cid not in self.arriving:
+                            await self._release(cid)
                 except StoreError as exc:
                     log.warning("cluster: could not release %r (later): %s", cid, exc)
 
@@ -304,11 +305,11 @@ class ClusterNode(Forwarding):
     async def _release_held(self) -> None:
         """Try again to release what a failure left held (see :meth:`_hold`)."""
         for cid in sorted(self._unreleased):
-            if cid in self.table.by_id or cid in self.arriving:
-                self._unreleased.discard(cid)  # claimed (and loaded) again since
-                self.drain.paused -= 1
-                continue
-            async with self.drain.lock:
+            async with self.drain.lock:  # (an arrival loads under it: checked inside)
+                if cid in self.table.by_id or cid in self.arriving:
+                    self._unreleased.discard(cid)  # claimed (and loaded) again since
+                    self.drain.paused -= 1
+                    continue
                 await self._release(cid)
 
     # -- letting go -------------------------------------------------------------------------
@@ -334,8 +335,8 @@ class ClusterNode(Forwarding):
                     self.drain.forget(cid)
                     self.handovers += 1
                 await self.journal.wait_committed()
-                if cid not in self.table.by_id:
-                    await self._release(cid)  # with what this node had not delivered
+                if cid not in self.table.by_id and cid not in self.arriving:  # (not claimed
+                    await self._release(cid)  # again meanwhile) with what it had not delivered
         finally:
             self.leaving.pop(cid).set()
             self._moving(topics, -1)
