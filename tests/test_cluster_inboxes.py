@@ -382,12 +382,11 @@ async def test_a_held_release_does_not_let_go_of_a_component_arriving_meanwhile(
         await session_of(m.store, "d")
         cluster = m.cluster
         cluster._hold("d")  # a claim of d that was cancelled before its answer
-        async with trio.open_nursery() as nursery:
-            async with cluster.drain.lock:
-                nursery.start_soon(cluster._release_held)  # it waits for the lock
-                await trio.testing.wait_all_tasks_blocked()
-                nursery.start_soon(m.arrive, "d")  # d's client comes back here
-                await trio.testing.wait_all_tasks_blocked()
+        async with trio.open_nursery() as nursery, cluster.drain.lock:
+            nursery.start_soon(cluster._release_held)  # it waits for the lock
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.start_soon(m.arrive, "d")  # d's client comes back here
+            await trio.testing.wait_all_tasks_blocked()
         session = m.table.by_id["d"]
         m.journal.touched(session)
         await m.journal.wait_committed()
