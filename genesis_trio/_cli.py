@@ -161,7 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
         help=(
             "where sessions live between restarts: sqlite:PATH (a file, created if missing), "
             "auto (sqlite:$XDG_DATA_HOME/genesis_trio/hub-PORT.sqlite3, default "
-            "~/.local/share/...), redis://HOST:PORT/DB[?prefix=NAME] (a Redis server) "
+            "~/.local/share/...), redis://HOST:PORT/DB[?prefix=NAME][&cluster=yes] (a Redis "
+            "server; cluster=yes: a Redis Cluster) "
             "or none (in this process only: a restart loses them)"
         ),
     )
