@@ -45,10 +45,10 @@ class Counter:
 
 
 async def stored_entries(kind: str, spec: str) -> int:
-    """Log entries the store holds (the hub trims them once acknowledged)."""
+    """Log chunks the store holds (none once everything is acknowledged and trimmed)."""
     if kind == "sqlite":
         with contextlib.closing(sqlite3.connect(spec.removeprefix("sqlite:"))) as db:
-            count: int = db.execute("SELECT count(*) FROM log").fetchone()[0]
+            count: int = db.execute("SELECT count(*) FROM chunks").fetchone()[0]
             return count
     import coredis
 

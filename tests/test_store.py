@@ -367,4 +367,123 @@ async def test_acks_wait_for_the_sqlite_commit(
         stats = hub.statistics()
         assert stats.store == f"sqlite:{path}"
         assert stats.store_commits >= 1
-        assert stats.store_rows_written >= 500  # one log row per message (bodies inline)
+        assert stats.store_rows_written >= 500  # counted per log entry (bodies inline)
+
+
+_SCHEMA_3 = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE sessions (
+    key INTEGER PRIMARY KEY, sid TEXT NOT NULL UNIQUE, component_id TEXT NOT NULL,
+    epoch INTEGER NOT NULL, received INTEGER NOT NULL, last_seq INTEGER NOT NULL,
+    acked INTEGER NOT NULL, truncated INTEGER NOT NULL, topics TEXT NOT NULL,
+    disconnected_at REAL, owner TEXT
+);
+CREATE TABLE messages (id INTEGER PRIMARY KEY, body BLOB NOT NULL);
+CREATE TABLE log (
+    key INTEGER NOT NULL, seq INTEGER NOT NULL, msg_id INTEGER NOT NULL, body BLOB,
+    stamp REAL NOT NULL, PRIMARY KEY (key, seq)
+) WITHOUT ROWID;
+CREATE INDEX log_msg ON log (msg_id) WHERE msg_id > 0;
+INSERT INTO meta VALUES ('schema', '3');
+INSERT INTO sessions VALUES (7, 'sid-a', 'a', 2, 4, 3, 1, 0, '["t"]', 1000.5, 'alice');
+INSERT INTO messages VALUES (50, x'81a474797065a178'), (51, x'81a474797065a179');
+INSERT INTO log VALUES (7, 2, 50, NULL, 1001.0), (7, 3, 0, x'81a1619101', 1002.0);
+"""
+
+
+async def test_sqlite_schema_3_file_is_migrated_to_chunks(tmp_path: pathlib.Path) -> None:
+    """A file written by the previous release (one log row per message) opens as it was."""
+    path = tmp_path / "v3.sqlite3"
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        db.executescript(_SCHEMA_3)
+    store = SQLiteStore(path)
+    state = await store.open()
+    (session,) = state.sessions
+    assert session.row == row(
+        "sid-a", component_id="a", epoch=2, received=4, last_seq=3, acked=1,
+        topics=("t",), disconnected_at=1000.5, owner="alice",
+    )  # fmt: skip
+    assert session.entries == (
+        StoredEntry(2, 50, 1001.0),
+        StoredEntry(3, 0, 1002.0, b"\x81\xa1a\x91\x01"),
+    )
+    assert state.messages == {50: b"\x81\xa4type\xa1x"}  # 51: no log references it
+    # New entries go on after the migrated ones, and the file says schema 4.
+    batch = StoreBatch()
+    batch.append("sid-a", StoredEntry(4, 0, 1003.0, b"\x80"))
+    batch.trim("sid-a", 2)
+    await store.write(batch)
+    assert await store.compact() == 2  # 50 is trimmed now, 51 never was referenced
+    await store.aclose()
+    state = await SQLiteStore(path).open()
+    assert [e.seq for e in state.sessions[0].entries] == [3, 4]
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        assert db.execute("SELECT value FROM meta WHERE key='schema'").fetchone() == ("4",)
+        tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master")}
+        assert "log" not in tables
+        assert {"chunks", "trims"} <= tables
+
+
+async def test_sqlite_commit_is_a_few_rows_whatever_it_carries(tmp_path: pathlib.Path) -> None:
+    """One chunk row per session per commit: 1,000 appends, 2 chunk rows, loaded exactly."""
+    path = tmp_path / "c.sqlite3"
+    store = SQLiteStore(path)
+    await store.open()
+    batch = StoreBatch()
+    batch.upsert(row("a", last_seq=1000))
+    for seq in range(1, 1001):
+        batch.append("a", StoredEntry(seq, 0, 1000.0 + seq, b"\x81\xa1n\xcd" + seq.to_bytes(2)))
+    await store.write(batch)
+    more = StoreBatch()
+    more.message(9, b"\x81\xa1x\x01")
+    more.append("a", StoredEntry(1001, 9, 3000.0))
+    more.trim("a", 600)
+    await store.write(more)
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        assert db.execute("SELECT count(*) FROM chunks").fetchone() == (2,)
+    await store.aclose()
+    state = await SQLiteStore(path).open()
+    entries = state.sessions[0].entries
+    assert [e.seq for e in entries] == list(range(601, 1002))
+    assert entries[0] == StoredEntry(601, 0, 1601.0, b"\x81\xa1n\xcd" + (601).to_bytes(2))
+    assert state.messages == {9: b"\x81\xa1x\x01"}
+
+
+async def test_sqlite_commits_run_inline_until_one_is_slow(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """NORMAL commits skip the worker thread; a slow one sends the next ones there."""
+    from genesis_trio.stores import _sqlite
+
+    def one(seq: int) -> StoreBatch:
+        batch = StoreBatch()
+        batch.upsert(row("a", last_seq=seq))
+        batch.append("a", StoredEntry(seq, 0, 1.0, b"\x80"))
+        return batch
+
+    store = SQLiteStore(tmp_path / "i.sqlite3")
+    await store.open()
+    await store.write(one(1))
+    assert store.inline_commits == 1
+    monkeypatch.setattr(_sqlite, "INLINE_LIMIT", 0.0)  # every commit now counts as slow
+    await store.write(one(2))  # inline, measured slow
+    await store.write(one(3))  # so this one runs in the worker thread
+    assert store.inline_commits == 2
+    monkeypatch.setattr(_sqlite, "INLINE_LIMIT", 60.0)
+    await store.write(one(4))  # the worker thread's commit was quick: back inline
+    await store.write(one(5))
+    assert store.inline_commits == 3
+    monkeypatch.setattr(_sqlite, "CHECKPOINT_EVERY", 2)
+    assert store.checkpoints == 0
+    await store.write(one(6))
+    await store.write(one(7))
+    assert store.checkpoints >= 1  # in the worker thread, after the commit
+    await store.aclose()
+    assert [
+        e.seq for e in (await SQLiteStore(tmp_path / "i.sqlite3").open()).sessions[0].entries
+    ] == list(range(1, 8))
+    full = SQLiteStore(tmp_path / "f.sqlite3", synchronous="FULL")
+    await full.open()
+    await full.write(one(1))
+    assert full.inline_commits == 0  # FULL waits for the disk: never on the Trio thread
+    await full.aclose()
