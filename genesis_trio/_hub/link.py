@@ -8,12 +8,15 @@
   while the reader goes on reading. The reader also owns the dead-peer clock
   (it counts every frame that arrives) and notices a writer stuck on a peer
   that does not read.
-* The writer moves what the core's :class:`LinkProtocol` says: deliveries
-  (batched, within the window), acknowledgements, plus control frames and
-  pings.
+* The writer (:mod:`.writer`) moves what the core's :class:`LinkProtocol`
+  says: deliveries (batched, within the window), acknowledgements, plus
+  control frames and pings. Its task runs only while there is something to
+  write; the reader's receive timer starts it again when a delayed
+  acknowledgement or a ping falls due.
 * The watchdog bounds the end: once the link is asked to close (or its task
-  is cancelled), it waits ``close_timeout`` and then drops the socket, which
-  frees a send that Hypercorn shields from cancellation.
+  is cancelled), a watchdog task starts, waits ``close_timeout`` and then
+  drops the socket, which frees a send that Hypercorn shields from
+  cancellation.
 
 A link knows its hub only through :class:`LinkServices`.
 """
@@ -32,15 +35,19 @@ from .._core.coalesce import Coalescer, FanoutWindow
 from .._core.codec import EncodedBody
 from .._core.config import HubConfig
 from .._core.errors import CloseCode, ConnectionClosed
-from .._core.frames import Ack, Error, MessageFrame
+from .._core.frames import Error, MessageFrame
 from .._core.heartbeat import Heartbeat
-from .._core.link import BYE, Backlogged, Deliver, Hold, Idle, LinkProtocol, SendAck
+from .._core.link import BYE, Backlogged, LinkProtocol
 from .._runtime.signal import Signal
 from .auth import Identity
 from .endpoint import ServerTransport
 from .limits import BadFrames, RateLimits
 from .sessions import HubSession
 from .stats import HubCounters
+from .writer import IDLE, LinkWriter
+
+NO_BACKLOG: Final[deque[Backlogged]] = deque(maxlen=0)
+"""Every link's backlog until it needs one (never appended to)."""
 
 log = logging.getLogger("genesis_trio.hub")
 
@@ -87,15 +94,17 @@ class LinkServices(Protocol):
         ...
 
 
-class HubLink:
+class HubLink(LinkWriter):
     """The tasks and per-link state of one attached session."""
+
+    services: LinkServices
 
     __slots__ = (
         "__weakref__",
-        "_closing",
+        "_done",
         "_ended",
         "_nursery",
-        "_scope",
+        "_watching",
         "backlog",
         "backlog_bytes",
         "bad_frames",
@@ -109,15 +118,12 @@ class HubLink:
         "heartbeat",
         "identity",
         "limits",
-        "peer_closed",
         "protocol",
         "routing",
-        "sending_since",
         "services",
         "session",
         "transport",
         "units",
-        "wake",
     )
 
     def __init__(
@@ -133,7 +139,15 @@ class HubLink:
         self.session = session
         self.transport = transport
         codec = self.codec = transport.codec
-        self.wake: Signal = session.wake
+        self._signal = IDLE
+        """Wakes a lingering writer (one of its own while it runs)."""
+        self._writing = False
+        """True while the writer task runs."""
+        self.write_at = math.inf
+        """When the writer, gone idle, must run again (the reader's clock starts it)."""
+        self._timer: trio.CancelScope | None = None
+        """The reader's receive timer, while it waits."""
+        session.wake = self  # the session's wake-ups start this link's writer
         self.heartbeat = Heartbeat(
             cfg.heartbeat_interval, cfg.heartbeat_floor, cfg.heartbeat_ceiling, now=now
         )
@@ -162,7 +176,7 @@ class HubLink:
         )
         self.control: list[bytes] = []  # short-lived and small: a list is 10x lighter than a deque
         self.bad_frames: BadFrames | None = None
-        self.backlog: deque[Backlogged] = deque()
+        self.backlog: deque[Backlogged] = NO_BACKLOG  # a deque of its own once needed
         self.backlog_bytes = 0
         self.routing = False
         """True while the router task runs."""
@@ -174,10 +188,11 @@ class HubLink:
         self.close_reason = ""
         self.peer_closed = False
         self.crashed = False
-        self._scope = trio.CancelScope()
         self._nursery: trio.Nursery | None = None
-        self._closing = trio.Event()
-        self._ended = trio.Event()
+        self._cancelled = False
+        self._watching = False
+        self._done = False
+        self._ended: trio.Event | None = None  # made by the watchdog, which waits on it
         self.identity: Identity | None = None
         """Who the client is (None: the hub does not authenticate)."""
         self.expires = math.inf
@@ -188,11 +203,6 @@ class HubLink:
         """Messages the frame being processed carried (for the rate limits)."""
 
     @property
-    def attached(self) -> bool:
-        """True while this link is the session's live link."""
-        return self.session.connection is self
-
-    @property
     def max_frame(self) -> int:
         """The largest frame this link's client accepts."""
         return self.protocol.max_frame
@@ -200,19 +210,19 @@ class HubLink:
     def committed(self, now: float) -> None:
         """Messages became sendable or acknowledgeable (:class:`LinkHandle`)."""
         self.protocol.released(now)
-        self.wake.set()
+        self.set()
 
     def released(self, now: float) -> None:
         """Received messages were released: wake the writer if the ack is due now."""
         if self.protocol.released(now):
-            self.wake.set()
+            self.set()
 
     def queue_control(self, frame: bytes) -> bool:
         """Queue a control frame for the writer; False when the queue is full."""
         if len(self.control) >= MAX_CONTROL_FRAMES:
             return False
         self.control.append(frame)
-        self.wake.set()
+        self.set()
         return True
 
     def report(self, error: Error) -> None:
@@ -238,8 +248,8 @@ class HubLink:
         self._start_closing()
         if self.attached:
             self.session.detach(trio.current_time())
-        self._scope.cancel()
-        self._closing.set()
+        self._cancel()
+        self._watch()
 
     def _start_closing(self) -> None:
         """Start the link's one close clock: every later step keeps within it."""
@@ -250,6 +260,8 @@ class HubLink:
 
     def hold(self, frame: MessageFrame | None, start: int, size: int) -> None:
         """Put a frame (from body ``start`` on; None: ``bye``) behind those waiting."""
+        if self.backlog is NO_BACKLOG:
+            self.backlog = deque()
         self.backlog.append(Backlogged(frame, start, size))
         self.backlog_bytes += size
         if not self.routing and self._nursery is not None:
@@ -278,33 +290,47 @@ class HubLink:
 
     async def run(self) -> None:
         """Run the link's tasks until it ends (call :meth:`cleanup` after)."""
-        async with trio.open_nursery() as outer:
-            outer.start_soon(self._watchdog)
-            try:
-                with self._scope:
-                    async with trio.open_nursery() as nursery:
-                        self._nursery = nursery
-                        nursery.start_soon(self._write_until_gone)
-                        await self._reader()
-                        nursery.cancel_scope.cancel()
-            finally:
-                self._nursery = None
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                if self._cancelled:  # asked to close before it ran
+                    nursery.cancel_scope.cancel()
+                self.set()  # what is already waiting (a replay, error frames)
+                try:
+                    await self._reader()
+                except BaseException:
+                    self._watch()  # cancelled or failed: its end is bounded too
+                    raise
+                nursery.cancel_scope.cancel()
+        finally:
+            self._nursery = None
+            self._done = True
+            if self._ended is not None:
                 self._ended.set()
-                outer.cancel_scope.cancel()  # the watchdog is no longer needed
+
+    def _watch(self) -> None:
+        """Start the watchdog (once, while the link runs): it must be gone within its
+        close clock. A system task: an idle link keeps no task (or nursery) for it."""
+        if not self._watching and self._nursery is not None and not self._done:
+            self._watching = True
+            self._ended = trio.Event()
+            trio.lowlevel.spawn_system_task(self._watchdog, name="genesis_trio link watchdog")
 
     async def _watchdog(self) -> None:
         """Drop the socket if the link has not ended ``close_timeout`` after it had to."""
-        try:
-            await self._closing.wait()
-        finally:
-            with trio.CancelScope(shield=True):
-                self._start_closing()
-                with trio.move_on_at(self.transport.deadline):
-                    await self._ended.wait()
-                if not self._ended.is_set():
-                    log.info("link of %s did not end in time: aborted", self.session.component_id)
-                    self.peer_closed = True
+        with trio.CancelScope(shield=True):
+            self._start_closing()
+            ended = self._ended
+            assert ended is not None
+            with trio.move_on_at(self.transport.deadline):
+                await ended.wait()
+            if not ended.is_set():
+                log.info("link of %s did not end in time: aborted", self.session.component_id)
+                self.peer_closed = True
+                try:  # a system task must not raise (it would end the whole run)
                     await self.transport.abort()
+                except Exception:  # pragma: no cover - abort only closes a socket
+                    log.exception("aborting the link of %s failed", self.session.component_id)
 
     async def cleanup(self) -> None:
         """Detach from the session and close the link, within the link's close clock."""
@@ -357,12 +383,18 @@ class HubLink:
                 # Backpressure: read nothing more until the router catches up. The
                 # dead-peer clock stops meanwhile (nothing we do not read can count).
                 self.drained.clear()
-                await self.drained.wait()
-                heartbeat.received(trio.current_time())
+                await self.drained.wait(self.write_at)
+                if self.drained.is_set:
+                    heartbeat.received(trio.current_time())
+                self.write_if_due(trio.current_time())
                 continue
-            deadline = min(heartbeat.deadline(), self.sending_since + stall, self.expires)
+            deadline = min(
+                heartbeat.deadline(), self.sending_since + stall, self.expires, self.write_at
+            )
             with trio.move_on_at(deadline) as timer:
+                self._timer = timer
                 data = await receive()
+            self._timer = None
             if timer.cancelled_caught:
                 now = trio.current_time()
                 if now >= self.expires:
@@ -376,6 +408,7 @@ class HubLink:
                     counters.slow_consumers_closed += 1
                     self.close_soon(CloseCode.SLOW_CONSUMER, "the client does not read")
                     return
+                self.write_if_due(now)
                 continue
             if data is None:
                 self.peer_closed = True
@@ -394,57 +427,9 @@ class HubLink:
                     return
                 if pause:
                     counters.rate_limited += not slowed
-                    await trio.sleep(pause)  # read nothing meanwhile: the client is slowed down
-                    heartbeat.received(trio.current_time())
-
-    async def _write_until_gone(self) -> None:
-        try:
-            await self._writer()
-        except ConnectionClosed:
-            self.peer_closed = True
-            self._scope.cancel()
-
-    async def _send(self, data: bytes) -> None:
-        self.sending_since = trio.current_time()
-        await self.transport.send(data)
-        self.sending_since = math.inf
-
-    async def _writer(self) -> None:
-        """Write what the link protocol says; control frames and pings first."""
-        counters = self.services.counters
-        protocol = self.protocol
-        codec = self.codec
-        send = self._send
-        heartbeat = self.heartbeat
-        control = self.control
-        wake = self.wake
-        while self.attached:
-            wake.clear()
-            now = trio.current_time()
-            if control:
-                while control:
-                    await send(control.pop(0))
-                self.drained.set()
-            ping = heartbeat.ping_due(now)
-            if ping is not None:
-                await send(codec.encode(ping.wire()))
-            step = protocol.poll(now)
-            if type(step) is Deliver:
-                bodies = step.bodies
-                if step.oversized:
-                    out = step.entries[0].payload
-                    bodies[0] = self.services.undeliverable(self, out, step.first_size)
-                await send(codec.frame(step.kind, step.seq, bodies, step.ack))
-                n = len(bodies)
-                counters.messages_out += n
-                counters.delivery_frames += 1
-                counters.frame_messages.observe(n)
-                counters.delivery_seconds.observe(trio.current_time() - step.entries[0].stamp, n)
-            elif type(step) is SendAck:
-                await send(codec.encode(Ack(step.seq).wire()))
-            elif type(step) is Hold:
-                await trio.sleep_until(step.until)
-            elif type(step) is Idle:
-                await wake.wait(min(step.until, heartbeat.next_ping))
-            else:  # Yield: a batch is forming
-                await trio.lowlevel.checkpoint()
+                    # Read nothing meanwhile (the client is slowed down); write what falls due.
+                    end = trio.current_time() + pause
+                    while (now := trio.current_time()) < end:
+                        await trio.sleep_until(min(end, self.write_at))
+                        self.write_if_due(trio.current_time())
+                    heartbeat.received(now)

@@ -38,6 +38,7 @@ from .._runtime.component import ComponentBase
 from .._runtime.dispatch import Dispatcher
 from .._runtime.groups import start_hidden
 from .._runtime.signal import Signal
+from .handles import NO_ONE, Wake
 from .journal import Journal, NullJournal
 from .router import Router
 from .sessions import HubSession, SessionTable
@@ -122,7 +123,7 @@ class LocalComponent(ComponentBase):
         self._ended: tuple[int, str] | None = None
         self._scope: trio.CancelScope | None = None
         self._exit_stack: AsyncExitStack | None = None
-        self._wake_before = Signal()
+        self._wake_before: Wake = NO_ONE
 
     @property
     def component_id(self) -> str:

@@ -23,23 +23,11 @@ from .._core.codec import EncodedBody
 from .._core.config import HubConfig
 from .._core.frames import Hello
 from .._core.session import InboundTracker, OutboundLog, new_session_id, resume_session
-from .._runtime.signal import Signal
 from ..stores import StoredState
+from .handles import NO_ONE, LinkHandle, Wake
 
 ANONYMOUS_PREFIX: Final = "anon-"  # also in stores/_cluster_lua.py (CLAIM)
 """Component ids the hub assigns to clients that send none (reserved: clients may not use it)."""
-
-
-class LinkHandle(Protocol):
-    """What a session, and those who hold it, may ask of its live link."""
-
-    def close_soon(self, code: int, reason: str) -> None:
-        """Make the link close with ``code`` (it detaches from the session at once)."""
-        ...
-
-    def committed(self, now: float) -> None:
-        """New messages became sendable, or received ones acknowledgeable: wake the writer."""
-        ...
 
 
 class SessionRecorder(Protocol):
@@ -106,8 +94,9 @@ class HubSession:
     connected_at: float | None = None
     """When the live link attached (Trio clock)."""
     disconnected_at: float | None = None
-    wake: Signal = attrs.field(factory=Signal)
-    """Wakes the writer of the attached link."""
+    wake: Wake = NO_ONE
+    """Wakes whoever holds the session: set by the link (or local component) that
+    attaches, back to :data:`NO_ONE` when it goes."""
     room: trio.lowlevel.ParkingLot = attrs.field(factory=trio.lowlevel.ParkingLot)
     """Senders waiting for room in :attr:`outbound`."""
     on_detach: Callable[[HubSession], None] | None = None
@@ -138,6 +127,7 @@ class HubSession:
     def detach(self, now: float) -> None:
         """The link is gone: keep the session for resume, free waiters."""
         self.connection = None
+        self.wake = NO_ONE
         self.disconnected_at = now
         self.room.unpark_all()
         if self.on_detach is not None:
@@ -146,6 +136,7 @@ class HubSession:
     def release(self) -> None:
         """Let go of the link for another to take over at once (no presence change)."""
         self.connection = None
+        self.wake = NO_ONE
         self.room.unpark_all()
 
 

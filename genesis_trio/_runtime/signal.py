@@ -26,6 +26,11 @@ class Signal:
         if self._lot:
             self._lot.unpark_all()
 
+    @property
+    def is_set(self) -> bool:
+        """True when a wake-up is pending (``set()`` since the last ``clear()``)."""
+        return self._flag
+
     def clear(self) -> None:
         """Forget a pending wake-up."""
         self._flag = False
