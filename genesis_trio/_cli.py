@@ -35,6 +35,11 @@ def _optional_float(text: str) -> float | None:
 CONFIG_FLAGS: tuple[tuple[str, Any, str], ...] = (
     # (HubConfig field, type, help): each becomes --field-name and GENESIS_TRIO_FIELD_NAME
     ("max_message_size", int, "largest WebSocket message accepted, in bytes, after decompression"),
+    (
+        "compression",
+        str,
+        "'deflate': accept permessage-deflate when offered (~100 KiB per link); 'off': never",
+    ),
     ("retention_messages", int, "unacknowledged messages kept per session for resume"),
     (
         "retention_bytes",

@@ -38,6 +38,10 @@ class HubConfig:
     """Least silence tolerated beyond one interval before a peer is dead."""
     heartbeat_ceiling: float = attrs.field(default=30.0, validator=_pos_f)
     """Most silence tolerated beyond one interval before a peer is dead."""
+    compression: str = attrs.field(default="deflate", validator=v.in_(("deflate", "off")))
+    """``"deflate"``: accept permessage-deflate when a client offers it (browsers always
+    do); ``"off"``: never. Deflate costs ~100 KiB of zlib state per link and about
+    40 % of the messages per second (docs/performance.md)."""
     max_message_size: int = attrs.field(default=1 << 20, validator=_pos_i)
     """Largest WebSocket message accepted, after decompression (bytes)."""
     window: int = attrs.field(default=1000, validator=_pos_i)

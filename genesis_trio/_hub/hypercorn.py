@@ -60,6 +60,10 @@ current_connection: contextvars.ContextVar[GuardedTCPServer | None] = contextvar
     "genesis_trio_current_connection", default=None
 )
 """The connection whose tasks are running (None outside a guarded server)."""
+deflate_offers: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "genesis_trio_deflate_offers", default=True
+)
+"""Whether connections started in this context accept permessage-deflate."""
 
 
 class GuardedTCPServer(TCPServer):
@@ -129,14 +133,19 @@ class GuardedTCPServer(TCPServer):
 
 
 @contextlib.contextmanager
-def serving_context(max_message_size: int, watcher: ServingObserver) -> Iterator[None]:
-    """Connections started (tasks spawned) inside this block serve with these settings."""
+def serving_context(
+    max_message_size: int, watcher: ServingObserver, *, deflate: bool = True
+) -> Iterator[None]:
+    """Connections started (tasks spawned) inside this block serve with these settings
+    (``deflate``: accept permessage-deflate when a client offers it)."""
     guard_hypercorn()
     limit = inflate_limit.set(max_message_size)
     watching = observer.set(watcher)
+    deflating = deflate_offers.set(deflate)
     try:
         yield
     finally:
+        deflate_offers.reset(deflating)
         observer.reset(watching)
         inflate_limit.reset(limit)
 
@@ -177,6 +186,12 @@ def _tracking_deflate_class() -> type:
             conn = current_connection.get()
             if conn is not None:
                 conn.extensions.append(self)
+
+        def accept(self, offer: Any) -> Any:
+            """Negotiate (or not, with ``compression="off"``: the link goes uncompressed)."""
+            if not deflate_offers.get():
+                return None
+            return super().accept(offer)
 
     return TrackedPerMessageDeflate
 

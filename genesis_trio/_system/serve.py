@@ -105,7 +105,11 @@ async def serve_hub(
             )
             nursery.cancel_scope.cancel()  # graceful shutdown finished: stop hub.run too
 
-        with serving_context(hub.config.max_message_size, hub.serving_observer):
+        with serving_context(
+            hub.config.max_message_size,
+            hub.serving_observer,
+            deflate=hub.config.compression == "deflate",
+        ):
             urls = tuple(await nursery.start(run_hypercorn))
         bound_host, _, bound_port = urls[0].rpartition(":")
         bound_host = bound_host.split("//", 1)[-1].strip("[]")

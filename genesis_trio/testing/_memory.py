@@ -105,7 +105,11 @@ class MemoryHub:
             ConnectionState({}),
             server_side,
         )
-        with serving_context(self.hub.config.max_message_size, self.hub.serving_observer):
+        with serving_context(
+            self.hub.config.max_message_size,
+            self.hub.serving_observer,
+            deflate=self.hub.config.compression == "deflate",
+        ):
             self._nursery.start_soon(tcp.run)
         await trio.lowlevel.checkpoint()
         if faults is None:
