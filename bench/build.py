@@ -1,4 +1,4 @@
-"""Compile the C load generator at run time (gcc -O2), cached by source hash."""
+"""Compile the C load generator at run time (gcc -O2, zlib), cached by source hash."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ from pathlib import Path
 
 SOURCE = Path(__file__).with_name("loadgen.c")
 CFLAGS = ("-O2", "-Wall", "-Wextra", "-std=gnu11")
+LIBS = ("-lz",)
+"""zlib, for permessage-deflate (Debian: zlib1g-dev)."""
 
 
 class BuildError(RuntimeError):
@@ -28,7 +30,7 @@ def build_loadgen(directory: Path | None = None) -> Path:
     if compiler is None:
         raise BuildError("gcc not found: the load generator is compiled at run time")
     source = SOURCE.read_bytes()
-    digest = hashlib.sha256(source + " ".join(CFLAGS).encode()).hexdigest()[:16]
+    digest = hashlib.sha256(source + " ".join(CFLAGS + LIBS).encode()).hexdigest()[:16]
     target_dir = directory or cache_dir()
     target_dir.mkdir(parents=True, exist_ok=True)
     binary = target_dir / f"loadgen-{digest}"
@@ -36,7 +38,7 @@ def build_loadgen(directory: Path | None = None) -> Path:
         return binary
     tmp = target_dir / f".loadgen-{digest}.{os.getpid()}"
     result = subprocess.run(
-        [compiler, *CFLAGS, "-o", str(tmp), str(SOURCE)],
+        [compiler, *CFLAGS, "-o", str(tmp), str(SOURCE), *LIBS],
         capture_output=True,
         text=True,
         check=False,

@@ -23,18 +23,27 @@ from bench.plot import plot
 from bench.procs import REPO, can_pin, machine_busy_seconds, raise_fd_limit
 from bench.report import render
 from bench.results import Case, Results
-from bench.targets import BASELINES, HUB, HUB_MEM, TARGETS
+from bench.targets import (
+    BASELINES,
+    DEFLATE_MEMORY_TARGETS,
+    DEFLATE_TARGETS,
+    HUB,
+    HUB_FULL,
+    HUB_MEM,
+    TARGETS,
+)
 from bench.workloads import FULL, GROUPS, SERVER_GROUPS, SMOKE, Profile, Runner
 
-SERVERS = (*BASELINES, HUB, HUB_MEM)
+SERVERS = (*BASELINES, HUB, HUB_MEM, HUB_FULL)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     """The command line."""
     parser = argparse.ArgumentParser(
         prog="python -m bench",
-        description="Benchmark the genesis_trio hub against aiohttp, websockets and raw "
-        "Hypercorn-Trio (writes docs/benchmarks.md and docs/benchmarks.png).",
+        description="Benchmark the genesis_trio hub against aiohttp, websockets, "
+        "trio-websocket, python-socketio and raw Hypercorn-Trio (writes docs/benchmarks.md "
+        "and docs/benchmarks.png).",
     )
     parser.add_argument(
         "--smoke",
@@ -84,7 +93,12 @@ def _selection(text: str | None, allowed: Sequence[str], what: str) -> list[str]
 def run_session(runner: Runner, groups: list[str], servers: list[str]) -> None:
     """Every selected workload, server by server."""
     if SERVER_GROUPS.intersection(groups):
-        runner.prestart(TARGETS[key] for key in servers)
+        compressed = [
+            TARGETS[key]
+            for key in servers
+            if "deflate" in groups and key in DEFLATE_TARGETS and TARGETS[key].compress_args
+        ]
+        runner.prestart((TARGETS[key] for key in servers), compressed)
     if "ceiling" in groups:
         runner.log("load generator ceiling (C sink)")
         _guarded(runner, "ceiling", runner.ceiling)
@@ -97,13 +111,20 @@ def run_session(runner: Runner, groups: list[str], servers: list[str]) -> None:
             ("C", runner.closed_loop),
             ("D", runner.fanout),
         ]
+        if key == HUB_FULL:  # what full fsync costs: B and D at one k only
+            steps = [("B", runner.pipelined), ("D", runner.fanout)]
         for group, step in steps:
             if group in groups:
                 _guarded(runner, f"{key} {group}", functools.partial(step, target))
+        if "deflate" in groups and key in DEFLATE_TARGETS:
+            _guarded(runner, f"{key} deflate", functools.partial(runner.compressed, target))
         if "py" in groups and key == HUB:
             _guarded(runner, "python client", runner.python_client)
-        if "M" in groups and key != HUB_MEM:
+        if "M" in groups and key not in (HUB_MEM, HUB_FULL):
             _guarded(runner, f"{key} M", functools.partial(runner.memory, target))
+        if "deflate" in groups and key in DEFLATE_MEMORY_TARGETS:
+            memory = functools.partial(runner.memory, target, deflate=True)
+            _guarded(runner, f"{key} M deflate", memory)
         runner.release(key)
     if "local" in groups and (HUB in servers or HUB_MEM in servers):
         runner.log("in-process components vs loopback clients (hub and load in one process)")

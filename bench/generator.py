@@ -101,6 +101,8 @@ class IdleStatus:
     """Longest interval between two hub pings on one link (genesis), seconds."""
     late_pings: int
     """Hub pings that came more than 6 s after the previous one (interval: 5 s)."""
+    refused: int = 0
+    """Links whose server did not accept permessage-deflate (``--deflate`` only)."""
 
 
 class IdleClients:
@@ -121,7 +123,7 @@ class IdleClients:
         fields = line.split()[1:]
         return IdleStatus(
             int(fields[0]), int(fields[1]), float(fields[2]), int(fields[3]),
-            float(fields[4]), int(fields[5]),
+            float(fields[4]), int(fields[5]), int(fields[6]),
         )  # fmt: skip
 
     def close(self) -> None:

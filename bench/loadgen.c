@@ -2,13 +2,21 @@
  * loadgen.c -- WebSocket load generator for genesis_trio's benchmarks.
  *
  * Single-threaded, epoll, non-blocking sockets, RFC 6455 client framing with
- * masking, no extensions (no compression). Compiled at run time by
- * bench/build.py (gcc -O2); never committed as a binary.
+ * masking. With --deflate every link offers permessage-deflate (RFC 7692) the
+ * way browsers do ("permessage-deflate; client_max_window_bits"), and
+ * compresses every data message with zlib when the server accepts, with the
+ * context takeover and window size the server negotiated. Compiled at run
+ * time by bench/build.py (gcc -O2 ... -lz); never committed as a binary.
  *
  * Dialects:
  *   raw      send a text message of --size bytes, the server echoes it
  *   genesis  protocol genesis.v1.json: hello/welcome, msg/batch frames with
  *            consecutive seq numbers, cumulative acks, ping -> pong
+ *   socketio Socket.IO v5 over Engine.IO v4, WebSocket transport only (--path
+ *            /socket.io/?EIO=4&transport=websocket): read the open packet
+ *            0{...}, send 40, wait for 40{...}; then send 42["echo","xx.."]
+ *            (the publisher: 42["bcast","xx.."]) and count received 42
+ *            frames; Engine.IO pings 2 are answered with 3
  *
  * Modes (first argument):
  *   echo    --conns N connections, each keeping --inflight messages in
@@ -17,11 +25,14 @@
  *           messages per frame
  *   fanout  --subs S subscribers and one publisher (unless --no-pub) that
  *           keeps the subscribers at most --inflight messages behind
- *   idle    connections that only answer pings; stdin commands
+ *   idle    connections that only answer pings (genesis: after welcome;
+ *           socketio: after 40{...}; raw with permessage-deflate: after one
+ *           echo, so that both sides hold their zlib streams); stdin commands
  *           "connect N" (grow to N, reply "connected OPEN FAILED SECONDS
- *           LOST MAXPINGGAP LATEPINGS": links lost since the start, the
- *           longest gap between two genesis pings on one link, in seconds,
- *           and how many gaps exceeded 6 s) and "quit"
+ *           LOST MAXPINGGAP LATEPINGS REFUSED": links lost since the start,
+ *           the longest gap between two genesis pings on one link, in
+ *           seconds, how many gaps exceeded 6 s, and with --deflate how many
+ *           links the server refused permessage-deflate) and "quit"
  *   storm   --conns N genesis clients; after "ready" every lost link
  *           reconnects with exponential backoff and full jitter (like the
  *           Python client); reports when all have a new welcome
@@ -50,22 +61,23 @@
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
+#include <zlib.h>
 
 /* ------------------------------------------------------------------------ */
 /* options                                                                   */
 
 enum { MODE_ECHO, MODE_FANOUT, MODE_IDLE, MODE_STORM, MODE_SINK };
-enum { DIALECT_RAW, DIALECT_GENESIS };
+enum { DIALECT_RAW, DIALECT_GENESIS, DIALECT_SOCKETIO };
 
 static struct {
     int mode, dialect;
     char host[64];
     int port;
-    char path[128];
+    char path[160];
     int conns, subs, inflight, size, k;
     double duration, warmup, timeout;
     int connect_concurrency;
-    int no_pub;
+    int no_pub, deflate;
     char topic[64];
     char prefix[32];
     double backoff_initial, backoff_cap, attempt_timeout;
@@ -276,6 +288,9 @@ typedef struct {
     int attempts, lost, welcomed_after_loss;
     uint64_t last_ping; /* when the server's last ping arrived (genesis) */
     uint64_t retry_at, attempt_started;
+    /* permessage-deflate, when negotiated: zlib streams made on first use */
+    z_stream *zd, *zi;
+    int pmd, c_bits, c_no_ctx, s_no_ctx;
 } conn_t;
 
 static conn_t *conns;
@@ -291,6 +306,11 @@ static long long storm_recovered; /* storm: welcomes after a loss with "recovere
 static size_t max_frame_in; /* largest message received (bytes) */
 static uint64_t max_ping_gap; /* longest interval between two pings on one link */
 static long long late_pings;  /* pings that came more than 1.2 x 5 s after the previous */
+/* permessage-deflate: links whose server did not accept the offer, the first
+ * negotiated response, compressed frames received, bytes before/after zlib */
+static long long deflate_refused, z_frames_in;
+static long long z_in_wire, z_in_plain, z_out_wire, z_out_plain;
+static char negotiated[160];
 
 /* latency histogram: 1 us buckets below 100 ms, 100 us buckets up to 10 s */
 #define HIST_FINE 100000
@@ -321,6 +341,9 @@ static void conn_close(conn_t *c) {
     c->in.off = c->in.len = 0;
     c->out.off = c->out.len = 0;
     c->state = ST_CLOSED;
+    if (c->zd) deflateEnd(c->zd), free(c->zd), c->zd = NULL;
+    if (c->zi) inflateEnd(c->zi), free(c->zi), c->zi = NULL;
+    c->pmd = 0;
 }
 
 static void flush(conn_t *c) {
@@ -344,13 +367,14 @@ static void flush(conn_t *c) {
     }
 }
 
-/* append a masked client frame (or an unmasked server frame) to c->out */
-static void put_frame(conn_t *c, int opcode, const void *data, size_t n) {
+/* append a masked client frame (or an unmasked server frame) to c->out;
+ * rsv1 marks a compressed message (permessage-deflate) */
+static void put_frame_rsv(conn_t *c, int opcode, int rsv1, const void *data, size_t n) {
     int masked = c->role != ROLE_SERVER;
     buf_reserve(&c->out, n + 14);
     uint8_t *h = c->out.p + c->out.len;
     size_t hl = 2;
-    h[0] = (uint8_t)(0x80 | opcode);
+    h[0] = (uint8_t)(0x80 | (rsv1 ? 0x40 : 0) | opcode);
     if (n < 126) {
         h[1] = (uint8_t)n;
     } else if (n < 65536) {
@@ -384,6 +408,98 @@ static void put_frame(conn_t *c, int opcode, const void *data, size_t n) {
     c->out.len += hl + n;
 }
 
+static void put_frame(conn_t *c, int opcode, const void *data, size_t n) {
+    put_frame_rsv(c, opcode, 0, data, n);
+}
+
+/* ------------------------------------------------------------------------ */
+/* permessage-deflate (RFC 7692)                                             */
+
+static buf_t zout, zin; /* one compressed message out, one inflated message in */
+static const uint8_t DEFLATE_TAIL[4] = {0x00, 0x00, 0xff, 0xff};
+
+static z_stream *z_new(void) {
+    z_stream *z = calloc(1, sizeof *z);
+    if (!z) die("out of memory");
+    return z;
+}
+
+/* compress one message into zout: a sync flush, its 00 00 ff ff tail removed */
+static void deflate_message(conn_t *c, const void *data, size_t n) {
+    if (!c->zd) { /* zlib's defaults, as browsers use them; the negotiated window */
+        c->zd = z_new();
+        if (deflateInit2(c->zd, Z_DEFAULT_COMPRESSION, Z_DEFLATED, -c->c_bits, 8,
+                         Z_DEFAULT_STRATEGY) != Z_OK)
+            die("deflateInit2 failed");
+    }
+    z_stream *z = c->zd;
+    zout.off = zout.len = 0;
+    buf_reserve(&zout, deflateBound(z, (uLong)n) + 16);
+    z->next_in = (Bytef *)data;
+    z->avail_in = (uInt)n;
+    for (;;) {
+        z->next_out = zout.p + zout.len;
+        z->avail_out = (uInt)(zout.cap - zout.len);
+        int r = deflate(z, Z_SYNC_FLUSH);
+        zout.len = zout.cap - z->avail_out;
+        if (r != Z_OK && r != Z_BUF_ERROR) die("deflate failed: %d", r);
+        if (z->avail_in == 0 && z->avail_out > 0) break;
+        buf_reserve(&zout, 4096);
+    }
+    if (zout.len >= 4 && !memcmp(zout.p + zout.len - 4, DEFLATE_TAIL, 4)) zout.len -= 4;
+    if (c->c_no_ctx) deflateReset(z);
+    z_out_plain += (long long)n;
+    z_out_wire += (long long)zout.len;
+}
+
+/* inflate one compressed message (its tail appended) into zin; -1 on error */
+static int inflate_message(conn_t *c, const uint8_t *p, size_t n) {
+    if (!c->zi) { /* a 32 KiB window reads whatever window the server chose */
+        c->zi = z_new();
+        if (inflateInit2(c->zi, -15) != Z_OK) die("inflateInit2 failed");
+    }
+    z_stream *z = c->zi;
+    zin.off = zin.len = 0;
+    int ended = 0;
+    for (int part = 0; part < 2 && !ended; part++) {
+        z->next_in = (Bytef *)(part ? DEFLATE_TAIL : p);
+        z->avail_in = (uInt)(part ? 4 : n);
+        for (;;) {
+            buf_reserve(&zin, 16384);
+            z->next_out = zin.p + zin.len;
+            z->avail_out = (uInt)(zin.cap - zin.len);
+            int r = inflate(z, Z_SYNC_FLUSH);
+            zin.len = zin.cap - z->avail_out;
+            if (r == Z_STREAM_END) { /* a final block: the server ended the stream */
+                inflateReset(z);
+                ended = 1;
+                break;
+            }
+            if (r != Z_OK && r != Z_BUF_ERROR) {
+                record_error("inflate failed: %s", z->msg ? z->msg : "?");
+                inflateReset(z);
+                return -1;
+            }
+            if (z->avail_out > 0 && (z->avail_in == 0 || r == Z_BUF_ERROR)) break;
+        }
+    }
+    if (c->s_no_ctx) inflateReset(z);
+    z_frames_in++;
+    z_in_wire += (long long)n;
+    z_in_plain += (long long)zin.len;
+    return 0;
+}
+
+/* a text data message: compressed when the link negotiated permessage-deflate */
+static void put_message(conn_t *c, const void *data, size_t n) {
+    if (c->pmd) {
+        deflate_message(c, data, n);
+        put_frame_rsv(c, 1, 1, zout.p, zout.len);
+    } else {
+        put_frame(c, 1, data, n);
+    }
+}
+
 /* scratch space for building frame payloads */
 static buf_t scratch;
 
@@ -402,7 +518,7 @@ static void scratch_printf(const char *fmt, ...) {
     scratch_put(tmp, (size_t)n);
 }
 
-static void send_text(conn_t *c, const char *s) { put_frame(c, 1, s, strlen(s)); }
+static void send_text(conn_t *c, const char *s) { put_message(c, s, strlen(s)); }
 
 static void send_ack(conn_t *c) {
     char tmp[64];
@@ -436,7 +552,13 @@ static void ts_pop(conn_t *c, long long n, uint64_t now) {
 static void send_messages(conn_t *c, int k) {
     uint64_t t = now_ns();
     if (opt.dialect == DIALECT_RAW) {
-        put_frame(c, 1, payload_x, (size_t)opt.size);
+        put_message(c, payload_x, (size_t)opt.size);
+    } else if (opt.dialect == DIALECT_SOCKETIO) {
+        scratch.off = scratch.len = 0;
+        scratch_printf("42[\"%s\",\"", c->role == ROLE_PUB ? "bcast" : "echo");
+        scratch_put(payload_x, (size_t)opt.size);
+        scratch_put("\"]", 2);
+        put_message(c, scratch.p, scratch.len);
     } else {
         scratch.off = scratch.len = 0;
         scratch_printf("{\"t\":\"%s\",\"seq\":%lld", k == 1 ? "msg" : "batch", c->seq_next);
@@ -453,7 +575,7 @@ static void send_messages(conn_t *c, int k) {
             scratch_put("\"}", 2);
         }
         scratch_put(k == 1 ? "}" : "]}", k == 1 ? 1 : 2);
-        put_frame(c, 1, scratch.p, scratch.len);
+        put_message(c, scratch.p, scratch.len);
         c->seq_next += k;
     }
     ts_push(c, t, k);
@@ -463,7 +585,7 @@ static void send_messages(conn_t *c, int k) {
 }
 
 static int window_allows(conn_t *c, int k) {
-    return opt.dialect == DIALECT_RAW || c->seq_next - 1 + k - c->hub_ack <= c->window;
+    return opt.dialect != DIALECT_GENESIS || c->seq_next - 1 + k - c->hub_ack <= c->window;
 }
 
 static int echo_inflight(void) {
@@ -537,14 +659,17 @@ static void start_more(void) {
 }
 
 static void send_upgrade(conn_t *c) {
-    char req[512];
+    char req[640];
     int n = snprintf(req, sizeof req,
                      "GET %s HTTP/1.1\r\nHost: %s:%d\r\nUpgrade: websocket\r\n"
                      "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-                     "Sec-WebSocket-Version: 13\r\n%s\r\n",
+                     "Sec-WebSocket-Version: 13\r\n%s%s\r\n",
                      opt.path, opt.host, opt.port,
                      opt.dialect == DIALECT_GENESIS ? "Sec-WebSocket-Protocol: genesis.v1.json\r\n"
-                                                    : "");
+                                                    : "",
+                     opt.deflate ? "Sec-WebSocket-Extensions: permessage-deflate; "
+                                   "client_max_window_bits\r\n"
+                                 : "");
     buf_reserve(&c->out, (size_t)n);
     memcpy(c->out.p + c->out.len, req, (size_t)n);
     c->out.len += (size_t)n;
@@ -713,6 +838,29 @@ static void genesis_frame(conn_t *c, const char *p, size_t n) {
 #undef IS
 }
 
+/* Socket.IO v5 over Engine.IO v4 (one Engine.IO packet per WebSocket frame) */
+static void socketio_frame(conn_t *c, const char *p, size_t n) {
+    int shown = n < 60 ? (int)n : 60;
+    if (n >= 2 && p[0] == '4' && p[1] == '2') { /* EVENT */
+        if (c->state == ST_OPEN) delivered(c, 1);
+    } else if (n == 1 && p[0] == '2') { /* Engine.IO ping */
+        send_text(c, "3");
+    } else if (n >= 2 && p[0] == '0' && p[1] == '{') { /* Engine.IO open: join namespace / */
+        if (c->state == ST_HELLO) send_text(c, "40");
+        else record_error("unexpected Engine.IO open packet");
+    } else if (n >= 2 && p[0] == '4' && p[1] == '0') { /* CONNECT reply */
+        if (c->state == ST_HELLO) on_open(c);
+    } else if (n >= 2 && p[0] == '4' && p[1] == '4') {
+        record_error("socket.io connect error: %.*s", shown, p);
+    } else if (n >= 2 && p[0] == '4' && p[1] == '1') {
+        record_error("socket.io server disconnected the namespace");
+    } else if (n >= 1 && p[0] == '1') {
+        record_error("engine.io close packet");
+    } else if (!(n == 1 && p[0] == '6')) { /* 6: noop */
+        record_error("unexpected socket.io frame: %.*s", shown, p);
+    }
+}
+
 static void on_lost(conn_t *c, const char *why);
 
 /* one complete frame; returns 0 when the connection was closed */
@@ -742,10 +890,63 @@ static int handle_frame(conn_t *c, int opcode, int fin, uint8_t *p, size_t n) {
     }
     if (opt.dialect == DIALECT_RAW) {
         if (c->state == ST_OPEN) delivered(c, 1);
+        else if (c->state == ST_HELLO) on_open(c); /* the idle link's first echo */
         return 1;
+    }
+    if (opt.dialect == DIALECT_SOCKETIO) {
+        socketio_frame(c, (const char *)p, n);
+        return c->fd >= 0;
     }
     genesis_frame(c, (const char *)p, n);
     return c->fd >= 0;
+}
+
+/* the value of a response header (a NUL-terminated copy in out), or NULL */
+static const char *header_value(const char *p, const char *end, const char *name, char *out,
+                                size_t cap) {
+    size_t nl = strlen(name);
+    const char *line = strstr(p, "\r\n"); /* past the status line */
+    while (line && line < end) {
+        line += 2;
+        if ((size_t)(end - line) > nl && !strncasecmp(line, name, nl) && line[nl] == ':') {
+            const char *v = line + nl + 1, *eol = strstr(v, "\r\n");
+            while (*v == ' ' || *v == '\t') v++;
+            size_t n = (size_t)(eol - v) < cap - 1 ? (size_t)(eol - v) : cap - 1;
+            memcpy(out, v, n);
+            out[n] = 0;
+            return out;
+        }
+        line = strstr(line, "\r\n");
+    }
+    return NULL;
+}
+
+/* what the server answered to our permessage-deflate offer */
+static void accept_deflate(conn_t *c, const char *p, const char *end) {
+    char value[160];
+    if (!header_value(p, end, "Sec-WebSocket-Extensions", value, sizeof value) ||
+        strncasecmp(value, "permessage-deflate", 18) != 0) {
+        deflate_refused++;
+        record_error("the server did not accept permessage-deflate");
+        return;
+    }
+    if (!negotiated[0]) snprintf(negotiated, sizeof negotiated, "%s", value);
+    c->pmd = 1;
+    c->c_bits = 15;
+    c->c_no_ctx = c->s_no_ctx = 0;
+    char *save = NULL;
+    for (char *tok = strtok_r(value + 18, ";,", &save); tok; tok = strtok_r(NULL, ";,", &save)) {
+        while (*tok == ' ' || *tok == '\t') tok++;
+        if (!strncasecmp(tok, "client_max_window_bits", 22)) {
+            const char *eq = strchr(tok, '=');
+            int bits = eq ? atoi(eq + 1 + (eq[1] == '"')) : 15;
+            c->c_bits = bits < 9 ? 9 : bits > 15 ? 15 : bits; /* zlib's raw deflate: 9..15 */
+        } else if (!strncasecmp(tok, "client_no_context_takeover", 26)) {
+            c->c_no_ctx = 1;
+        } else if (!strncasecmp(tok, "server_no_context_takeover", 26)) {
+            c->s_no_ctx = 1;
+        }
+    }
 }
 
 static int parse_upgrade(conn_t *c) {
@@ -797,11 +998,20 @@ static int parse_upgrade(conn_t *c) {
         on_lost(c, "bad Sec-WebSocket-Accept");
         return -1;
     }
+    if (opt.deflate) accept_deflate(c, p, end);
     c->in.off += hl;
-    if (opt.dialect == DIALECT_GENESIS)
+    if (opt.dialect == DIALECT_GENESIS) {
         send_hello(c);
-    else
+    } else if (opt.dialect == DIALECT_SOCKETIO) {
+        c->state = ST_HELLO; /* wait for the open packet, then join the namespace */
+    } else if (c->role == ROLE_IDLE && c->pmd) {
+        /* one echo first, so that both sides have their zlib streams (as a
+         * genesis link has after hello/welcome) before the link idles */
+        put_message(c, payload_x, (size_t)opt.size);
+        c->state = ST_HELLO;
+    } else {
         on_open(c);
+    }
     return 1;
 }
 
@@ -834,7 +1044,7 @@ static void on_readable(conn_t *c) {
         uint8_t *p = c->in.p + c->in.off;
         size_t n = buf_avail(&c->in);
         if (n < 2) break;
-        int fin = p[0] >> 7, opcode = p[0] & 15, masked = p[1] >> 7;
+        int fin = p[0] >> 7, rsv1 = (p[0] >> 6) & 1, opcode = p[0] & 15, masked = p[1] >> 7;
         uint64_t len = p[1] & 127;
         size_t hl = 2;
         if (len == 126) {
@@ -857,6 +1067,19 @@ static void on_readable(conn_t *c) {
         if (masked)
             for (uint64_t i = 0; i < len; i++) payload[i] ^= mask[i & 3];
         c->in.off += hl + len;
+        if (rsv1) { /* a compressed message (permessage-deflate) */
+            if (!c->pmd || opcode >= 8) {
+                on_lost(c, "RSV1 set on a frame without permessage-deflate");
+                return;
+            }
+            if (!fin) {
+                record_error("fragmented compressed message (unsupported)");
+                continue;
+            }
+            if (inflate_message(c, payload, (size_t)len) < 0) continue;
+            payload = zin.p;
+            len = zin.len;
+        }
         if (!handle_frame(c, opcode, fin, payload, (size_t)len)) return;
     }
     if (c->role == ROLE_ECHO) pump_echo(c);
@@ -1039,6 +1262,16 @@ static void print_errors(void) {
     printf("]");
 }
 
+/* permessage-deflate: what was negotiated, how much the messages shrank */
+static void print_deflate(long long frames_in) {
+    if (!opt.deflate) return;
+    printf("\"deflate_refused\":%lld,\"negotiated\":\"", deflate_refused);
+    json_escape(stdout, negotiated);
+    printf("\",\"z_frames_in\":%lld,\"z_in_wire\":%lld,\"z_in_plain\":%lld,"
+           "\"z_out_wire\":%lld,\"z_out_plain\":%lld,",
+           frames_in, z_in_wire, z_in_plain, z_out_wire, z_out_plain);
+}
+
 static void say(const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
@@ -1071,6 +1304,7 @@ static void leave_politely(void) {
         if (c->fd < 0) continue;
         if (c->state == ST_OPEN) {
             if (opt.dialect == DIALECT_GENESIS) send_text(c, "{\"t\":\"bye\"}");
+            if (opt.dialect == DIALECT_SOCKETIO) send_text(c, "41"); /* leave the namespace */
             put_frame(c, 8, "\x03\xe8", 2);
             flush(c);
         }
@@ -1134,7 +1368,7 @@ static int run_measured(void) {
     uint64_t t_warm = now_ns() + (uint64_t)(opt.warmup * 1e9);
     while (now_ns() < t_warm) poll_once(1), ack_sweep(now_ns());
     long long recv0 = total_recv, frames0 = total_frames_recv, sent0 = total_frames_sent;
-    long long lost0 = lost_links;
+    long long lost0 = lost_links, zframes0 = z_frames_in;
     double cpu0 = cpu_seconds();
     uint64_t m0 = now_ns(), m_end = m0 + (uint64_t)(opt.duration * 1e9);
     say("mark start\n"); /* lets the harness sample the server's CPU time */
@@ -1153,6 +1387,7 @@ static int run_measured(void) {
     printf("\"p50_us\":%.1f,\"p90_us\":%.1f,\"p99_us\":%.1f,\"max_us\":%.1f,\"samples\":%lld,",
            hist_pct(0.5), hist_pct(0.9), hist_pct(0.99), (double)hist_max_ns / 1000.0, hist_count);
     printf("\"links_lost\":%lld,\"max_frame_in\":%zu,", lost_links - lost0, max_frame_in);
+    print_deflate(z_frames_in - zframes0);
     print_errors();
     printf("}\n");
     fflush(stdout);
@@ -1168,8 +1403,9 @@ static int idle_command(const char *line) {
         int failed0 = n_failed;
         for (int i = n_conns; i < n; i++) conns[i].role = ROLE_IDLE;
         connect_all(n, opt.timeout);
-        say("connected %d %d %.3f %lld %.3f %lld\n", n_open, n_failed - failed0,
-            ns_to_s(now_ns() - t0), lost_links, ns_to_s(max_ping_gap), late_pings);
+        say("connected %d %d %.3f %lld %.3f %lld %lld\n", n_open, n_failed - failed0,
+            ns_to_s(now_ns() - t0), lost_links, ns_to_s(max_ping_gap), late_pings,
+            deflate_refused);
     } else if (!strncmp(line, "quit", 4)) {
         exit(0);
     }
@@ -1263,9 +1499,10 @@ static int run_sink(void) {
 static void usage(void) {
     fprintf(stderr,
             "usage: loadgen echo|fanout|idle|storm|sink [--port P] [--host H] [--path /ws]\n"
-            "  [--dialect raw|genesis] [--conns N] [--subs S] [--inflight W] [--size B]\n"
-            "  [--k K] [--duration S] [--warmup S] [--timeout S] [--concurrency N]\n"
-            "  [--no-pub] [--topic T] [--prefix P] [--backoff-initial S] [--backoff-cap S]\n");
+            "  [--dialect raw|genesis|socketio] [--deflate] [--conns N] [--subs S]\n"
+            "  [--inflight W] [--size B] [--k K] [--duration S] [--warmup S] [--timeout S]\n"
+            "  [--concurrency N]"
+            " [--no-pub] [--topic T] [--prefix P] [--backoff-initial S] [--backoff-cap S]\n");
     exit(2);
 }
 
@@ -1285,7 +1522,11 @@ int main(int argc, char **argv) {
         if (ARG("--port")) opt.port = atoi(v);
         else if (ARG("--host")) snprintf(opt.host, sizeof opt.host, "%s", v);
         else if (ARG("--path")) snprintf(opt.path, sizeof opt.path, "%s", v);
-        else if (ARG("--dialect")) opt.dialect = !strcmp(v, "genesis") ? DIALECT_GENESIS : DIALECT_RAW;
+        else if (ARG("--dialect"))
+            opt.dialect = !strcmp(v, "genesis")    ? DIALECT_GENESIS
+                          : !strcmp(v, "socketio") ? DIALECT_SOCKETIO
+                          : !strcmp(v, "raw")      ? DIALECT_RAW
+                                                   : (usage(), 0);
         else if (ARG("--conns")) opt.conns = atoi(v);
         else if (ARG("--subs")) opt.subs = atoi(v);
         else if (ARG("--inflight")) opt.inflight = atoi(v);
@@ -1301,10 +1542,11 @@ int main(int argc, char **argv) {
         else if (ARG("--backoff-cap")) opt.backoff_cap = atof(v);
         else if (ARG("--attempt-timeout")) opt.attempt_timeout = atof(v);
         else if (!strcmp(a, "--no-pub")) opt.no_pub = 1;
+        else if (!strcmp(a, "--deflate")) opt.deflate = 1;
         else usage();
 #undef ARG
     }
-    if (opt.dialect == DIALECT_RAW) opt.k = 1;
+    if (opt.dialect != DIALECT_GENESIS) opt.k = 1;
     if (opt.k < 1) opt.k = 1;
     signal(SIGPIPE, SIG_IGN);
     rng_state ^= (uint64_t)getpid() * 0x100000001B3ull ^ now_ns();

@@ -6,13 +6,25 @@ from pathlib import Path
 from typing import Any
 
 from bench.results import Results
-from bench.targets import AIOHTTP, BASELINES, HUB, HUB_MEM, HYPERCORN, TARGETS, WEBSOCKETS
+from bench.targets import (
+    AIOHTTP,
+    BASELINES,
+    HUB,
+    HUB_MEM,
+    HYPERCORN,
+    SOCKETIO,
+    TARGETS,
+    TRIO_WEBSOCKET,
+    WEBSOCKETS,
+)
 from bench.workloads import Profile
 
 COLORS = {
     HYPERCORN: "#9e9e9e",
     AIOHTTP: "#1f77b4",
     WEBSOCKETS: "#2ca02c",
+    TRIO_WEBSOCKET: "#8c564b",
+    SOCKETIO: "#9467bd",
     HUB: "#d62728",
     HUB_MEM: "#ff7f0e",
     "py": "#ff9896",

@@ -6,9 +6,35 @@ import statistics
 from collections.abc import Iterable, Sequence
 
 from bench.results import Case, Results
-from bench.targets import AIOHTTP, BASELINES, HUB, HUB_MEM, HYPERCORN, SINK, TARGETS
+from bench.targets import (
+    AIOHTTP,
+    BASELINES,
+    DEFLATE_TARGETS,
+    HUB,
+    HUB_FULL,
+    HUB_MEM,
+    HYPERCORN,
+    SINK,
+    SOCKETIO,
+    TARGETS,
+    TRIO_WEBSOCKET,
+    WEBSOCKETS,
+)
 from bench.workloads import Profile, size_label
 
+HUBS = (HUB, HUB_MEM)
+SHORT = {
+    AIOHTTP: "aiohttp",
+    HYPERCORN: "Hypercorn-Trio",
+    WEBSOCKETS: "websockets",
+    TRIO_WEBSOCKET: "trio-websocket",
+    SOCKETIO: "python-socketio",
+}
+COMPRESS_LABELS = {
+    HUB: "**genesis_trio hub, SQLite store**",
+    HUB_MEM: "genesis_trio hub, --store none",
+    WEBSOCKETS: "websockets (asyncio), --compress",
+}
 DASH = "\u2013"  # en dash
 TIMES = "\u00d7"  # multiplication sign
 
@@ -72,8 +98,18 @@ class Report:
     def d(self, target: str, k: int = 1) -> float | None:
         return self.r.value(target, "D", k=k)
 
-    def m(self, target: str, n: int) -> float | None:
+    def m(self, target: str, n: int, *, deflate: bool = False) -> float | None:
+        if deflate:
+            return self.r.value(target, "M", "kib_per_conn", conns=n, deflate=True)
         return self.r.value(target, "M", "kib_per_conn", conns=n)
+
+    def bz(self, target: str, name: str = "rate") -> float | None:
+        """B 64 B with permessage-deflate."""
+        return self.r.value(target, "B", name, size=64, k=1, deflate=True)
+
+    def dz(self, target: str, name: str = "rate") -> float | None:
+        """D with permessage-deflate."""
+        return self.r.value(target, "D", name, k=1, deflate=True)
 
     def py(self, group: str, **params: object) -> float | None:
         return self.r.value(HUB, group, **params)
@@ -98,6 +134,7 @@ class Report:
             self.machine,
             self.summary,
             self.ratios,
+            self.compression,
             self.batching,
             self.python_client,
             self.in_process,
@@ -167,6 +204,10 @@ class Report:
             rows.append((f"genesis_trio hub, SQLite, k={bk} per frame (D: k={fk})", HUB, bk, fk))
         if mk > 1:
             rows.append((f"genesis_trio hub, --store none, k={mk} per frame", HUB_MEM, mk, mk))
+        for k in self.p.full_sync_k:
+            rows.append(
+                (f"genesis_trio hub, SQLite --store-sync full, k={k} per frame", HUB_FULL, k, k)
+            )
         return [row for row in rows if self.r.find(row[1], "B") or self.r.find(row[1], "A")]
 
     def summary(self) -> list[str]:
@@ -182,7 +223,8 @@ class Report:
             f"KiB / idle conn ({counts})",
         ]
         rows = []
-        plain = [(TARGETS[key].label, key, 1, 1) for key in BASELINES]
+        measured = {case.target for case in self.r.cases}
+        plain = [(TARGETS[key].label, key, 1, 1) for key in BASELINES if key in measured]
         for label, key, kb, kd in [*plain, *self._hub_rows()]:
             first = kb == 1 and kd == 1
             p50, p99 = self.a(key, "p50_us"), self.a(key, "p99_us")
@@ -216,8 +258,11 @@ class Report:
             "WebSocket frame; for the hub a message is a protocol `msg` frame (sequence numbers, "
             "acknowledgements, routing by id or topic, and with the default SQLite store a "
             'journal commit before the acknowledgement). "k per frame": the generator sends '
-            "`batch` frames of k messages, as our Python client does when sends pile up. The "
-            "last row uses our Python client as the sender (it batches by itself).",
+            "`batch` frames of k messages, as our Python client does when sends pile up. "
+            "`--store-sync full`: SQLite syncs every commit to disk (the default, `normal`, "
+            "survives a killed hub but not a power loss). python-socketio's clients speak "
+            "Socket.IO (Engine.IO v4 over WebSocket): a message is an `echo` or `bcast` event. "
+            "The last row uses our Python client as the sender (it batches by itself).",
             "",
             *table(header, rows),
         ]
@@ -225,6 +270,7 @@ class Report:
     def ratios(self) -> list[str]:
         large = [s for s in self.p.sizes if s != 64]
         n0 = self.p.m_counts[0]
+        deflate = any(self.bz(key) is not None or self.dz(key) is not None for key in HUBS)
         header = [
             "ratio",
             "A",
@@ -233,11 +279,23 @@ class Report:
             "C",
             "D",
             f"KiB/conn at {n0} (lower is better)",
+            *(("B 64 B deflate", "D deflate") if deflate else ()),
         ]
         rows = []
-        for base in (AIOHTTP, HYPERCORN):
-            name = TARGETS[base].label.split(",")[0]
-            for label, key, kb, kd in self._hub_rows():
+        hub_rows = self._hub_rows()
+        bases = [
+            base
+            for base in (AIOHTTP, HYPERCORN, TRIO_WEBSOCKET, SOCKETIO)
+            if any(v is not None for v in (self.a(base), self.b(base), self.d(base)))
+        ]
+        others = [SHORT[base] for base in bases if base not in (AIOHTTP, HYPERCORN)]
+        for base in bases:
+            name = SHORT[base]
+            # the first two peers against every hub row, the others against the default hub
+            mine = (
+                hub_rows if base in (AIOHTTP, HYPERCORN) else [r for r in hub_rows if r[1] == HUB]
+            )
+            for label, key, kb, kd in mine:
                 first = kb == 1 and kd == 1
                 short = label.strip("*").replace("genesis_trio hub, ", "").replace(" (default)", "")
                 rows.append(
@@ -249,6 +307,14 @@ class Report:
                         ratio(self.c(key), self.c(base)) if first else DASH,
                         ratio(self.d(key, kd), self.d(base)),
                         ratio(self.m(key, n0), self.m(base, n0)) if first else DASH,
+                        *(
+                            (
+                                ratio(self.bz(key), self.bz(base)) if first else DASH,
+                                ratio(self.dz(key), self.dz(base)) if first else DASH,
+                            )
+                            if deflate
+                            else ()
+                        ),
                     ]
                 )
             rows.append(
@@ -260,48 +326,149 @@ class Report:
                     DASH,
                     ratio(self.py("py-D"), self.d(base)),
                     DASH,
+                    *((DASH, DASH) if deflate else ()),
                 ]
             )
         return [
             "## Ratios",
             "",
-            f"Per logical message; above {TIMES}1.00 the hub is faster (or, for memory, bigger).",
+            f"Per logical message; above {TIMES}1.00 the hub is faster (or, for memory, bigger)."
+            + (f" Against {' and '.join(others)} only the default hub's rows." if others else "")
+            + (
+                " The deflate columns compare both sides with permessage-deflate negotiated."
+                if deflate
+                else ""
+            ),
             "",
             *table(header, rows),
         ]
 
+    def compression(self) -> list[str]:
+        """B 64 B and D with permessage-deflate, beside the same workloads without it."""
+        keys = [
+            key
+            for key in dict.fromkeys((*HUBS, *DEFLATE_TARGETS))
+            if self.r.find(key, "B", deflate=True) or self.r.find(key, "D", deflate=True)
+        ]
+        if not keys:
+            return []
+        n = self.p.m_deflate_counts[0]
+        rows = []
+        for key in keys:
+            plain_m, z_m = self.m(key, n), self.m(key, n, deflate=True)
+            z_case = self.r.find(key, "M", conns=n, deflate=True)
+            if z_m is not None or plain_m is not None:
+                memory = f"{_num(plain_m)} / {_num(z_m)}"
+            else:
+                memory = "failed" if z_case is not None and z_case.error else DASH
+            frames_in = _div(self.bz(key, "z_frames_in"), self.bz(key, "frames_in"))
+            negotiated = self._negotiated(key)
+            rows.append(
+                [
+                    COMPRESS_LABELS.get(key, TARGETS[key].label),
+                    rate(self.b(key)),
+                    self._cell(self.r.find(key, "B", size=64, k=1, deflate=True)),
+                    ratio(self.bz(key), self.b(key)),
+                    f"{pct(self.r.value(key, 'B', 'server_cpu', size=64, k=1))} / "
+                    f"{pct(self.bz(key, 'server_cpu'))}",
+                    rate(self.d(key)),
+                    self._cell(self.r.find(key, "D", k=1, deflate=True)),
+                    ratio(self.dz(key), self.d(key)),
+                    memory,
+                    pct(frames_in),
+                    f"`{negotiated}`" if negotiated else DASH,
+                ]
+            )
+        header = [
+            "server",
+            "B 64 B msgs/s",
+            "B 64 B deflate",
+            "deflate ÷ plain",
+            "server CPU (plain / deflate)",
+            f"D 1→{self.p.d_subs} deliveries/s",
+            "D deflate",
+            "deflate ÷ plain",
+            f"KiB / idle conn at {n} (plain / deflate)",
+            "B frames in compressed",
+            "negotiated (101 response)",
+        ]
+        return [
+            "## Compression (permessage-deflate)",
+            "",
+            "B 64 B and D (k=1 on the hub) with the load generator offering "
+            "permessage-deflate as browsers do (`Sec-WebSocket-Extensions: permessage-deflate; "
+            "client_max_window_bits`) and compressing every message it sends (zlib's default "
+            "level, the window the server chose, context takeover unless the server declined "
+            'it); the server\'s defaults otherwise (websockets: its own `compression="deflate"`, '
+            "which the other rows run without). The benchmark's payload (`xxx…`) shrinks to a few "
+            "bytes with context takeover: these rows show what compression costs in CPU, not what "
+            "it saves on the wire. Memory: M in a fresh server process, hub and aiohttp only.",
+            "",
+            *table(header, rows),
+        ]
+
+    def _cell(self, case: Case | None) -> str:
+        if case is None:
+            return DASH
+        if case.error and not case.runs:
+            return "failed"
+        return rate(case.median())
+
+    def _negotiated(self, key: str) -> str | None:
+        for group in ("B", "D"):
+            case = self.r.find(key, group, deflate=True)
+            for run in case.runs if case is not None else []:
+                if run.get("negotiated"):
+                    return str(run["negotiated"])
+        return None
+
     def batching(self) -> list[str]:
         p = self.p
-        ks = sorted(set(p.hub_k) | set(p.hub_k_large) | set(p.fanout_k) | set(p.mem_k))
+        ks = sorted(
+            set(p.hub_k) | set(p.hub_k_large) | set(p.fanout_k) | set(p.mem_k) | set(p.full_sync_k)
+        )
         header = ["hub workload", *(f"k={k}" for k in ks)]
         rows: list[list[str]] = []
 
-        def row(label: str, values: dict[int, float | None], base: float | None = None) -> None:
+        def row(
+            label: str,
+            values: dict[int, float | None],
+            base: float | dict[int, float | None] | None = None,
+        ) -> None:
             def cell(k: int) -> str:
                 if k not in values:
                     return DASH
-                return ratio(values[k], base) if base is not None else rate(values[k])
+                if base is None:
+                    return rate(values[k])
+                return ratio(values[k], base.get(k) if isinstance(base, dict) else base)
 
             rows.append([label, *(cell(k) for k in ks)])
 
-        for key, tag in ((HUB, "SQLite"), (HUB_MEM, "no store")):
+        tags = ((HUB, "SQLite"), (HUB_MEM, "no store"), (HUB_FULL, "SQLite, --store-sync full"))
+        for key, tag in tags:
             for size in p.sizes:
                 own = p.hub_k if size == 64 else p.hub_k_large
                 if key == HUB_MEM:
                     own = p.mem_k if size == 64 else ()
+                elif key == HUB_FULL:
+                    own = p.full_sync_k if size == 64 else ()
                 values = {k: self.b(key, size, k) for k in own}
                 if not any(v is not None for v in values.values()):
                     continue
                 row(f"B {size_label(size)} msgs/s ({tag})", values)
+                if key == HUB_FULL:
+                    row("  ÷ SQLite (sync normal)", values, {k: self.b(HUB, size, k) for k in own})
                 row(f"  ÷ aiohttp B {size_label(size)}", values, self.b(AIOHTTP, size))
                 row(f"  ÷ Hypercorn-Trio B {size_label(size)}", values, self.b(HYPERCORN, size))
                 cpu = {k: self.r.value(key, "B", "server_cpu", size=size, k=k) for k in own}
                 rows.append(["  hub CPU", *(pct(cpu.get(k)) for k in ks)])
-            own = p.mem_k if key == HUB_MEM else p.fanout_k
+            own = {HUB_MEM: p.mem_k, HUB_FULL: p.full_sync_k}.get(key, p.fanout_k)
             values = {k: self.d(key, k) for k in own}
             if not any(v is not None for v in values.values()):
                 continue
             row(f"D 1→{p.d_subs} deliveries/s ({tag})", values)
+            if key == HUB_FULL:
+                row("  ÷ SQLite (sync normal)", values, {k: self.d(HUB, k) for k in own})
             row("  ÷ aiohttp D", values, self.d(AIOHTTP))
             row("  ÷ Hypercorn-Trio D", values, self.d(HYPERCORN))
             per_frame = {
@@ -321,7 +488,8 @@ class Report:
             "## Batching on the hub (k messages per client frame)",
             "",
             f"B keeps max(100, 4k) messages in flight (at least four frames); D keeps the "
-            f"subscribers at most {p.inflight} messages behind the publisher.",
+            f"subscribers at most {p.inflight} messages behind the publisher. "
+            "`--store-sync full` is measured at one k only.",
             "",
             *table(header, rows),
         ]
@@ -585,6 +753,10 @@ class Report:
                 rows,
             ),
         ]
+
+
+def _num(value: float | None) -> str:
+    return DASH if value is None else f"{value:.1f}"
 
 
 def _div(a: float | None, b: float | None) -> float | None:

@@ -43,6 +43,11 @@ class Case:
         return asdict(self)
 
 
+VARIANT_PARAMS = ("deflate",)
+"""Parameters that make a case a variant: a lookup that does not name one finds
+only cases without it (``find(key, "B", size=64)`` is never a deflate case)."""
+
+
 class Results:
     """All cases of one benchmark session, looked up by target/group/params."""
 
@@ -58,6 +63,8 @@ class Results:
         """The case with exactly these parameters (those given must match)."""
         for case in self.cases:
             if case.target != target or case.group != group:
+                continue
+            if any(case.params.get(k) and k not in params for k in VARIANT_PARAMS):
                 continue
             if all(case.params.get(k) == v for k, v in params.items()):
                 return case

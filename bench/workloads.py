@@ -5,6 +5,7 @@ B   one connection, 100 messages in flight (messages/s); hub: k per frame
 C   many connections, closed loop, one message in flight each (messages/s)
 D   fan-out, 1 publisher -> S subscribers (deliveries/s); hub: k per frame
 M   memory per idle connection (server RSS delta / N)
+deflate  B 64 B and D (and M at one count) with permessage-deflate negotiated
 R   reconnect storm: kill -9 and restart the hub, time until all re-welcomed
 py  B and D driven by our Python client instead of the C generator
 local  in-process component vs loopback client, hub and load in one process
@@ -36,7 +37,7 @@ from bench.procs import (
     pinned,
 )
 from bench.results import Case, Results
-from bench.targets import HUB, HUB_MEM, SINK, TARGETS, Target
+from bench.targets import HUB, HUB_FULL, HUB_MEM, SINK, TARGETS, Target
 
 Log = Callable[[str], None]
 
@@ -98,6 +99,10 @@ class Profile:
     """Reconnect backoff cap of the storm's clients (the Python client's default: 10 s)."""
     inflight: int = 100
     connect_concurrency: int = 64
+    full_sync_k: tuple[int, ...] = (16,)
+    """k values measured on the hub with ``--store-sync full`` (B at 64 B, and D)."""
+    m_deflate_counts: tuple[int, ...] = (1000,)
+    """Idle connection counts of M with permessage-deflate negotiated."""
 
 
 SMOKE = Profile(
@@ -117,6 +122,8 @@ SMOKE = Profile(
     fresh_servers=False,
     settle=0.1,
     r_backoff_cap=0.4,
+    full_sync_k=(8,),
+    m_deflate_counts=(50,),
 )
 
 FULL = Profile(
@@ -138,8 +145,8 @@ FULL = Profile(
     noisy_retries=30,
 )
 
-GROUPS = ("ceiling", "A", "B", "C", "D", "py", "M", "R", "local")
-SERVER_GROUPS = frozenset({"A", "B", "C", "D", "py", "M"})
+GROUPS = ("ceiling", "A", "B", "C", "D", "deflate", "py", "M", "R", "local")
+SERVER_GROUPS = frozenset({"A", "B", "C", "D", "deflate", "py", "M"})
 """Groups that use the servers started side by side by :meth:`Runner.prestart`."""
 VIA_LABELS = {"loopback": "loopback client", "local": "in-process"}
 """The two ways the ``local`` group drives the hub (``python -m bench.inproc --via``)."""
@@ -169,55 +176,81 @@ class Runner:
 
     # -- servers ----------------------------------------------------------------
 
+    @staticmethod
+    def _name(target: Target, compress: bool) -> str:
+        """The server's name: the target's key, ``+deflate`` for its compressing variant."""
+        return f"{target.key}+deflate" if compress and target.compress_args else target.key
+
     def _server_for(
-        self, target: Target, port: int | None = None, state: Path | None = None
+        self,
+        target: Target,
+        port: int | None = None,
+        state: Path | None = None,
+        *,
+        compress: bool = False,
     ) -> ServerProcess:
         """A server with a fresh port and a state directory of its own (unless given)."""
         port = port or free_port()
         n = next(self._ids)
-        log = self.workdir / "logs" / f"{target.key}-{n}.log"
+        name = self._name(target, compress)
+        log = self.workdir / "logs" / f"{name}-{n}.log"
         if state is None:
-            state = self.workdir / "state" / f"{target.key}-{n}"
+            state = self.workdir / "state" / f"{name}-{n}"
         state.mkdir(parents=True, exist_ok=True)
-        argv = target.argv(port, state, self.loadgen.binary)
-        server = ServerProcess(target.key, argv, port, log)
+        argv = target.argv(port, state, self.loadgen.binary, compress=compress)
+        server = ServerProcess(name, argv, port, log)
         server.state = state
         return server
 
     def _start(
-        self, target: Target, port: int | None = None, state: Path | None = None
+        self,
+        target: Target,
+        port: int | None = None,
+        state: Path | None = None,
+        *,
+        compress: bool = False,
     ) -> ServerProcess:
-        return self._server_for(target, port, state).start()
+        return self._server_for(target, port, state, compress=compress).start()
 
-    def prestart(self, targets: Iterable[Target]) -> None:
+    def prestart(self, targets: Iterable[Target], compressed: Iterable[Target] = ()) -> None:
         """Start shared servers side by side (when servers are not fresh per run).
 
+        ``compressed``: targets whose compressing variant is needed too.
         Idle servers cost nothing measurable, and starting Python servers in
         parallel keeps the smoke run short.
         """
         if self.profile.fresh_servers:
             return
-        fresh = [self._server_for(t) for t in targets if t.key not in self._servers]
+        wanted = [(t, False) for t in targets] + [(t, True) for t in compressed]
+        fresh = [
+            self._server_for(t, compress=z)
+            for t, z in wanted
+            if self._name(t, z) not in self._servers
+        ]
         for server in fresh:  # start on both cores, then move to the server core
             self._servers[server.name] = server.spawn(pin=False)
         for server in fresh:
             server.wait_ready().pin()
 
-    def _acquire(self, target: Target, *, fresh: bool | None = None) -> ServerProcess:
+    def _acquire(
+        self, target: Target, *, fresh: bool | None = None, compress: bool = False
+    ) -> ServerProcess:
         fresh = self.profile.fresh_servers if fresh is None else fresh
         if fresh:
             self.release()
-        server = self._servers.get(target.key)
+        name = self._name(target, compress)
+        server = self._servers.get(name)
         if server is not None and not server.alive():
-            self.release(target.key)
+            self.release(name)
             server = None
         if server is None:
-            server = self._servers[target.key] = self._start(target)
+            server = self._servers[name] = self._start(target, compress=compress)
         return server
 
     def release(self, key: str | None = None) -> None:
-        """Stop the server of ``key`` (default: every server)."""
-        for name in [key] if key is not None else list(self._servers):
+        """Stop the servers of ``key`` (and its variants; default: every server)."""
+        names = [n for n in self._servers if key is None or n == key or n.startswith(f"{key}+")]
+        for name in names:
             server = self._servers.pop(name, None)
             if server is not None:
                 server.stop()
@@ -340,10 +373,12 @@ class Runner:
         case = Case(group, target.key, label, dict(params))
 
         def once() -> dict[str, Any]:
-            server = self._acquire(target)
+            server = self._acquire(target, compress=bool(params.get("deflate")))
             path = target.bcast_path if mode == "fanout" else target.echo_path
             result = self._measure(server, target, mode, path=path, **params)
             self._after_run(case, server)
+            if params.get("deflate"):
+                _check_deflate(result.get("deflate_refused"), result.get("negotiated"))
             return result
 
         return self._repeat(case, once, self.profile.runs)
@@ -366,10 +401,12 @@ class Runner:
     def pipelined(self, target: Target) -> None:
         """B: one connection, 100 in flight; the hub also with k messages per frame."""
         p = self.profile
-        for size in (64,) if target.key == HUB_MEM else p.sizes:
+        for size in (64,) if target.key in (HUB_MEM, HUB_FULL) else p.sizes:
             ks = (p.hub_k if size == 64 else p.hub_k_large) if target.is_hub else (1,)
             if target.key == HUB_MEM:
                 ks = p.mem_k
+            elif target.key == HUB_FULL:
+                ks = p.full_sync_k
             for k in ks or (1,):
                 label = f"B {size_label(size)}" + (f" k={k}" if target.is_hub else "")
                 self._generator_case(
@@ -385,11 +422,25 @@ class Runner:
         """D: one publisher, S subscribers."""
         p = self.profile
         ks = p.mem_k if target.key == HUB_MEM else p.fanout_k if target.is_hub else (1,)
+        if target.key == HUB_FULL:
+            ks = p.full_sync_k
         for k in ks:
             label = f"D 1->{p.d_subs}" + (f" k={k}" if target.is_hub else "")
             self._generator_case(
                 target, "D", label, "fanout", subs=p.d_subs, inflight=p.inflight, size=64, k=k
             )
+
+    def compressed(self, target: Target) -> None:
+        """B 64 B and D (k=1) with the generator offering permessage-deflate, like a browser."""
+        p = self.profile
+        self._generator_case(
+            target, "B", "B 64 B deflate", "echo",
+            conns=1, inflight=p.inflight, size=64, k=1, deflate=True,
+        )  # fmt: skip
+        self._generator_case(
+            target, "D", f"D 1->{p.d_subs} deflate", "fanout",
+            subs=p.d_subs, inflight=p.inflight, size=64, k=1, deflate=True,
+        )  # fmt: skip
 
     def python_client(self) -> None:
         """B and D with our Python client as the sender (on the client core)."""
@@ -501,19 +552,30 @@ class Runner:
                 case.warnings.append(note)
         return result
 
-    def memory(self, target: Target) -> None:
-        """M: RSS growth per idle connection at each count, in one server process."""
+    def memory(self, target: Target, *, deflate: bool = False) -> None:
+        """M: RSS growth per idle connection at each count, in one server process.
+
+        ``deflate``: the links negotiate permessage-deflate (at the counts of
+        ``m_deflate_counts``), in a server process of their own.
+        """
         p = self.profile
-        cases = [Case("M", target.key, f"M {n} idle", {"conns": n}) for n in p.m_counts]
+        counts = p.m_deflate_counts if deflate else p.m_counts
+        extra = {"deflate": True} if deflate else {}
+        suffix = " deflate" if deflate else ""
+        cases = [
+            Case("M", target.key, f"M {n} idle{suffix}", {"conns": n, **extra}) for n in counts
+        ]
         idle: IdleClients | None = None
         try:
-            server = self._acquire(target)
+            if deflate:  # a server process of its own, whatever ran on it before
+                self.release(target.key)
+            server = self._acquire(target, compress=deflate)
             time.sleep(p.settle)
             rss0 = server.rss_kib()
             idle = IdleClients(
                 self.loadgen, port=server.port, path=target.echo_path, dialect=target.dialect,
-                conns=max(p.m_counts), prefix=f"m{next(self._ids)}",
-                concurrency=p.connect_concurrency, timeout=240,
+                conns=max(counts), prefix=f"m{next(self._ids)}",
+                concurrency=p.connect_concurrency, timeout=240, deflate=deflate,
             )  # fmt: skip
             stop: str | None = None
             for case in cases:
@@ -558,6 +620,8 @@ class Runner:
             )
         elif opened < n:
             problem = f"only {opened} of {n} connections could be opened ({grown.failed} failed)"
+        elif case.params.get("deflate") and grown.refused:
+            problem = f"the server refused permessage-deflate on {grown.refused} links"
         case.runs.append(
             {
                 "conns": opened,
@@ -703,6 +767,20 @@ def _summary(result: dict[str, Any]) -> str:
             f"all {result['conns']} re-welcomed {result['all_welcome_s']:.2f} s after the kill "
             f"(hub back after {result['restart_s']:.2f} s)"
         )
+    if result.get("negotiated"):
+        parts.append(
+            f"deflate: {result.get('z_frames_in', 0)} of {result.get('frames_in', 0)} frames "
+            f"in compressed ({result['negotiated']})"
+        )
     if result.get("errors"):
         parts.append(f"{result['errors']} errors")
     return ", ".join(parts)
+
+
+def _check_deflate(refused: int | None, negotiated: str | None) -> None:
+    """Fail a deflate run whose server did not accept permessage-deflate on every link."""
+    if refused or not negotiated:
+        raise LoadgenError(
+            f"the server did not negotiate permessage-deflate ({refused or 'all'} links "
+            "without it): no Sec-WebSocket-Extensions: permessage-deflate in its 101 response"
+        )
