@@ -62,6 +62,11 @@ async def test_redis_down_for_five_seconds() -> None:
             if delivered == 800:
                 outage.set()
 
+        def paced(i: int, n: int) -> float:
+            # Past the first 150, 10 ms apart: the traffic outlasts the outage
+            # (unpaced, it could all be acknowledged before Redis went down).
+            return 0.01 if n >= 150 else 0.0
+
         async def take_redis_down() -> None:
             await outage.wait()
             await redis.stop(signal.SIGKILL)
@@ -71,7 +76,9 @@ async def test_redis_down_for_five_seconds() -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(take_redis_down)
             with trio.fail_after(60):
-                await exchange(clients, lambda i: (i + 1) % 4, 1000, checker, delivered=count)
+                await exchange(
+                    clients, lambda i: (i + 1) % 4, 1000, checker, pause=paced, delivered=count
+                )
         report = checker.report()
         assert report.delivered == 4000
         assert (report.lost, report.duplicated, report.reordered, report.unexpected) == (0,) * 4

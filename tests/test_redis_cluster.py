@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 
 import pytest
+import trio
 
 from .support.cluster import Switchboard, ring_through_a_kill, start_node
 from .support.processes import start_cli_hub
@@ -42,6 +43,9 @@ async def test_cluster_nodes_on_a_redis_cluster_resume_exactly_after_a_node_dies
             assert [(await ws.receive()).data for _ in range(20)] == list(range(20))
 
         await ring_through_a_kill(clients, nodes[0], after=300, messages=600)
+        with trio.fail_after(10):  # the Connected event may trail the last delivery
+            await links.wait("p0", 2)
+            await links.wait("p2", 2)
         resumes = [e for name, e in links.events if not e.first]
         assert {name for name, e in links.events if not e.first} >= {"p0", "p2"}
         assert all(e.recovered for e in resumes), resumes

@@ -35,7 +35,15 @@ from .._core.errors import (
     LocalProtocolError,
     RemoteProtocolError,
 )
-from .._core.frames import Body, check_body, valid_component_id, valid_subscription
+from .._core.frames import (
+    HUB_ID,
+    MAX_TYPE_LEN,
+    Body,
+    check_body,
+    valid_component_id,
+    valid_subscription,
+    valid_topic,
+)
 from .._core.session import ClientSession, OutboundLog
 from .._runtime.component import ComponentBase
 from .._runtime.dispatch import Dispatcher
@@ -94,6 +102,12 @@ class TranscendentalWebSocket(ComponentBase):
         self.uri = uris[0]
         """The (first) hub address."""
         self._codec = CODECS_BY_NAME[self.config.codec]
+        self._frame_overhead = self._codec.overhead(LARGEST, LARGEST, 1)
+        """The most a ``msg`` frame adds around one body (the size check's margin)."""
+        self._last_to: object = object()
+        """The last target ``send`` found valid (checked again only when it changes)."""
+        self._last_topic: object = object()
+        """The last topic ``publish`` found valid."""
         self._session: ClientSession[bytes] = ClientSession(
             component_id, OutboundLog(capacity=self.config.max_pending), topics=set(topics)
         )
@@ -178,32 +192,74 @@ class TranscendentalWebSocket(ComponentBase):
 
         Returns once the message is in the session's outbound buffer (it will
         be delivered exactly once, across reconnects). Waits while the buffer
-        is full, at most ``send_timeout`` (then :class:`SendTimeout`).
+        is full, at most ``send_timeout`` (then :class:`SendTimeout`). Always a
+        cancellation point; while there is room, a schedule point only every
+        few calls (so a burst of sends leaves in few frames).
         """
-        return await self._enqueue({"type": type, "data": data, "to": to})
+        if (
+            type.__class__ is str
+            and 0 < len(type) <= MAX_TYPE_LEN
+            and (to is self._last_to or self._valid_target(to))
+        ):
+            body = (
+                {"type": type, "to": to} if data is None else {"type": type, "data": data, "to": to}
+            )
+            return await self._links.enqueue(self._encode(body), self._check_open)
+        return await self._enqueue({"type": type, "data": data, "to": to})  # raises ValueError
 
     async def publish(self, topic: str, type: str, data: Any = None) -> int:
         """Publish to every subscriber of ``topic``; return the sequence number."""
-        return await self._enqueue({"type": type, "data": data, "topic": topic})
+        if (
+            type.__class__ is str
+            and 0 < len(type) <= MAX_TYPE_LEN
+            and (topic is self._last_topic or self._valid_topic(topic))
+        ):
+            body = (
+                {"type": type, "topic": topic}
+                if data is None
+                else {"type": type, "data": data, "topic": topic}
+            )
+            return await self._links.enqueue(self._encode(body), self._check_open)
+        return await self._enqueue({"type": type, "data": data, "topic": topic})  # ValueError
+
+    def _valid_target(self, to: object) -> bool:
+        """``check_body``'s check of ``to``; remembers the last valid one (a stream's target)."""
+        if valid_component_id(to) or to == HUB_ID:
+            self._last_to = to
+            return True
+        return False
+
+    def _valid_topic(self, topic: object) -> bool:
+        """``check_body``'s check of a client's ``topic``; remembers the last valid one."""
+        if valid_topic(topic):
+            self._last_topic = topic
+            return True
+        return False
 
     def _check_open(self) -> None:
         if self._closed:
             raise ClosedError("the client is closed")
 
     async def _enqueue(self, body: Body) -> int:
-        self._check_open()
         if body.get("data", 0) is None:
             del body["data"]
+        self._check_open()
         try:
             check_body(body, from_client=True)
         except RemoteProtocolError as exc:  # our caller's input, not the hub's fault
             raise ValueError(str(exc)) from None
+        return await self._links.enqueue(self._encode(body), self._check_open)
+
+    def _encode(self, body: Body) -> bytes:
+        """A checked body, encoded; raises if closed, or if it is too large to send."""
+        if self._closed:
+            raise ClosedError("the client is closed")
         payload = self._codec.encode(body)
         link = self._links.link
         limit = link.max_size if link is not None else self.config.max_message_size
-        if len(payload) + self._codec.overhead(LARGEST, LARGEST, 1) > limit:
+        if len(payload) + self._frame_overhead > limit:
             raise ValueError(f"message of {len(payload)} bytes exceeds the limit of {limit} bytes")
-        return await self._links.enqueue(payload, self._check_open)
+        return payload
 
     def _release(self, generation: int, seq: int) -> None:
         self._links.release(generation, seq)

@@ -76,14 +76,16 @@ async def open_link(
         session.outbound,
         session.inbound,
         window=welcome.window,
-        max_frame=welcome.max_size,
+        # Batches stay within what either side accepts (a message larger than
+        # our own limit still goes, alone, up to the hub's).
+        max_frame=min(welcome.max_size, config.max_message_size),
         encode=_identity,
         overhead=codec.overhead,
         max_batch=config.max_batch,
         ack_delay=config.ack_delay,
         coalescer=Coalescer(max_delay=config.coalesce_max_delay),
     )
-    return ClientLink(conn, heartbeat, protocol, rest), welcome, result
+    return ClientLink(conn, heartbeat, protocol, welcome.max_size, rest), welcome, result
 
 
 async def _handshake(

@@ -58,6 +58,9 @@ log = logging.getLogger("genesis_trio.client")
 MAX_CONTROL_FRAMES: Final = 64
 """Control frames (pongs, sub/unsub) queued for the writer at most."""
 
+SEND_TURNS: Final = 64
+"""Sends appended between two schedule points while the outbound log has room."""
+
 
 class LinkKeeper:
     """Keeps one client's link up; see the module docstring."""
@@ -108,6 +111,7 @@ class LinkKeeper:
         """The most recent error frame from the hub not tied to a request."""
         self._error_log = LogBudget()
         self._up: Callable[[], object] | None = None
+        self._turns = SEND_TURNS
 
     # -- releasing and acknowledging ------------------------------------------------
 
@@ -189,9 +193,23 @@ class LinkKeeper:
     # -- the outbound side --------------------------------------------------------------
 
     async def enqueue(self, payload: bytes, check_open: Callable[[], None]) -> int:
-        """Append an encoded message to the outbound log, waiting (bounded) for room."""
+        """Append an encoded message to the outbound log, waiting (bounded) for room.
+
+        Always a cancellation point. While there is room it is a schedule
+        point only every :data:`SEND_TURNS` calls: a sender in a loop appends
+        a burst, and the writer then sends it in one frame.
+        """
         out = self.session.outbound
-        if not out.has_room:
+        room = out.has_room
+        if room:
+            if self._turns > 0:
+                await trio.lowlevel.checkpoint_if_cancelled()  # yields only to raise Cancelled
+                self._turns -= 1
+            else:
+                self._turns = SEND_TURNS
+                await trio.lowlevel.checkpoint()
+                room = out.has_room  # another sender may have filled the log meanwhile
+        if not room:
             with trio.move_on_after(self.config.send_timeout):
                 while not out.has_room and not self.closing:
                     await self.room.park()
@@ -199,11 +217,13 @@ class LinkKeeper:
             if not out.has_room:
                 wait = self.config.send_timeout
                 raise SendTimeout(f"outbound buffer full ({out.capacity} messages) for {wait} s")
-        else:
-            await trio.lowlevel.checkpoint()
-        seq = out.append(payload, trio.current_time(), len(payload))
+        seq = out.append_unchecked(payload, 0.0, len(payload))  # room checked; never expired
         self.counters.messages_sent += 1
-        self.writer_wake.set()
+        if seq - out.sent == 1:
+            # The first unsent message: the writer may be idle. (With more unsent,
+            # it is not: it idles only with nothing to send or no room, and an
+            # acknowledgement wakes it then.)
+            self.writer_wake.set()
         return seq
 
     async def flush(self, check_open: Callable[[], None]) -> None:

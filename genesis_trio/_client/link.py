@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import attrs
 import trio
@@ -25,7 +25,7 @@ import trio
 from .._core.codec import Codec
 from .._core.config import ClientConfig
 from .._core.errors import CloseCode, ConnectionClosed, RemoteProtocolError
-from .._core.frames import Ack, Error, MessageFrame, Ping, Pong, Rejected, parse_frame
+from .._core.frames import Ack, Body, Error, MessageFrame, Ping, Pong, parse_frame
 from .._core.heartbeat import Heartbeat
 from .._core.link import Deliver, Hold, Idle, LinkProtocol, SendAck
 from .._core.session import ClientSession
@@ -81,6 +81,8 @@ class ClientLink:
     conn: ClientTransport
     heartbeat: Heartbeat
     protocol: LinkProtocol[bytes]
+    max_size: int
+    """The largest frame the hub accepts (``welcome.max_size``): no message may exceed it."""
     initial: list[str | bytes] = attrs.field(factory=list)
     """Frames that arrived together with the welcome (read first)."""
     scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
@@ -92,11 +94,6 @@ class ClientLink:
     def window(self) -> int:
         """The hub's flow-control window (``welcome.window``)."""
         return self.protocol.window
-
-    @property
-    def max_size(self) -> int:
-        """The largest frame the hub accepts (``welcome.max_size``)."""
-        return self.protocol.max_frame
 
     def fail(self, code: int, reason: str) -> None:
         """End the link (the first reason given wins)."""
@@ -158,14 +155,10 @@ class ClientLink:
             counters = host.counters
             if skip:
                 counters.duplicates_dropped += skip
-            dispatcher = host.dispatcher
-            deliver = dispatcher.deliver
-            for i in range(skip, len(bodies)):
-                body = bodies[i]
-                assert not isinstance(body, Rejected)
-                deliver(seq + i, body)
-            counters.messages_received += len(bodies) - skip
-            dispatcher.woken()
+            # Bodies from the hub are never Rejected: parse_frame raises instead.
+            fresh = cast("list[Body]", bodies[skip:] if skip else bodies)
+            host.dispatcher.deliver_all(seq + skip, fresh)
+            counters.messages_received += len(fresh)
         elif kind is Ack:
             host.acknowledged(frame.seq)
         elif kind is Ping:

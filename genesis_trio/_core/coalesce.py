@@ -31,13 +31,17 @@ class Coalescer:
     rate: float = 0.0
     """Current estimate of the arrival rate, messages/s."""
     _seen: int = 0
-    _at: float = 0.0
+    _at: float | None = None
+    """When the writer last woke (None: not yet; the first wake-up only starts the clock)."""
     _until: float | None = None
     _grown: int = 0
     _idle: int = 0
 
     def observe(self, now: float, appended: int) -> None:
         """The writer woke at ``now``; ``appended`` messages have arrived in total."""
+        if self._at is None:  # no interval yet (and none from the clock's origin)
+            self._seen, self._at = appended, now
+            return
         dt = now - self._at
         if appended < self._seen:  # the count restarted (a new epoch)
             self._seen = appended

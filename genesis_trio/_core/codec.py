@@ -46,7 +46,8 @@ class Codec(Protocol):
     def overhead(self, seq: int, ack: int | None, count: int) -> int:
         """Exactly how many bytes :meth:`frame` adds around ``count`` bodies.
 
-        ``count == 1`` is a ``msg`` frame, more a ``batch``.
+        ``count == 1`` is a ``msg`` frame, more a ``batch``; never less for a
+        larger ``count``.
         """
         ...
 

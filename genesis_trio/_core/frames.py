@@ -275,6 +275,8 @@ def check_body(obj: object, *, from_client: bool) -> Body:
     if from_client and to is not None and topic is not None:
         raise _bad("a message has 'to' or 'topic', not both")
     common = 1 + ("data" in obj) + (to is not None) + (topic is not None)
+    if not from_client:
+        common += "from" in obj  # the hub stamps every body it sends: no reason to look further
     if len(obj) > common:  # other fields are present: check them (the common case skips this)
         _opt_str(obj, "id")
         _opt_str(obj, "re")

@@ -171,6 +171,8 @@ class LinkProtocol(Generic[T]):
         """How many leading bodies fit in one frame of at most ``max_frame`` bytes (>= 1)."""
         budget = self.max_frame
         overhead = self.overhead
+        if overhead(seq, ack, len(bodies)) + sum(map(len, bodies)) <= budget:
+            return len(bodies)  # all fit (the overhead grows with the count: so does every prefix)
         total = 0
         for i, body in enumerate(bodies):
             total += len(body)

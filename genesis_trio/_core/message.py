@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import attrs
@@ -75,6 +75,36 @@ class Message:
         if self.error is not None:
             out["error"] = dict(self.error)
         return out
+
+
+def _slot_setters() -> tuple[Callable[[Message, Any], None], ...]:
+    fields = ("type", "data", "sender", "to", "topic", "id", "re", "error", "seq")
+    return tuple(getattr(Message, name).__set__ for name in fields)
+
+
+_new = object.__new__
+_type, _data, _sender, _to, _topic, _id, _re, _error, _seq = _slot_setters()
+
+
+def message_from_body(body: Body, seq: int) -> Message:
+    """``Message.from_body(body, seq)`` for a body already validated, at half the cost.
+
+    Sets the slots directly instead of going through the frozen class's
+    ``__init__`` (one ``object.__setattr__`` call per field): the receive
+    path builds one per message.
+    """
+    msg: Message = _new(Message)
+    get = body.get
+    _type(msg, body["type"])
+    _data(msg, get("data"))
+    _sender(msg, get("from"))
+    _to(msg, get("to"))
+    _topic(msg, get("topic"))
+    _id(msg, get("id"))
+    _re(msg, get("re"))
+    _error(msg, get("error"))
+    _seq(msg, seq)
+    return msg
 
 
 _BODY_KEYS = frozenset({"type", "data", "from", "to", "topic", "id", "re", "error"})
