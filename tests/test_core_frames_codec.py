@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tracemalloc
 from typing import Any
 
 import msgpack
@@ -570,3 +571,17 @@ def test_json_deliver_is_valid_json_text() -> None:
         "seq": 3,
         "m": [{"type": "é"}, {"type": "x"}],
     }
+
+
+def test_json_bodies_hold_only_their_own_size() -> None:
+    # orjson's dumps returns its whole output buffer (4 KiB for a tiny body);
+    # encoded bodies are retained until acknowledged, so the codec trims them.
+    body = {"type": "e", "to": "lg-1", "data": "x" * 64}
+    tracemalloc.start()
+    try:
+        kept = [JSON.encode(body) for _ in range(1000)]
+        per_body = tracemalloc.get_traced_memory()[0] / len(kept)
+    finally:
+        tracemalloc.stop()
+    assert orjson.loads(kept[0]) == body
+    assert per_body < 3 * len(kept[0]) + 100, per_body  # ~140 B, not ~4100

@@ -13,6 +13,7 @@ from genesis_trio._core.config import HubConfig
 from genesis_trio._core.errors import CloseCode, ErrorCode, LocalProtocolError, RemoteProtocolError
 from genesis_trio._core.frames import Hello, Welcome
 from genesis_trio._core.session import (
+    NO_ENTRIES,
     UNBOUNDED,
     ClientSession,
     InboundTracker,
@@ -953,3 +954,22 @@ class TestSessionTable:
         assert out.encoded(JSON) is j
         assert out.encoded(MSGPACK) is m
         assert JSON.decode(j) == MSGPACK.decode(m) == {"type": "m", "data": [1, 2]}
+
+
+def test_an_empty_log_shares_one_empty_entries_and_gives_its_own_back() -> None:
+    log: OutboundLog[str] = OutboundLog(capacity=10)
+    other: OutboundLog[str] = OutboundLog(capacity=10)
+    assert log.entries is NO_ENTRIES and other.entries is NO_ENTRIES  # no block per idle log
+    log.append("a", 0.0)
+    log.append("b", 0.0)
+    assert log.entries is not NO_ENTRIES and other.entries is NO_ENTRIES and not NO_ENTRIES
+    assert log.take(10)[0].payload == "a"
+    assert log.ack(1) == 1 and [e.payload for e in log.entries] == ["b"]
+    assert log.ack(2) == 1
+    assert log.entries is NO_ENTRIES and log.size == 0  # all acknowledged: the block is gone
+    assert log.append("c", 0.0) == 3 and [e.payload for e in log.entries] == ["c"]
+    log.restore(4, "d", 0.0)
+    assert [e.seq for e in log.entries] == [3, 4]
+    with pytest.raises(AssertionError):
+        NO_ENTRIES.append("x")
+    assert not NO_ENTRIES

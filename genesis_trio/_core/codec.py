@@ -52,6 +52,9 @@ class Codec(Protocol):
         ...
 
 
+_join = b"".join
+
+
 class JsonCodec:
     """JSON (orjson) in text frames."""
 
@@ -60,8 +63,14 @@ class JsonCodec:
     binary = False
 
     def encode(self, obj: Any) -> bytes:
-        """Encode ``obj`` as compact UTF-8 JSON."""
-        return orjson.dumps(obj)
+        """Encode ``obj`` as compact UTF-8 JSON, in a ``bytes`` of its own size.
+
+        orjson (3.12 and later) returns its whole output buffer, at least
+        4 KiB even for a 60-byte body; encoded bodies are retained in
+        outbound logs until acknowledged, so the copy (~90 ns) saves ~4 KiB
+        per retained message.
+        """
+        return _join((orjson.dumps(obj), b""))
 
     def decode(self, data: bytes | str) -> Any:
         """Decode JSON text; malformed input raises ``bad_frame``."""

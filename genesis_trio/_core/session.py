@@ -55,6 +55,26 @@ class Entry(Generic[T]):
     """Its size in bytes (counted against ``OutboundLog.max_bytes``)."""
 
 
+class _NoEntries(deque[Any]):
+    """The entries of every empty log, shared: reading works, adding is a bug.
+
+    An empty ``deque`` holds a 64-slot block (~0.6 KiB): most sessions are
+    idle with nothing retained, so a log allocates its own only while it
+    retains something (:meth:`OutboundLog.append_unchecked`).
+    """
+
+    __slots__ = ()
+
+    def append(self, _: object) -> None:
+        raise AssertionError("the shared empty entries must never be added to")
+
+    appendleft = append
+
+
+NO_ENTRIES: deque[Any] = _NoEntries()
+"""The shared, always empty ``OutboundLog.entries`` (see :class:`_NoEntries`)."""
+
+
 @attrs.define(eq=False)
 class OutboundLog(Generic[T]):
     """Sequenced outbound messages, retained until the peer acknowledges them.
@@ -70,7 +90,8 @@ class OutboundLog(Generic[T]):
     """Bound on the total ``size`` of retained messages (one message may exceed it alone)."""
     size: int = 0
     """Total ``size`` of the retained messages."""
-    entries: deque[Entry[T]] = attrs.field(factory=deque)
+    entries: deque[Entry[T]] = NO_ENTRIES
+    """Retained messages, oldest first (:data:`NO_ENTRIES` while there are none)."""
     last_seq: int = 0
     """The sequence number of the newest message (0: none yet)."""
     acked: int = 0
@@ -111,13 +132,19 @@ class OutboundLog(Generic[T]):
     def append_unchecked(self, payload: T, now: float, size: int = 0) -> int:
         """Number and retain ``payload`` whether or not it fits (the caller decided)."""
         self.last_seq += 1
-        self.entries.append(Entry(self.last_seq, payload, now, size))
+        entries = self.entries
+        if entries is NO_ENTRIES:
+            self.entries = entries = deque()
+        entries.append(Entry(self.last_seq, payload, now, size))
         self.size += size
         return self.last_seq
 
     def restore(self, seq: int, payload: T, stamp: float, size: int = 0) -> None:
         """Put back an entry loaded from a store (numbered already, in order)."""
-        self.entries.append(Entry(seq, payload, stamp, size))
+        entries = self.entries
+        if entries is NO_ENTRIES:
+            self.entries = entries = deque()
+        entries.append(Entry(seq, payload, stamp, size))
         self.size += size
 
     def append_evicting(self, payload: T, now: float, size: int = 0) -> tuple[int, int]:
@@ -161,7 +188,7 @@ class OutboundLog(Generic[T]):
         if entries:
             released = min(len(entries), seq - entries[0].seq + 1)
             if released == len(entries):
-                entries.clear()
+                self.entries = NO_ENTRIES  # its block goes back (an idle log holds none)
                 self.size = 0
             else:
                 popleft = entries.popleft

@@ -158,14 +158,64 @@ async def serve_link(host: LinkHost, transport: ServerTransport) -> None:
 
 
 async def _serve_link(host: LinkHost, transport: ServerTransport) -> bool:
-    """Handshake and run; False when the link ended before its welcome (not counted)."""
+    """Handshake and run; False when the link ended before its welcome (not counted).
+
+    The handshake's objects (``hello``, the session table's answer, the
+    welcome) die with :func:`_admit`'s frame: this one lives as long as the
+    link, so it keeps only what the link needs.
+    """
+    admitted = await _admit(host, transport)
+    if admitted is None:
+        return False
+    link, subject, welcome = admitted
+    del admitted
+    c = host.counters
+
+    async def serve() -> None:
+        nonlocal welcome
+        try:
+            frame, welcome = welcome, b""  # not kept for the link's lifetime
+            await transport.send(frame)
+            await link.run()
+        except ConnectionClosed:
+            link.peer_closed = True
+        except trio.Cancelled:
+            if link.close_code is None:  # the hub is going away, not this link
+                link.close_code = CloseCode.GOING_AWAY
+                link.close_reason = "hub shutting down"
+            raise
+        except Exception:
+            link.crashed = True
+            raise
+
+    try:
+        await host.supervisor.run(serve, cleanup=link.cleanup)
+    finally:
+        host.limiter.release(subject)
+        c.active_connections -= 1
+        code = link.close_code
+        if code is None:
+            peer = transport.peer_code or CloseCode.ABNORMAL_CLOSURE
+            code = peer if link.peer_closed else CloseCode.NORMAL
+        c.closed(code)
+    return True
+
+
+async def _admit(
+    host: LinkHost, transport: ServerTransport
+) -> tuple[HubLink, str | None, bytes] | None:
+    """Read ``hello``, authenticate, open the session and attach a new link to it.
+
+    Returns the link, the identity's subject and the encoded welcome; None
+    when the link ended before its welcome (the reason was sent).
+    """
     cfg = host.config
     c = host.counters
     refusal = host.refusal()
     if refusal is not None:
         c.handshake_failures += 1
         await transport.close(*refusal)
-        return False
+        return None
     waiting = trio.CancelScope()
     host.handshakes.add(waiting)
     try:
@@ -176,15 +226,15 @@ async def _serve_link(host: LinkHost, transport: ServerTransport) -> bool:
     if waiting.cancelled_caught:  # the hub is shutting down
         c.handshake_failures += 1
         await transport.close(*(host.refusal() or (CloseCode.GOING_AWAY, "hub shutting down")))
-        return False
+        return None
     if hello is None:
-        return False
+        return None
     identity: Identity | None = None
     forbidden: tuple[str, ...] = ()
     if host.authenticator is not None:
         checked = await _authenticate(host, transport, hello)
         if checked is None:
-            return False
+            return None
         hello, identity = checked
         authorizer = host.authorizer
         if authorizer is not None:
@@ -210,7 +260,7 @@ async def _serve_link(host: LinkHost, transport: ServerTransport) -> bool:
     if refused is not None or evicted is None:
         await host.settle(assigned, hello.id)  # a cluster's claims that made no session
         await transport.close(*(refused or (CloseCode.TRY_AGAIN_LATER, "busy")))
-        return False
+        return None
     c.sessions_evicted += evicted
     opened = table.open(hello, now, identity.subject if identity is not None else None, assigned)
     session = opened.session
@@ -253,34 +303,9 @@ async def _serve_link(host: LinkHost, transport: ServerTransport) -> bool:
         node=cfg.node_id,
         reason=None if opened.recovered else opened.reason,
     )
+    encoded = transport.codec.encode(welcome.wire())
     if opened.recovered or opened.carried_over:
         c.messages_replayed += session.outbound.unsent
-    c.active_connections += 1
+    c.active_connections += 1  # from here on _serve_link counts the link's end
     c.connections_total += 1
-
-    async def serve() -> None:
-        try:
-            await transport.send(transport.codec.encode(welcome.wire()))
-            await link.run()
-        except ConnectionClosed:
-            link.peer_closed = True
-        except trio.Cancelled:
-            if link.close_code is None:  # the hub is going away, not this link
-                link.close_code = CloseCode.GOING_AWAY
-                link.close_reason = "hub shutting down"
-            raise
-        except Exception:
-            link.crashed = True
-            raise
-
-    try:
-        await host.supervisor.run(serve, cleanup=link.cleanup)
-    finally:
-        host.limiter.release(subject)
-        c.active_connections -= 1
-        code = link.close_code
-        if code is None:
-            peer = transport.peer_code or CloseCode.ABNORMAL_CLOSURE
-            code = peer if link.peer_closed else CloseCode.NORMAL
-        c.closed(code)
-    return True
+    return link, subject, encoded
