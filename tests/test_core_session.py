@@ -959,15 +959,21 @@ class TestSessionTable:
 def test_an_empty_log_shares_one_empty_entries_and_gives_its_own_back() -> None:
     log: OutboundLog[str] = OutboundLog(capacity=10)
     other: OutboundLog[str] = OutboundLog(capacity=10)
-    assert log.entries is NO_ENTRIES and other.entries is NO_ENTRIES  # no block per idle log
+    assert log.entries is NO_ENTRIES
+    assert other.entries is NO_ENTRIES
     log.append("a", 0.0)
     log.append("b", 0.0)
-    assert log.entries is not NO_ENTRIES and other.entries is NO_ENTRIES and not NO_ENTRIES
+    assert log.entries is not NO_ENTRIES
+    assert other.entries is NO_ENTRIES
+    assert not NO_ENTRIES
     assert log.take(10)[0].payload == "a"
-    assert log.ack(1) == 1 and [e.payload for e in log.entries] == ["b"]
+    assert log.ack(1) == 1
+    assert [e.payload for e in log.entries] == ["b"]
     assert log.ack(2) == 1
-    assert log.entries is NO_ENTRIES and log.size == 0  # all acknowledged: the block is gone
-    assert log.append("c", 0.0) == 3 and [e.payload for e in log.entries] == ["c"]
+    assert log.entries is NO_ENTRIES
+    assert log.size == 0
+    assert log.append("c", 0.0) == 3
+    assert [e.payload for e in log.entries] == ["c"]
     log.restore(4, "d", 0.0)
     assert [e.seq for e in log.entries] == [3, 4]
     with pytest.raises(AssertionError):
