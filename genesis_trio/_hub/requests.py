@@ -11,7 +11,6 @@ import itertools
 import secrets
 from typing import Final
 
-from .._core.errors import RemoteError
 from .._core.frames import Body
 from .._runtime.dispatch import Pending
 
@@ -59,9 +58,4 @@ class HubRequests:
         if waiter is None:
             self.late_replies += 1
             return
-        error = body.get("error")
-        if error is not None:
-            waiter.error = RemoteError(str(error.get("code")), str(error.get("msg", "")))
-        else:
-            waiter.value = body.get("data")
-        waiter.event.set()
+        waiter.settle(body)

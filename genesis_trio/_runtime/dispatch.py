@@ -45,6 +45,15 @@ class Pending:
     value: Any = None
     error: RemoteError | None = None
 
+    def settle(self, body: Body) -> None:
+        """The reply arrived: keep its data or its error, and wake the request."""
+        error = body.get("error")
+        if error is not None:
+            self.error = RemoteError(str(error.get("code")), str(error.get("msg", "")))
+        else:
+            self.value = body.get("data")
+        self.event.set()
+
 
 Reply = Callable[[Message, Any, str | None], Awaitable[int]]
 """Sends the reply to a request: ``(request, data, error_message)``."""
@@ -121,12 +130,7 @@ class Dispatcher:
         re = body.get("re")
         waiter = self.pending.get(re) if re is not None else None
         if waiter is not None:
-            error = body.get("error")
-            if error is not None:
-                waiter.error = RemoteError(str(error.get("code")), str(error.get("msg", "")))
-            else:
-                waiter.value = body.get("data")
-            waiter.event.set()
+            waiter.settle(body)
 
     def woken(self) -> None:
         """The reader delivered what one frame carried: run."""
