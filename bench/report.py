@@ -59,8 +59,11 @@ def ratio(a: float | None, b: float | None) -> str:
 
 
 def pct(value: float | None) -> str:
-    """0.973 -> '97%'."""
-    return DASH if value is None else f"{max(value, 0.0) if value > -0.005 else value:.0%}"
+    """0.973 -> '97%'; under 10 %, one decimal (0.0044 -> '0.4%', not a misleading '0%')."""
+    if value is None:
+        return DASH
+    value = max(value, 0.0) if value > -0.005 else value
+    return f"{value:.1%}" if 0 < value < 0.095 else f"{value:.0%}"
 
 
 def table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:

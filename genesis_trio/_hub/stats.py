@@ -259,7 +259,9 @@ class HubStatistics:
     store_commits: int
     """Batches written to the session store."""
     store_rows_written: int
-    """Rows those batches wrote (messages/commit = group-commit efficiency)."""
+    """Records those batches carried: one per stored message, plus session states,
+    trims and deletes (records/commit = group-commit efficiency; SQLite packs a
+    session's records into one table row, so these are not SQL rows)."""
     store_failures: int
     """Failed store writes (each retried; nothing unstored is acknowledged)."""
     close_codes: dict[int, int]

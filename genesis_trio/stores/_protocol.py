@@ -191,7 +191,7 @@ class StoreBatch:
 
     @property
     def size(self) -> int:
-        """Rows this batch writes (for statistics)."""
+        """Records this batch carries, whatever the store makes of them (for statistics)."""
         return (
             len(self.sessions)
             + len(self.messages)
