@@ -15,6 +15,7 @@ from genesis_trio import (
     RemoteError,
     UnknownComponent,
 )
+from genesis_trio._hub.local import SEND_TURNS
 from genesis_trio.stores import MemoryStore
 from genesis_trio.testing import DeliveryChecker, LinkFaults, start_memory_hub
 
@@ -189,3 +190,45 @@ async def test_the_hub_asks_a_local_component(nursery: trio.Nursery) -> None:
         await svc.aclose(end_session=True)
     with pytest.raises(UnknownComponent):
         hub.hub.component("svc")
+
+
+async def test_a_burst_of_sends_without_a_store_yields_every_send_turns(
+    nursery: trio.Nursery,
+) -> None:
+    """Without a store, a sender in a loop lets other tasks run once per SEND_TURNS sends
+    (not once per message), every send is still a cancellation point, and the burst
+    arrives exactly once, in order."""
+    hub = await start_memory_hub(nursery)
+    n = 4 * SEND_TURNS
+    passes = 0
+    got: list[int] = []
+    drained = trio.Event()
+
+    async def other() -> None:  # counts the sender's schedule points
+        nonlocal passes
+        while True:
+            await trio.lowlevel.checkpoint()
+            passes += 1
+
+    async with hub.hub.local("src") as src, hub.hub.local("sink") as sink:
+
+        async def drain() -> None:
+            while len(got) < n:
+                got.append((await sink.receive()).data)
+            drained.set()
+
+        nursery.start_soon(drain)
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(other)
+        await trio.lowlevel.checkpoint()
+        passes = 0
+        for i in range(n):
+            await src.send("sink", "n", i)
+        assert 1 <= passes <= n // SEND_TURNS + 1, passes
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            await src.send("sink", "late", None)
+            pytest.fail("send() is not a cancellation point")
+        assert scope.cancelled_caught
+        await drained.wait()
+    assert got == list(range(n))
