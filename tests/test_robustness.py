@@ -107,6 +107,32 @@ async def test_leaving_async_with_never_raises() -> None:
     assert failures == []
 
 
+async def test_a_cancelled_async_with_flushes_and_ends_its_session() -> None:
+    """Leaving ``async with`` because the block was cancelled (a timeout around it, the
+    usual Trio idiom) still flushes what was sent and says ``bye``: every message
+    arrives, and the hub keeps no session waiting for a resume that will not come."""
+    n = 300
+    async with (
+        start_cli_hub("--store", "none") as hub,
+        TranscendentalWebSocket(hub.url, "sink") as sink,
+    ):
+        for k in range(3):
+            with trio.CancelScope() as scope:
+                async with TranscendentalWebSocket(hub.url, f"gone{k}") as ws:
+                    for i in range(n):
+                        await ws.send("sink", "n", i)
+                    scope.cancel()
+                    await trio.sleep_forever()
+            assert scope.cancelled_caught
+            got = [(await sink.receive()) for _ in range(n)]
+            assert [(m.sender, m.data) for m in got] == [(f"gone{k}", i) for i in range(n)]
+
+        async def only_the_sink() -> bool:
+            return (await hub.health())["sessions"] == 1
+
+        await wait_until(only_the_sink, 10)
+
+
 async def test_async_with_raises_the_exception_itself_not_a_group() -> None:
     """A fatal close (4001) surfaces as ConnectionClosed; a body's own error as itself."""
 

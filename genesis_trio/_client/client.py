@@ -304,8 +304,17 @@ class TranscendentalWebSocket(ComponentBase):
 
     async def __aenter__(self) -> TranscendentalWebSocket:
         await self.connect()  # one attempt per address: a hub that is down fails `async with`
-        self._exit_stack = await start_hidden(self.run)
+        self._exit_stack = await start_hidden(self._run_until_closed)
         return self
+
+    async def _run_until_closed(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """:meth:`run` for ``async with``: only :meth:`aclose` ends it, so a block left
+        because it was cancelled still flushes and says ``bye`` (bounded by
+        ``close_timeout``) over a link that is still running."""
+        with trio.CancelScope(shield=True):
+            await self.run(task_status=task_status)
 
     async def __aexit__(
         self,
@@ -314,8 +323,10 @@ class TranscendentalWebSocket(ComponentBase):
         tb: TracebackType | None,
     ) -> bool | None:
         try:
-            await self.aclose()
+            await self.aclose()  # ends run() (shielded from the block's cancellation)
         finally:
+            if self._run_scope is not None:
+                self._run_scope.cancel()
             stack, self._exit_stack = self._exit_stack, None
             if stack is not None:
                 try:
