@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import gc
 import itertools
+import json
 import signal
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import pytest
 import trio
@@ -131,6 +133,44 @@ async def test_a_cancelled_async_with_flushes_and_ends_its_session() -> None:
             return (await hub.health())["sessions"] == 1
 
         await wait_until(only_the_sink, 10)
+
+
+async def _raw_http(port: int, request: bytes) -> tuple[bytes, dict[str, Any]]:
+    """Send ``request`` as is; the status line and the JSON body of the answer."""
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        await stream.send_all(request)
+        data = b""
+        with trio.fail_after(10):
+            while chunk := await stream.receive_some(65536):
+                data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert b"content-type: application/problem+json" in head.lower(), head
+    return head.split(b"\r\n", 1)[0], json.loads(body)
+
+
+async def test_requests_that_are_not_http_get_a_problem_document() -> None:
+    """What the HTTP server refuses before any application runs (not HTTP/1.1, a head
+    too large) is explained like every other error, and harms no one."""
+    async with start_cli_hub("--store", "none") as hub:
+        fds = hub.open_fds()
+        status, problem = await _raw_http(hub.port, b"GARBAGE\r\n\r\n")
+        assert status == b"HTTP/1.1 400 Bad Request"
+        assert problem == {
+            "title": "Bad Request",
+            "status": 400,
+            "detail": "the request is not valid HTTP/1.1",
+        }
+        big = b"GET /health HTTP/1.1\r\nHost: localhost\r\nX-Big: " + b"a" * 70_000
+        status, problem = await _raw_http(hub.port, big + b"\r\n\r\n")
+        assert status == b"HTTP/1.1 431 Request Header Fields Too Large"
+        assert problem["status"] == 431
+        assert "exceed 16384 bytes" in problem["detail"]
+        async with TranscendentalWebSocket(hub.url, "after") as ws:
+            await ws.send("after", "ping", 1)
+            assert (await ws.receive()).data == 1
+        await settled(hub, active=0, fds=fds)
+        assert "Traceback" not in hub.log()
 
 
 async def test_async_with_raises_the_exception_itself_not_a_group() -> None:

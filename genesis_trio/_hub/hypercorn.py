@@ -16,7 +16,10 @@ Trio connection started afterwards:
     shields ``send_all``, so a writer blocked on a peer that stopped reading
     can be freed only by closing the socket;
   - releases its zlib state when it ends, so a closed deflate link costs no
-    memory even when the cyclic collector runs rarely (``tune_gc``).
+    memory even when the cyclic collector runs rarely (``tune_gc``);
+* explain the HTTP errors Hypercorn answers itself, before any app runs (a
+  request that is not HTTP/1.1: 400; a head over ``h11_max_incomplete_size``:
+  431), with a problem document instead of an empty body.
 
 The hub reaches the current connection through :data:`current_connection`
 (set in the connection's task, inherited by the ASGI app's task).
@@ -26,9 +29,10 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import json
 import logging
 from collections.abc import Iterator
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 import trio
 from hypercorn.trio.tcp_server import TCPServer
@@ -196,8 +200,42 @@ def _tracking_deflate_class() -> type:
     return TrackedPerMessageDeflate
 
 
+HTTP_ERRORS: Final = {
+    400: ("Bad Request", "the request is not valid HTTP/1.1"),
+    431: ("Request Header Fields Too Large", "the request line and headers exceed {limit} bytes"),
+}
+"""What Hypercorn's own error answers say (``{limit}``: its ``h11_max_incomplete_size``)."""
+
+
+def _explaining_h11_class() -> type:
+    import h11
+    from hypercorn.protocol.h11 import H11Protocol
+
+    class ExplainingH11Protocol(H11Protocol):
+        """Hypercorn's HTTP/1.1 protocol whose own errors carry a problem document."""
+
+        async def _send_error_response(self, status_code: int) -> None:
+            title, detail = HTTP_ERRORS.get(status_code, ("Bad Request", "invalid request"))
+            detail = detail.format(limit=self.config.h11_max_incomplete_size)
+            body = json.dumps({"title": title, "status": status_code, "detail": detail}).encode()
+            headers = [
+                (b"content-type", b"application/problem+json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+                *self.config.response_headers("h11"),
+            ]
+            await self._send_h11_event(
+                h11.Response(status_code=status_code, headers=headers, reason=title.encode())
+            )
+            await self._send_h11_event(h11.Data(data=body))
+            await self._send_h11_event(h11.EndOfMessage())
+
+    return ExplainingH11Protocol
+
+
 def guard_hypercorn() -> None:
     """Install the hardening described in the module docstring (idempotent)."""
+    from hypercorn import protocol
     from hypercorn.protocol import ws_stream
     from hypercorn.trio import run
 
@@ -207,4 +245,5 @@ def guard_hypercorn() -> None:
     setattr(ws_stream, "PerMessageDeflate", _tracking_deflate_class())  # noqa: B010
     setattr(ws_stream, "WebsocketBuffer", _counting_buffer_class())  # noqa: B010
     setattr(run, "TCPServer", GuardedTCPServer)  # noqa: B010
+    setattr(protocol, "H11Protocol", _explaining_h11_class())  # noqa: B010
     setattr(ws_stream, "_genesis_guarded", True)  # noqa: B010
