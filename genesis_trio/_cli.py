@@ -47,6 +47,11 @@ CONFIG_FLAGS: tuple[tuple[str, Any, str], ...] = (
         "bytes of unacknowledged messages kept per session (a full buffer makes senders wait)",
     ),
     ("retention_seconds", float, "age limit of unacknowledged messages for a disconnected session"),
+    (
+        "max_retained_bytes",
+        int,
+        "bytes all sessions retain together; past it the longest-disconnected lose the oldest",
+    ),
     ("session_expiry", float, "seconds after which a disconnected session is forgotten"),
     (
         "anonymous_session_expiry",
@@ -74,11 +79,7 @@ CONFIG_FLAGS: tuple[tuple[str, Any, str], ...] = (
         "sessions held; at the limit the longest-disconnected one is forgotten (else 1013)",
     ),
     ("max_topics_per_session", int, "subscriptions one session may hold (more: error 'limit')"),
-    (
-        "max_subscriptions",
-        int,
-        "subscriptions all sessions hold together (more: error 'limit')",
-    ),
+    ("max_subscriptions", int, "subscriptions all sessions hold together (more: error 'limit')"),
     ("token_grace", float, "seconds a link may outlive its credential's expiry (then 4009)"),
     ("rate_messages", _optional_float, "messages per second one link may send (default: no limit)"),
     ("rate_bytes", _optional_float, "bytes per second one link may send (default: no limit)"),

@@ -17,6 +17,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import httpx
 import pytest
 import trio
 import trio.testing
@@ -133,6 +134,39 @@ async def test_a_cancelled_async_with_flushes_and_ends_its_session() -> None:
             return (await hub.health())["sessions"] == 1
 
         await wait_until(only_the_sink, 10)
+
+
+async def test_one_client_cannot_fill_the_hub_through_sessions_it_left() -> None:
+    """A client opens sessions, leaves them, and fills each with messages of its own
+    (each session's own bound, 16 MiB, is far away): the hub keeps the sum under
+    ``--max-retained-bytes`` by shedding the longest-disconnected, and a bystander's
+    conversation is untouched."""
+    budget = 8 << 20
+    pad = "x" * 200_000
+    ids = [f"left{i}" for i in range(40)]
+    async with start_cli_hub("--store", "none", "--max-retained-bytes", str(budget)) as hub:
+        rss_before = hub.rss_kib()
+        for cid in ids:
+            left = TranscendentalWebSocket(hub.url, cid)
+            await left.connect()
+            await left.aclose(end_session=False)
+        async with (
+            TranscendentalWebSocket(hub.url, "filler") as filler,
+            TranscendentalWebSocket(hub.url, "bystander") as bystander,
+        ):
+            for _ in range(10):  # 80 MB in all, 2 MB per left session
+                for cid in ids:
+                    await filler.send(cid, "fill", pad)
+                await bystander.send("bystander", "n", 1)
+                assert (await bystander.receive()).data == 1
+            await filler.flush()
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{hub.port}") as http:
+            stats = (await http.get("/api/stats")).json()
+        assert stats["retained_bytes"] <= budget
+        assert stats["messages_evicted"] >= 300  # of 400 messages, 8 MB at most kept
+        assert stats["sessions"] == len(ids)  # the filler and the bystander said bye
+        assert hub.rss_kib() - rss_before < 60 * 1024  # 80 MB sent; ~24 MB measured
+        assert "Traceback" not in hub.log()
 
 
 async def _raw_http(port: int, request: bytes) -> tuple[bytes, dict[str, Any]]:

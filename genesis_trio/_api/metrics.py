@@ -33,6 +33,7 @@ GAUGES: Final = frozenset(
         "rtt_ewma_ms",
         "rtt_p99_ms",
         "store_healthy",
+        "retained_bytes",
     }
 )
 """Statistics that go up and down; every other number is a counter."""

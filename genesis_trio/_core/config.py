@@ -56,6 +56,10 @@ class HubConfig:
     """Most bytes of unacknowledged messages kept per session (like ``retention_messages``)."""
     retention_seconds: float = attrs.field(default=300.0, validator=_pos_f)
     """Oldest unacknowledged message kept for a disconnected session."""
+    max_retained_bytes: int = attrs.field(default=1 << 30, validator=_pos_i)
+    """Most bytes all sessions retain together, counted as ``retention_bytes`` counts them
+    (a publish once per subscriber); past it the longest-disconnected sessions lose their
+    oldest messages, as retention would (:mod:`genesis_trio._hub.budget`)."""
     session_expiry: float = attrs.field(default=3600.0, validator=_pos_f)
     """A session disconnected this long is forgotten."""
     slow_consumer_timeout: float = attrs.field(default=5.0, validator=_pos_f)

@@ -163,6 +163,16 @@ class OutboundLog(Generic[T]):
         self.sent = max(self.sent, entry.seq)
         self.truncated = True
 
+    def shed(self, nbytes: int) -> tuple[int, int]:
+        """Drop the oldest messages until ``nbytes`` are freed (or none is left), as
+        retention does; return (messages dropped, bytes freed)."""
+        dropped = freed = 0
+        while self.entries and freed < nbytes:
+            freed += self.entries[0].size
+            self._drop_oldest()
+            dropped += 1
+        return dropped, freed
+
     def expire(self, cutoff: float) -> int:
         """Drop unacknowledged messages stamped before ``cutoff``; count them."""
         dropped = 0

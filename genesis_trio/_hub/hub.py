@@ -282,6 +282,7 @@ class TranscendentalExternalWebSocket(Outbox, Queries):
             presence_events=presence.published,
             presence_dropped=presence.dropped,
             late_replies=self.requests.late_replies,
+            retained_bytes=self.router.budget.retained,
         )
 
     def histograms(self) -> dict[str, Histogram]:
@@ -376,7 +377,7 @@ class TranscendentalExternalWebSocket(Outbox, Queries):
                     await trio.sleep(interval)
                     expired, dropped = self.sessions.expire(trio.current_time())
                     self.counters.sessions_expired += expired
-                    self.counters.messages_evicted += dropped
+                    self.counters.messages_evicted += dropped + self.router.budget.check()
                     sweeps += 1
                     if sweeps * interval >= 60.0:
                         sweeps = 0

@@ -26,6 +26,7 @@ from .._core.errors import CloseCode, ErrorCode, RemoteError, UnknownComponent
 from .._core.frames import HUB_ID, Body, Error, MessageFrame, Rejected
 from .._core.link import Backlogged
 from .auth import Authorizer
+from .budget import RetentionBudget
 from .cluster import ClusterNode
 from .hubcalls import HubCalls, HubHandler, SystemHandler, always
 from .link import HubLink
@@ -62,6 +63,8 @@ class Router(HubCalls):
         self.system = system if system is not None else {}
         """Built-in ``$hub`` requests, used when no handler of that type was added."""
         self.fanout = FanoutWindow()
+        self.budget = RetentionBudget(table, config.max_retained_bytes, recorder.acked)
+        """The hub-wide bound on retained bytes (checked as appends add up)."""
         self.cluster: ClusterNode | None = None
         """This hub's part in a cluster: messages for other nodes' components (None: alone)."""
 
@@ -435,5 +438,6 @@ class Router(HubCalls):
             recorder.appended(target, log_.last_seq, out, now, shared)
             if dropped:
                 recorder.acked(target)
+        evicted += self.budget.appended(size * len(targets))
         if evicted:
             self.counters.messages_evicted += evicted

@@ -212,7 +212,8 @@ class HubStatistics:
     duplicates_dropped: int
     """Client messages received again and ignored (already processed)."""
     messages_evicted: int
-    """Unacknowledged messages dropped by retention (count or age limit)."""
+    """Unacknowledged messages dropped by retention (count, age or the hub-wide
+    ``max_retained_bytes``)."""
     slow_consumers_closed: int
     """Connections closed with 4004 because their buffer stayed full."""
     heartbeat_timeouts: int
@@ -273,6 +274,8 @@ class HubStatistics:
     """Presence changes dropped: its queue was full (subscribers far too slow)."""
     late_replies: int = 0
     """Replies to the hub's own requests that came after the request gave up."""
+    retained_bytes: int = 0
+    """Bytes all sessions retained at the last check of ``max_retained_bytes``."""
 
 
 def hub_snapshot(
