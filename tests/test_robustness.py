@@ -11,6 +11,7 @@ from __future__ import annotations
 import gc
 import itertools
 import json
+import random
 import signal
 import subprocess
 import sys
@@ -22,8 +23,16 @@ import pytest
 import trio
 import trio.testing
 
-from genesis_trio import CloseCode, ConnectionClosed, TranscendentalWebSocket
-from genesis_trio.testing import start_hub, start_memory_hub
+from genesis_trio import (
+    CloseCode,
+    ClosedError,
+    Connected,
+    ConnectionClosed,
+    ConnectionState,
+    LinkEvent,
+    TranscendentalWebSocket,
+)
+from genesis_trio.testing import RunningHub, start_hub, start_memory_hub
 
 from .support.processes import HubProcess, start_cli_hub, wait_until
 from .support.rawws import RawLink, Refused
@@ -134,6 +143,36 @@ async def test_a_cancelled_async_with_flushes_and_ends_its_session() -> None:
             return (await hub.health())["sessions"] == 1
 
         await wait_until(only_the_sink, 10)
+
+
+async def test_a_deadline_while_async_with_starts_never_hangs(hub: RunningHub) -> None:
+    """A cancellation that lands while ``async with`` starts (the link up, the block not
+    begun) ends it like any other: the block never begins and nothing is left running.
+    (Once begun, the client's run is shielded until aclose: it must not be before.)"""
+    scope = trio.CancelScope()
+
+    def cancel_on_connect(event: LinkEvent) -> None:
+        if isinstance(event, Connected):
+            scope.cancel()
+
+    early = TranscendentalWebSocket(hub.url, "early", on_link_event=cancel_on_connect)
+    with scope:
+        async with early:
+            pytest.fail("the block began although its scope was cancelled")
+    assert scope.cancelled_caught
+    assert early.state is ConnectionState.DISCONNECTED  # its link closed; it may try again
+
+    start = trio.current_time()
+    async with TranscendentalWebSocket(hub.url, "timer"):
+        pass
+    took = trio.current_time() - start
+    rng = random.Random(7)
+    for i in range(150):  # deadlines spread over a whole connect and close
+        with trio.move_on_after(rng.uniform(0, took)):
+            async with TranscendentalWebSocket(hub.url, f"d{i}"):
+                await trio.sleep_forever()
+    await trio.testing.wait_all_tasks_blocked()
+    assert hub.hub.get_stats()["active_connections"] == 0
 
 
 async def test_one_client_cannot_fill_the_hub_through_sessions_it_left() -> None:
@@ -536,3 +575,36 @@ async def test_a_low_descriptor_limit_lowers_max_connections_instead_of_failing_
         await settled(hub, active=0, fds=140)
         assert hub.alive
         assert "Too many open files" not in hub.log()
+
+
+async def test_a_closed_client_refuses_subscriptions_and_a_cancelled_run_resumes(
+    nursery: trio.Nursery,
+) -> None:
+    """``subscribe``/``unsubscribe`` on a closed client raise ClosedError (they waited for
+    ever); a ``run()`` that was cancelled can be run again and resumes its session."""
+    hub = await start_memory_hub(nursery)
+    async with hub.client("done") as done:
+        await done.subscribe("t")
+    never = hub.client("never")
+    await never.aclose()
+    for closed in (done, never):
+        with pytest.raises(ClosedError):
+            await closed.subscribe("t")
+        with pytest.raises(ClosedError):
+            await closed.unsubscribe("t")
+
+    events: list[LinkEvent] = []
+    ws = hub.client("again", on_link_event=events.append)
+    with trio.CancelScope() as scope:
+        async with trio.open_nursery() as inner:
+            await inner.start(ws.run)
+            await ws.send("again", "n", 1)
+            await ws.flush()
+            scope.cancel()
+    assert ws.state is ConnectionState.DISCONNECTED
+    async with trio.open_nursery() as inner:
+        await inner.start(ws.run)
+        assert (await ws.receive()).data == 1
+        await ws.aclose()
+    connects = [e for e in events if isinstance(e, Connected)]
+    assert [(e.first, e.recovered) for e in connects] == [(True, False), (False, True)]

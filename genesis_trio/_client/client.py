@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import secrets
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import AsyncExitStack
@@ -137,6 +138,7 @@ class TranscendentalWebSocket(ComponentBase):
         self._running = False
         self._run_scope: trio.CancelScope | None = None
         self._exit_stack: AsyncExitStack | None = None
+        self._shield: trio.CancelScope | None = None
 
     # -- properties ---------------------------------------------------------------
 
@@ -274,7 +276,10 @@ class TranscendentalWebSocket(ComponentBase):
     # -- subscriptions --------------------------------------------------------------
 
     async def subscribe(self, *topics: str) -> None:
-        """Subscribe to ``topics``; returns once the hub applies it (or on the next link)."""
+        """Subscribe to ``topics``; returns once the hub applies it (or on the next link).
+
+        Raises :class:`ClosedError` once the client is closed.
+        """
         await self._change_topics(topics, remove=False)
 
     async def unsubscribe(self, *topics: str) -> None:
@@ -287,6 +292,7 @@ class TranscendentalWebSocket(ComponentBase):
         return frozenset(self._session.topics)
 
     async def _change_topics(self, topics: tuple[str, ...], *, remove: bool) -> None:
+        self._check_open()
         for topic in topics:
             if not valid_subscription(topic):
                 raise ValueError(f"invalid topic name {topic!r}")
@@ -304,17 +310,23 @@ class TranscendentalWebSocket(ComponentBase):
 
     async def __aenter__(self) -> TranscendentalWebSocket:
         await self.connect()  # one attempt per address: a hub that is down fails `async with`
-        self._exit_stack = await start_hidden(self._run_until_closed)
+        self._exit_stack = await start_hidden(self._run_until_closed, self._abandon_run)
         return self
 
     async def _run_until_closed(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        """:meth:`run` for ``async with``: only :meth:`aclose` ends it, so a block left
-        because it was cancelled still flushes and says ``bye`` (bounded by
-        ``close_timeout``) over a link that is still running."""
-        with trio.CancelScope(shield=True):
-            await self.run(task_status=task_status)
+        """:meth:`run` for ``async with``: once started, only :meth:`aclose` ends it, so a
+        block left because it was cancelled still flushes and says ``bye`` (bounded by
+        ``close_timeout``) over a link that is still running. Until then (and if
+        ``__aenter__`` fails) a cancellation ends it as it would end :meth:`run`."""
+        with trio.CancelScope() as self._shield:
+            await self.run(task_status=_ShieldOnStart(self._shield, task_status))
+
+    def _abandon_run(self) -> None:
+        """``__aenter__`` failed after starting :meth:`run`: let cancellation reach it."""
+        if self._shield is not None:
+            self._shield.shield = False
 
     async def __aexit__(
         self,
@@ -421,3 +433,20 @@ class TranscendentalWebSocket(ComponentBase):
     def get_stats(self) -> dict[str, Any]:
         """The metrics as a plain dict."""
         return attrs.asdict(self.statistics())
+
+
+class _ShieldOnStart:
+    """A task status that shields ``scope`` when the task reports it has started."""
+
+    __slots__ = ("_scope", "_status")
+
+    def __init__(self, scope: trio.CancelScope, status: trio.TaskStatus[None]) -> None:
+        self._scope = scope
+        self._status = status
+
+    def started(self, value: None = None) -> None:
+        """Report; then shield the scope, unless the start was cancelled meanwhile (Trio
+        then leaves the task where it is, to be cancelled: it must not be shielded)."""
+        self._status.started(value)
+        if trio.current_effective_deadline() != -math.inf:
+            self._scope.shield = True

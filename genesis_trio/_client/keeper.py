@@ -173,7 +173,7 @@ class LinkKeeper:
     async def change_topics(self, changed: tuple[str, ...], *, remove: bool) -> None:
         """Tell the hub, and wait until it has applied it (or the link dropped)."""
         link = self.link
-        if not changed or link is None:
+        if not changed or link is None or self.closing:  # closing: no pong will come
             await trio.lowlevel.checkpoint()
             return
         while len(self.control) > MAX_CONTROL_FRAMES - 2:
@@ -379,8 +379,12 @@ class LinkKeeper:
         up, self._up = self._up, None
         if up is not None:
             up()
-        await link.run(self)
-        self.link = None
+        try:
+            await link.run(self)
+        finally:  # cancelled too: the link is closed, and a later run() opens a new one
+            self.link = None
+            if self.state is ConnectionState.CONNECTED:
+                self.state = ConnectionState.DISCONNECTED
         if self.closing:
             return
         code = link.code if link.code is not None else CloseCode.ABNORMAL_CLOSURE

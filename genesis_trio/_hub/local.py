@@ -47,9 +47,9 @@ from .stats import HubCounters, LocalCounters, LocalStatistics
 log = logging.getLogger("genesis_trio.local")
 
 SEND_TURNS: Final = 64
-"""Sends between two schedule points on a hub without a store (as the client's send):
-every send is a cancellation point, but a sender in a loop appends a burst before the
-receiver runs, rather than paying a task switch per message."""
+"""Sends between two schedule points (as the client's send): every send is a cancellation
+point before it takes effect, but a sender in a loop appends a burst before the receiver
+runs, rather than paying a task switch per message."""
 
 
 class _PullOnWake(Signal):
@@ -150,6 +150,7 @@ class LocalComponent(ComponentBase):
         return await self._enqueue({"type": type, "data": data, "topic": topic})
 
     async def _enqueue(self, body: Body) -> int:
+        await self._turn()  # cancelled: nothing was sent
         session = self._attached()
         if body.get("data", 0) is None:
             del body["data"]
@@ -176,18 +177,21 @@ class LocalComponent(ComponentBase):
         await self._committed()
         return result
 
-    async def _committed(self) -> None:
-        """Wait until what was sent is stored; without a store, a schedule point only
-        every :data:`SEND_TURNS` sends (always a cancellation point)."""
-        journal = self._host.journal
-        if journal.durable:
-            await journal.wait_committed()
-        elif self._turns > 0:
+    async def _turn(self) -> None:
+        """Before a send: always a cancellation point, a schedule point every
+        :data:`SEND_TURNS` sends."""
+        if self._turns > 0:
             self._turns -= 1
             await trio.lowlevel.checkpoint_if_cancelled()
         else:
             self._turns = SEND_TURNS
             await trio.lowlevel.checkpoint()
+
+    async def _committed(self) -> None:
+        """After a send: wait until it is stored (nothing to wait for without a store)."""
+        journal = self._host.journal
+        if journal.durable:
+            await journal.wait_committed()
 
     def _report(self, error: Error) -> None:
         self._counters.errors_contained += 1

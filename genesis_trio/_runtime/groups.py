@@ -9,17 +9,22 @@ from typing import Any
 import trio
 
 
-async def start_hidden(run: Callable[..., Awaitable[Any]]) -> AsyncExitStack:
+async def start_hidden(
+    run: Callable[..., Awaitable[Any]], abandon: Callable[[], None] | None = None
+) -> AsyncExitStack:
     """Open a nursery and ``start`` ``run`` in it; the stack that closes it, for ``__aexit__``.
 
-    If ``run`` fails before it has started, the nursery is closed and the
-    failure raised.
+    If starting fails (``run`` failed, or the caller was cancelled), the
+    nursery is cancelled (``abandon`` is called first: ``run`` may shield
+    itself once started) and closed, and the failure raised.
     """
     stack = AsyncExitStack()
     nursery = await stack.enter_async_context(trio.open_nursery())
     try:
         await nursery.start(run)
     except BaseException:
+        if abandon is not None:
+            abandon()
         nursery.cancel_scope.cancel()
         await stack.aclose()
         raise
