@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import threading
 from collections.abc import AsyncIterator
 
 import msgpack
@@ -199,6 +200,61 @@ def _hello(url: str, hello: dict[str, object]) -> dict[str, object]:
         welcome: dict[str, object] = json.loads(ws.recv(timeout=10))
         ws.send(json.dumps({"t": "bye"}))
         return welcome
+
+
+def _hello_and_hold(
+    url: str, hello: dict[str, object], welcomed: threading.Event, release: threading.Event
+) -> dict[str, object]:
+    """Hello, then stay connected until ``release``; bye (raises if the link was dropped)."""
+    with websockets.sync.client.connect(url, subprotocols=["genesis.v1.json"]) as ws:  # type: ignore[list-item]
+        ws.send(json.dumps({"t": "hello", "v": 1, **hello}))
+        welcome: dict[str, object] = json.loads(ws.recv(timeout=10))
+        welcomed.set()
+        release.wait(10)
+        ws.send(json.dumps({"t": "bye"}))
+        return welcome
+
+
+@pytest.mark.deadline(60)
+async def test_another_components_session_id_cannot_fence_a_node() -> None:
+    """A hello naming a session id this node holds for another component (no id, or a
+    new id) opens a new session that is claimed like any other: it used to be left
+    unclaimed, and the node's next commit fenced it (every link closed 4006, the
+    process gone)."""
+    async with contextlib.AsyncExitStack() as stack:
+        redis = await stack.enter_async_context(redis_server())
+        n0 = await stack.enter_async_context(start_node(redis.url, "n0", lease=2.0))
+        links = Links()
+        a = await stack.enter_async_context(client([n0.url], "a", links))
+        await a.send("a", "ping", 1)
+        assert (await a.receive()).data == 1
+        sid = links.events[0][1].sid
+        release = threading.Event()
+        welcomes: list[dict[str, object]] = []
+
+        async def hold(hello: dict[str, object], welcomed: threading.Event) -> None:
+            welcome = await trio.to_thread.run_sync(
+                _hello_and_hold, n0.url, hello, welcomed, release
+            )
+            welcomes.append(welcome)
+
+        try:
+            async with trio.open_nursery() as nursery:
+                for hello in ({"sid": sid}, {"id": "fresh", "sid": sid}):
+                    welcomed = threading.Event()
+                    nursery.start_soon(hold, hello, welcomed)
+                    assert await trio.to_thread.run_sync(welcomed.wait, 10)
+                await a.send("a", "ping", 2)  # a commit with both new sessions in it
+                assert (await a.receive()).data == 2
+                release.set()
+        finally:
+            release.set()
+        assert n0.alive
+        assert [w["t"] for w in welcomes] == ["welcome", "welcome"]
+        ids = sorted(str(w["id"]) for w in welcomes)
+        assert ids[0].startswith("anon-")
+        assert ids[1] == "fresh"
+        assert a.statistics().reconnects == 0
 
 
 @pytest.mark.slow

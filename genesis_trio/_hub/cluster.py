@@ -139,28 +139,31 @@ class ClusterNode(Forwarding):
         it to let go (else: refused).
         """
         table = self.table
-        cid = hello.id
+        cid, sid = hello.id, hello.sid
         if cid is not None and cid.startswith(ANONYMOUS_PREFIX):
             cid = None  # reserved: an anonymous session is resumed by its session id
-        if cid is None and hello.sid is not None:
-            known = table.by_sid.get(hello.sid)
+        if cid is None and sid is not None:
+            known = table.by_sid.get(sid)
             if known is not None:
-                return None, None
+                if known.anonymous:
+                    return None, None
+                sid = None  # a named session's sid alone resumes nothing: a new anonymous one
         if cid is not None and cid in table.by_id:
             return None, None
         marks: list[str] = []
         try:
             with trio.move_on_after(self.handover_timeout + 3 * self.store.timeout):
-                if cid is not None or hello.sid is not None:
-                    key = cid if cid is not None else "$sid:" + str(hello.sid)
+                if cid is not None or sid is not None:
+                    key = cid if cid is not None else "$sid:" + str(sid)
                     while key in self.arriving:  # another link of the same one: after it
                         await self.arriving[key].wait()
+                    known = table.by_sid.get(sid) if cid is None and sid is not None else None
                     if (cid is not None and cid in table.by_id) or (
-                        hello.sid is not None and hello.sid in table.by_sid
+                        known is not None and known.anonymous
                     ):
                         return None, None
                     self._mark(marks, key)
-                    refused, found = await self._claim(cid, hello.sid, marks, take)
+                    refused, found = await self._claim(cid, sid, marks, take)
                     if refused is not None or found or cid is not None:
                         return refused, None
                 # a new anonymous session (or an unknown session id without a name)

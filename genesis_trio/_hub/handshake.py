@@ -80,6 +80,11 @@ class LinkHost(LinkServices, Protocol):
         """In a cluster, let go of claimed ids that did not become sessions here."""
         ...
 
+    async def stored(self) -> None:
+        """In a cluster, wait (bounded) until the sessions opened so far are stored:
+        other nodes find a component through the store."""
+        ...
+
 
 async def _authenticate(
     host: LinkHost, transport: ServerTransport, hello: Hello
@@ -175,6 +180,7 @@ async def _serve_link(host: LinkHost, transport: ServerTransport) -> bool:
         nonlocal welcome
         try:
             frame, welcome = welcome, b""  # not kept for the link's lifetime
+            await host.stored()  # addressable from every node once welcomed
             await transport.send(frame)
             await link.run()
         except ConnectionClosed:

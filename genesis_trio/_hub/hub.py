@@ -203,6 +203,13 @@ class TranscendentalExternalWebSocket(Outbox, Queries):
         if self.cluster is not None:
             await self.cluster.settle(*component_ids)
 
+    async def stored(self) -> None:
+        """In a cluster, wait until new sessions are stored, at most a handshake timeout
+        (LinkHost): a message from another node must find a welcomed component."""
+        if self.cluster is not None:
+            with trio.move_on_after(self.config.handshake_timeout):
+                await self.journal.wait_committed()
+
     def process(self, data: str | bytes, link: HubLink) -> None:
         """The per-frame pipeline for one link (LinkServices)."""
         self.pipeline.process(data, link)
