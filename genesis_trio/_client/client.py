@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import math
 import secrets
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import AsyncExitStack
@@ -48,7 +47,7 @@ from .._core.frames import (
 from .._core.session import ClientSession, OutboundLog
 from .._runtime.component import ComponentBase
 from .._runtime.dispatch import Dispatcher
-from .._runtime.groups import single_exception, start_hidden
+from .._runtime.groups import ShieldOnStart, single_exception, start_hidden
 from .keeper import LinkKeeper
 from .transport import StreamFactory
 from .types import (
@@ -321,7 +320,7 @@ class TranscendentalWebSocket(ComponentBase):
         ``close_timeout``) over a link that is still running. Until then (and if
         ``__aenter__`` fails) a cancellation ends it as it would end :meth:`run`."""
         with trio.CancelScope() as self._shield:
-            await self.run(task_status=_ShieldOnStart(self._shield, task_status))
+            await self.run(task_status=ShieldOnStart(self._shield, task_status))
 
     def _abandon_run(self) -> None:
         """``__aenter__`` failed after starting :meth:`run`: let cancellation reach it."""
@@ -433,20 +432,3 @@ class TranscendentalWebSocket(ComponentBase):
     def get_stats(self) -> dict[str, Any]:
         """The metrics as a plain dict."""
         return attrs.asdict(self.statistics())
-
-
-class _ShieldOnStart:
-    """A task status that shields ``scope`` when the task reports it has started."""
-
-    __slots__ = ("_scope", "_status")
-
-    def __init__(self, scope: trio.CancelScope, status: trio.TaskStatus[None]) -> None:
-        self._scope = scope
-        self._status = status
-
-    def started(self, value: None = None) -> None:
-        """Report; then shield the scope, unless the start was cancelled meanwhile (Trio
-        then leaves the task where it is, to be cancelled: it must not be shielded)."""
-        self._status.started(value)
-        if trio.current_effective_deadline() != -math.inf:
-            self._scope.shield = True

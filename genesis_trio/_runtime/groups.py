@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from typing import Any
@@ -43,3 +44,20 @@ def single_exception(group: BaseExceptionGroup[BaseException]) -> BaseException 
             return None
         exc = exc.exceptions[0]
     return exc
+
+
+class ShieldOnStart:
+    """A task status that shields ``scope`` when the task reports it has started."""
+
+    __slots__ = ("_scope", "_status")
+
+    def __init__(self, scope: trio.CancelScope, status: trio.TaskStatus[None]) -> None:
+        self._scope = scope
+        self._status = status
+
+    def started(self, value: None = None) -> None:
+        """Report; then shield the scope, unless the start was cancelled meanwhile (Trio
+        then leaves the task where it is, to be cancelled: it must not be shielded)."""
+        self._status.started(value)
+        if trio.current_effective_deadline() != -math.inf:
+            self._scope.shield = True
