@@ -6,6 +6,7 @@ import pathlib
 
 import trio
 
+from genesis_trio import CloseCode, Disconnected, LinkEvent, Message
 from genesis_trio._core.config import HubConfig
 from genesis_trio._core.frames import Hello
 from genesis_trio._hub.budget import CHECKS_PER_BUDGET
@@ -109,3 +110,29 @@ async def test_what_was_shed_stays_shed_in_the_store(tmp_path: pathlib.Path) -> 
         hub2 = await start_memory_hub(n2, config, store=SQLiteStore(path))
         assert {cid: retained(hub2, cid) for cid in ("first", "second")} == kept
         n2.cancel_scope.cancel()
+
+
+async def test_past_the_budget_a_connected_client_that_never_acknowledges_is_closed(
+    nursery: trio.Nursery,
+) -> None:
+    """With nothing disconnected to shed, the connected session holding the most is closed
+    (4004, a slow consumer) and shed; a client that keeps up is not touched."""
+    hub = await start_memory_hub(nursery, HubConfig(max_retained_bytes=LIMIT))
+    events: list[LinkEvent] = []
+    async with hub.client("hog", on_link_event=events.append) as hog, hub.client("fine") as fine:
+
+        @hog.on("m")
+        async def stuck(message: Message) -> None:
+            await trio.sleep_forever()  # nothing after the first is acknowledged
+
+        for n in range(60):
+            await hub.hub.send("hog", "m", {"n": n, "pad": "x" * BODY})
+            await hub.hub.send("fine", "m", {"n": n})
+            assert (await fine.receive()).data == {"n": n}
+        stats = hub.hub.get_stats()
+        assert stats["slow_consumers_closed"] >= 1
+        assert stats["retained_bytes"] <= LIMIT
+        assert hub.hub.sessions.by_id["hog"].outbound.truncated
+        closes = [e.code for e in events if isinstance(e, Disconnected)]
+        assert CloseCode.SLOW_CONSUMER in closes
+        assert not hub.hub.sessions.by_id["fine"].outbound.truncated

@@ -8,9 +8,10 @@ retained bytes (counted as ``retention_bytes`` counts them) under
 ``max_retained_bytes``: past it, the sessions disconnected longest
 (anonymous ones first, as ``max_sessions`` forgets them) lose their oldest
 messages, exactly as retention drops them (the next resume says
-``recovered: false``). Connected sessions are never shed here: their logs
-are bounded by flow control, and a reader too slow for it is closed (4004)
-and becomes sheddable.
+``recovered: false``). If that is not enough (connected clients that read
+but never acknowledge can each hold up to ``retention_bytes``), the
+connected sessions holding the most are closed with 4004, like any slow
+consumer, and shed in turn.
 
 Summing every log costs one pass over the sessions, so the budget is
 checked every ``max_retained_bytes / 16`` appended bytes (the overshoot
@@ -22,7 +23,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Final
 
+import trio
+
+from .._core.errors import CloseCode
 from .sessions import HubSession, SessionTable
+from .stats import HubCounters
 
 CHECKS_PER_BUDGET: Final = 16
 """Appending this fraction of the budget triggers a check."""
@@ -31,13 +36,18 @@ CHECKS_PER_BUDGET: Final = 16
 class RetentionBudget:
     """Keeps all sessions' retained bytes under a limit (see the module docstring)."""
 
-    __slots__ = ("_since", "_step", "limit", "on_shed", "retained", "table")
+    __slots__ = ("_since", "_step", "counters", "limit", "on_shed", "retained", "table")
 
     def __init__(
-        self, table: SessionTable, limit: int, on_shed: Callable[[HubSession], None]
+        self,
+        table: SessionTable,
+        limit: int,
+        on_shed: Callable[[HubSession], None],
+        counters: HubCounters,
     ) -> None:
         self.table = table
         self.limit = limit
+        self.counters = counters
         self.on_shed = on_shed
         """Told of each session that lost messages (the journal records the trim)."""
         self.retained = 0
@@ -61,14 +71,32 @@ class RetentionBudget:
         if total > self.limit:
             for away in (table.away_anonymous, table.away):  # longest disconnected first
                 for session in list(away.values()):
-                    n, freed = session.outbound.shed(total - self.limit)
-                    if n:
-                        dropped += n
-                        total -= freed
-                        self.on_shed(session)
+                    total, dropped = self._shed(session, total, dropped)
                     if total <= self.limit:
                         break
                 if total <= self.limit:
                     break
+        if total > self.limit:  # connected clients that never acknowledge: the largest go
+            holders = sorted(
+                (s for s in table.by_id.values() if s.connection is not None and s.outbound.size),
+                key=lambda s: s.outbound.size,
+                reverse=True,
+            )
+            for session in holders:
+                link = session.connection
+                assert link is not None
+                self.counters.slow_consumers_closed += 1
+                link.close_soon(CloseCode.SLOW_CONSUMER, "the hub's retention budget is spent")
+                if session.connection is not None:  # a link that detaches later
+                    session.detach(trio.current_time())
+                total, dropped = self._shed(session, total, dropped)
+                if total <= self.limit:
+                    break
         self.retained = total
         return dropped
+
+    def _shed(self, session: HubSession, total: int, dropped: int) -> tuple[int, int]:
+        n, freed = session.outbound.shed(total - self.limit)
+        if n:
+            self.on_shed(session)
+        return total - freed, dropped + n
