@@ -25,6 +25,7 @@ import trio
 from prometheus_client.parser import text_string_to_metric_families
 
 from genesis_trio import Message, TranscendentalWebSocket, create_app
+from genesis_trio._api.routes import MAX_BODIES
 from genesis_trio.testing import start_hub
 
 from .support.processes import HubProcess, start_cli_hub, wait_until
@@ -1091,6 +1092,43 @@ async def test_an_abandoned_upload_is_not_an_error(cli_hub: HubProcess) -> None:
     await wait_until(lambda: _released(cli_hub, ours), within=10)
     health = await cli_hub.health()
     assert health["status"] == "ok"
+    assert _logged_errors(cli_hub) == []
+
+
+async def test_slow_bodies_cannot_pile_up(cli_hub: HubProcess, http: httpx.AsyncClient) -> None:
+    """Bodies that arrive slowly hold their place for at most 10 s, and only 64 at once:
+    the next request with a body gets 503 with Retry-After (each could hold 1 MiB), and
+    once they are gone requests are served again."""
+    head = (
+        b"POST /api/topics/t/messages HTTP/1.1\r\nHost: localhost\r\n"
+        b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"
+    )
+    message = {"type": "x", "data": 1}
+    slow: list[trio.SocketStream] = []
+    try:
+        for _ in range(MAX_BODIES):
+            stream = await trio.open_tcp_stream("127.0.0.1", cli_hub.port)
+            slow.append(stream)
+            await stream.send_all(head)
+
+        async def refused() -> bool:
+            response = await http.post("/api/topics/t/messages", json=message)
+            if response.status_code == 503:
+                assert_problem(response, 503)
+                assert response.headers["retry-after"] == "1"
+                return True
+            assert response.status_code == 202  # the slow ones are not all in yet
+            return False
+
+        await wait_until(refused, within=10)
+    finally:
+        for stream in slow:
+            await stream.aclose()
+
+    async def served() -> bool:
+        return (await http.post("/api/topics/t/messages", json=message)).status_code == 202
+
+    await wait_until(served, within=10)
     assert _logged_errors(cli_hub) == []
 
 

@@ -202,6 +202,7 @@ _BODY_ERRORS = {
     "408": _problem("The body did not arrive in time (10 s)."),
     "413": _problem("Body larger than the hub's max_message_size."),
     "415": _problem("Not application/json."),
+    "503": _problem("64 request bodies are arriving already: retry (Retry-After: 1)."),
 }
 
 
@@ -295,8 +296,11 @@ PATHS: dict[str, Any] = {
             {
                 "202": _json("Sent", "In the component's session."),
                 "404": _problem("No such session."),
-                "503": _problem("Its inbox on another node of a cluster is full (`limit`)."),
                 **_BODY_ERRORS,
+                "503": _problem(
+                    "Its inbox on another node of a cluster is full (`limit`); or 64 request "
+                    "bodies are arriving already (Retry-After: 1)."
+                ),
             },
             requestBody=_body("MessageIn"),
         ),

@@ -37,6 +37,8 @@ def problem_response(
         body["instance"] = instance
     body.update(extra)
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    if status == 503:
+        headers = {"Retry-After": "1"}
     return JSONResponse(body, status, headers=headers, media_type="application/problem+json")
 
 

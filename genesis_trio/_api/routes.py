@@ -42,6 +42,8 @@ BODY_TIMEOUT = 10.0
 """Seconds a request body may take to arrive (then 408)."""
 DRAIN_FACTOR = 4
 """A body up to this many times ``max_message_size`` is read to its end before the 413."""
+MAX_BODIES = 64
+"""Request bodies received at once (each held up to ``max_message_size``); more: 503."""
 
 
 class JSON(JSONResponse):
@@ -120,6 +122,8 @@ class TranscendentalAPI:
         self.metrics = Metrics(hub)
         self.openapi = document(version)
         self._draining = draining or (lambda: False)
+        self._bodies = 0
+        """Request bodies being received now (bounded by :data:`MAX_BODIES`)."""
 
     def _refused(self) -> None:
         self.hub.counters.auth_failures += 1
@@ -321,6 +325,24 @@ class TranscendentalAPI:
         declared = request.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > DRAIN_FACTOR * limit:
             raise too_large  # not worth reading: the connection is closed after the answer
+        if self._bodies >= MAX_BODIES:
+            raise Problem(503, f"{MAX_BODIES} request bodies are arriving already: retry")
+        self._bodies += 1
+        try:
+            raw = await self._receive(request, limit, too_large)
+        finally:
+            self._bodies -= 1
+        body = parse_json(bytes(raw))
+        error = jsonschema.exceptions.best_match(validator(schema).iter_errors(body))
+        if error is not None:
+            where = "/".join(str(p) for p in error.absolute_path) or "body"
+            raise Problem(400, f"{where}: {error.message}"[:300])
+        assert isinstance(body, dict)
+        return body
+
+    @staticmethod
+    async def _receive(request: Request, limit: int, too_large: Problem) -> bytearray:
+        """The body's bytes (at most ``limit``), within :data:`BODY_TIMEOUT`."""
         raw = bytearray()
         received = 0
         with trio.move_on_after(BODY_TIMEOUT) as timer:
@@ -334,10 +356,4 @@ class TranscendentalAPI:
             raise too_large
         if timer.cancelled_caught:
             raise Problem(408, f"the body did not arrive within {BODY_TIMEOUT:g} s")
-        body = parse_json(bytes(raw))
-        error = jsonschema.exceptions.best_match(validator(schema).iter_errors(body))
-        if error is not None:
-            where = "/".join(str(p) for p in error.absolute_path) or "body"
-            raise Problem(400, f"{where}: {error.message}"[:300])
-        assert isinstance(body, dict)
-        return body
+        return raw
