@@ -414,8 +414,15 @@ async def test_publish_to_a_topic(cli_hub: HubProcess, http: httpx.AsyncClient) 
     ):
         topics = (await http.get("/api/topics")).json()
         assert topics == {
-            "items": [{"topic": "news", "subscribers": 2}, {"topic": "sport", "subscribers": 2}]
+            "items": [{"topic": "news", "subscribers": 2}, {"topic": "sport", "subscribers": 2}],
+            "next": None,
         }
+        first = (await http.get("/api/topics", params={"limit": 1})).json()
+        assert first == {"items": [{"topic": "news", "subscribers": 2}], "next": "news"}
+        rest = (await http.get("/api/topics", params={"limit": 1, "after": "news"})).json()
+        assert rest == {"items": [{"topic": "sport", "subscribers": 2}], "next": None}
+        for bad in ({"limit": 0}, {"limit": "x"}, {"after": "bad topic"}):
+            assert_problem(await http.get("/api/topics", params=bad), 400)
         response = await http.post(
             "/api/topics/news/messages", json={"type": "headline", "data": {"t": "ünïcode"}}
         )
@@ -562,7 +569,8 @@ async def test_disconnect_forget_and_presence_events(
         await presence(watcher, event="left", id="bob", reason="bye")
         assert await watcher.presence("room") == []
         assert (await http.get("/api/topics")).json() == {
-            "items": [{"topic": "$presence", "subscribers": 1}]
+            "items": [{"topic": "$presence", "subscribers": 1}],
+            "next": None,
         }
         members = (await http.get("/api/components", params={"topic": "$presence"})).json()
         assert [item["id"] for item in members["items"]] == ["watcher"]

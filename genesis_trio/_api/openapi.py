@@ -108,7 +108,7 @@ SCHEMAS: dict[str, Any] = {
     },
     "TopicList": {
         "type": "object",
-        "required": ["items"],
+        "required": ["items", "next"],
         "properties": {
             "items": {
                 "type": "array",
@@ -120,7 +120,11 @@ SCHEMAS: dict[str, Any] = {
                         "subscribers": {"type": "integer"},
                     },
                 },
-            }
+            },
+            "next": {
+                "type": ["string", "null"],
+                "description": "Pass as `after` for the next page (null: the last page).",
+            },
         },
     },
     "MessageIn": {
@@ -320,7 +324,18 @@ PATHS: dict[str, Any] = {
         ),
     },
     "/api/topics": {
-        "get": _op("Topics with subscribers.", {"200": _json("TopicList", "Topics.")}),
+        "get": _op(
+            "Topics with subscribers, by name, one page.",
+            {"200": _json("TopicList", "A page."), **_BAD},
+            parameters=[
+                {"name": "after", "in": "query", "schema": _SUBSCRIPTION},
+                {
+                    "name": "limit",
+                    "in": "query",
+                    "schema": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE},
+                },
+            ],
+        ),
     },
     "/api/topics/{topic}/messages": {
         "parameters": [{"name": "topic", "in": "path", "required": True, "schema": _TOPIC}],

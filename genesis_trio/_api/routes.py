@@ -37,7 +37,7 @@ log = logging.getLogger("genesis_trio.api")
 Endpoint = Callable[[Request], Awaitable[Response]]
 
 DEFAULT_PAGE = 100
-"""Rows of ``GET /api/components`` without ``limit``."""
+"""Rows of ``GET /api/components`` and ``GET /api/topics`` without ``limit``."""
 BODY_TIMEOUT = 10.0
 """Seconds a request body may take to arrive (then 408)."""
 DRAIN_FACTOR = 4
@@ -71,6 +71,18 @@ def component_json(info: ComponentInfo) -> dict[str, Any]:
         "pending_in": info.pending_in,
         "rtt_ms": info.rtt_ms,
     }
+
+
+def _limit(text: str | None) -> int:
+    """The ``limit`` query parameter: rows per page."""
+    if text is None:
+        return DEFAULT_PAGE
+    if not (text.isascii() and text.isdigit()):
+        raise Problem(400, "query parameter 'limit' must be an integer")
+    limit = int(text)
+    if not 1 <= limit <= MAX_PAGE:
+        raise Problem(400, f"query parameter 'limit' must be 1 to {MAX_PAGE}")
+    return limit
 
 
 def _bool(text: str | None, name: str) -> bool | None:
@@ -217,12 +229,7 @@ class TranscendentalAPI:
         after = query.get("after")
         if after is not None and not valid_component_id(after):
             raise Problem(400, f"invalid component id {after[:100]!r}")
-        text = query.get("limit", str(DEFAULT_PAGE))
-        if not (text.isascii() and text.isdigit()):
-            raise Problem(400, "query parameter 'limit' must be an integer")
-        limit = int(text)
-        if not 1 <= limit <= MAX_PAGE:
-            raise Problem(400, f"query parameter 'limit' must be 1 to {MAX_PAGE}")
+        limit = _limit(query.get("limit"))
         rows = self.hub.components(
             topic=topic,
             connected=_bool(query.get("connected"), "connected"),
@@ -253,9 +260,16 @@ class TranscendentalAPI:
             raise Problem(404, str(exc)) from None
 
     async def topics(self, request: Request) -> Response:
-        """Topics with subscriber counts."""
-        items = [{"topic": t, "subscribers": n} for t, n in self.hub.topics().items()]
-        return JSON({"items": items})
+        """Topics with subscriber counts, one page."""
+        after = request.query_params.get("after")
+        if after is not None and not valid_subscription(after):
+            raise Problem(400, f"invalid topic name {after[:100]!r}")
+        limit = _limit(request.query_params.get("limit"))
+        page = self.hub.topics(after=after, limit=limit + 1)
+        items = [{"topic": t, "subscribers": n} for t, n in page.items()]
+        more = len(items) > limit
+        items = items[:limit]
+        return JSON({"items": items, "next": items[-1]["topic"] if more else None})
 
     # -- acting -------------------------------------------------------------------------
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import heapq
 import time
 
 import trio
@@ -53,10 +54,13 @@ class Queries:
     def _info(self, session: HubSession) -> ComponentInfo:
         return ComponentInfo.of(session, self.config.node_id, trio.current_time(), time.time())
 
-    def topics(self) -> dict[str, int]:
-        """Subscriber counts by topic, sorted by topic."""
+    def topics(self, *, after: str | None = None, limit: int | None = None) -> dict[str, int]:
+        """Subscriber counts by topic, sorted by topic: the first ``limit`` after ``after``
+        (one page: memory in proportion to the page, not to every topic)."""
         subscribers = self.sessions.subscribers
-        return {topic: len(subscribers[topic]) for topic in sorted(subscribers)}
+        names = subscribers if after is None else (t for t in subscribers if t > after)
+        page = sorted(names) if limit is None else heapq.nsmallest(limit, names)
+        return {topic: len(subscribers[topic]) for topic in page}
 
     def disconnect(self, component_id: str, *, forget: bool = False) -> bool:
         """Close the component's link (1000, it may resume); with ``forget``, end its session.
