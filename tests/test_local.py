@@ -7,6 +7,7 @@ import trio
 import trio.testing
 
 from genesis_trio import (
+    CloseCode,
     ClosedError,
     Connected,
     ConnectionClosed,
@@ -234,3 +235,30 @@ async def test_a_burst_of_sends_without_a_store_yields_every_send_turns(
         await src.send("sink", "end", None)
         assert (await sink.receive()).type == "end"  # the cancelled send took no effect
     assert got == list(range(n))
+
+
+async def test_the_hub_taking_the_session_away_ends_async_with_cleanly(
+    nursery: trio.Nursery,
+) -> None:
+    """An operator's disconnect (or a client taking the id over) ends ``async with
+    hub.local(...)`` with ConnectionClosed, the block cancelled; it used to corrupt
+    Trio's nursery stack. The hub's own ``anon-`` ids are refused."""
+    hub = await start_memory_hub(nursery)
+
+    async def disconnected() -> None:
+        async with hub.hub.local("svc"):
+            hub.hub.disconnect("svc")
+            await trio.sleep_forever()
+
+    async def replaced() -> None:
+        async with hub.hub.local("svc"), hub.client("svc"):  # a client takes the id over
+            await trio.sleep_forever()
+
+    with pytest.raises(ConnectionClosed) as closed:
+        await disconnected()
+    assert closed.value.code == CloseCode.NORMAL
+    with pytest.raises(ConnectionClosed) as taken:
+        await replaced()
+    assert taken.value.code == CloseCode.REPLACED
+    with pytest.raises(ValueError, match="anon-"):
+        hub.hub.local("anon-0123456789ab")

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import pathlib
 
 import trio
+import trio.testing
 
 from genesis_trio import CloseCode, Disconnected, LinkEvent, Message
 from genesis_trio._core.config import HubConfig
@@ -113,10 +115,11 @@ async def test_what_was_shed_stays_shed_in_the_store(tmp_path: pathlib.Path) -> 
 
 
 async def test_past_the_budget_a_connected_client_that_never_acknowledges_is_closed(
-    nursery: trio.Nursery,
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
 ) -> None:
-    """With nothing disconnected to shed, the connected session holding the most is closed
-    (4004, a slow consumer) and shed; a client that keeps up is not touched."""
+    """With nothing disconnected to shed, the connected session holding the most, once its
+    oldest message waited ``slow_consumer_timeout``, is closed (4004) and shed; a client
+    that keeps up is not touched."""
     hub = await start_memory_hub(nursery, HubConfig(max_retained_bytes=LIMIT))
     events: list[LinkEvent] = []
     async with hub.client("hog", on_link_event=events.append) as hog, hub.client("fine") as fine:
@@ -129,6 +132,9 @@ async def test_past_the_budget_a_connected_client_that_never_acknowledges_is_clo
             await hub.hub.send("hog", "m", {"n": n, "pad": "x" * BODY})
             await hub.hub.send("fine", "m", {"n": n})
             assert (await fine.receive()).data == {"n": n}
+            if n == 30:  # over the budget already, but nobody waited long: nobody is closed
+                assert hub.hub.get_stats()["slow_consumers_closed"] == 0
+                await trio.sleep(hub.hub.config.slow_consumer_timeout)
         stats = hub.hub.get_stats()
         assert stats["slow_consumers_closed"] >= 1
         assert stats["retained_bytes"] <= LIMIT
@@ -136,3 +142,22 @@ async def test_past_the_budget_a_connected_client_that_never_acknowledges_is_clo
         closes = [e.code for e in events if isinstance(e, Disconnected)]
         assert CloseCode.SLOW_CONSUMER in closes
         assert not hub.hub.sessions.by_id["fine"].outbound.truncated
+
+
+async def test_a_wide_publish_to_subscribers_that_keep_up_closes_nobody(
+    nursery: trio.Nursery,
+) -> None:
+    """A publish counts once per subscriber: one may pass the budget for a moment, but
+    subscribers that acknowledge in time are neither closed nor shed."""
+    hub = await start_memory_hub(nursery, HubConfig(max_retained_bytes=LIMIT))
+    async with contextlib.AsyncExitStack() as stack:
+        subscribers = [
+            await stack.enter_async_context(hub.client(f"s{i}", topics=["t"])) for i in range(50)
+        ]
+        for n in range(3):  # each ~50 KB counted, over the 40 KB budget
+            assert await hub.hub.publish("t", "m", {"n": n, "pad": "x" * BODY}) == 50
+            for subscriber in subscribers:
+                assert (await subscriber.receive()).data["n"] == n
+        stats = hub.hub.get_stats()
+        assert stats["slow_consumers_closed"] == 0
+        assert stats["messages_evicted"] == 0

@@ -10,8 +10,11 @@ retained bytes (counted as ``retention_bytes`` counts them) under
 messages, exactly as retention drops them (the next resume says
 ``recovered: false``). If that is not enough (connected clients that read
 but never acknowledge can each hold up to ``retention_bytes``), the
-connected sessions holding the most are closed with 4004, like any slow
-consumer, and shed in turn.
+connected sessions holding the most whose oldest unacknowledged message is
+older than ``slow_consumer_timeout`` are closed with 4004, like any slow
+consumer, and shed in turn. A client that acknowledges in time is never
+closed for the budget (a wide publish counts once per subscriber: it may
+pass the limit for a moment while every subscriber keeps up).
 
 Summing every log costs one pass over the sessions, so the budget is
 checked every ``max_retained_bytes / 16`` appended bytes (the overshoot
@@ -36,7 +39,7 @@ CHECKS_PER_BUDGET: Final = 16
 class RetentionBudget:
     """Keeps all sessions' retained bytes under a limit (see the module docstring)."""
 
-    __slots__ = ("_since", "_step", "counters", "limit", "on_shed", "retained", "table")
+    __slots__ = ("_since", "_step", "counters", "limit", "on_shed", "retained", "stall", "table")
 
     def __init__(
         self,
@@ -44,10 +47,13 @@ class RetentionBudget:
         limit: int,
         on_shed: Callable[[HubSession], None],
         counters: HubCounters,
+        stall: float,
     ) -> None:
         self.table = table
         self.limit = limit
         self.counters = counters
+        self.stall = stall
+        """A connected session is closed only once its oldest message waited this long."""
         self.on_shed = on_shed
         """Told of each session that lost messages (the journal records the trim)."""
         self.retained = 0
@@ -76,9 +82,16 @@ class RetentionBudget:
                         break
                 if total <= self.limit:
                     break
-        if total > self.limit:  # connected clients that never acknowledge: the largest go
+        if total > self.limit:  # connected clients that do not acknowledge: the largest go
+            stale = trio.current_time() - self.stall
             holders = sorted(
-                (s for s in table.by_id.values() if s.connection is not None and s.outbound.size),
+                (
+                    s
+                    for s in table.by_id.values()
+                    if s.connection is not None
+                    and s.outbound.entries
+                    and s.outbound.entries[0].stamp <= stale
+                ),
                 key=lambda s: s.outbound.size,
                 reverse=True,
             )

@@ -47,7 +47,7 @@ from .presence import Presence, PresenceEvent
 from .queries import Queries
 from .requests import HubRequests
 from .router import Router
-from .sessions import HubSession, SessionTable
+from .sessions import ANONYMOUS_PREFIX, HubSession, SessionTable
 from .stats import HubCounters, HubStatistics, hub_snapshot
 from .ticker import StatsTicker
 
@@ -248,8 +248,8 @@ class TranscendentalExternalWebSocket(Outbox, Queries):
 
         ``async with hub.local("svc") as svc`` (the hub must be running).
         """
-        if not valid_component_id(component_id):
-            raise ValueError(f"invalid component id {component_id!r}")
+        if not valid_component_id(component_id) or component_id.startswith(ANONYMOUS_PREFIX):
+            raise ValueError(f"invalid component id {component_id!r} (anon-: the hub's own)")
         return LocalComponent(self, component_id, topics=tuple(topics))
 
     def _presence_request(self, identity: Identity | None, message: Message) -> Any:

@@ -32,6 +32,7 @@ import contextvars
 import json
 import logging
 from collections.abc import Iterator
+from http import HTTPStatus
 from typing import Any, Final, Protocol
 
 import trio
@@ -215,7 +216,8 @@ def _explaining_h11_class() -> type:
         """Hypercorn's HTTP/1.1 protocol whose own errors carry a problem document."""
 
         async def _send_error_response(self, status_code: int) -> None:
-            title, detail = HTTP_ERRORS.get(status_code, ("Bad Request", "invalid request"))
+            phrase = HTTPStatus(status_code).phrase
+            title, detail = HTTP_ERRORS.get(status_code, (phrase, f"{phrase.lower()} (HTTP/1.1)"))
             detail = detail.format(limit=self.config.h11_max_incomplete_size)
             body = json.dumps({"title": title, "status": status_code, "detail": detail}).encode()
             headers = [

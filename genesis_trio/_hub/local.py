@@ -36,7 +36,7 @@ from .._core.errors import (
 from .._core.frames import HUB_ID, Body, Error, Hello, check_body, valid_subscription
 from .._runtime.component import ComponentBase
 from .._runtime.dispatch import Dispatcher
-from .._runtime.groups import start_hidden
+from .._runtime.groups import single_exception, start_hidden
 from .._runtime.signal import Signal
 from .handles import NO_ONE, Wake
 from .journal import Journal, NullJournal
@@ -335,7 +335,8 @@ class LocalComponent(ComponentBase):
         """Hold the session and dispatch its messages until closed or cancelled.
 
         Raises :class:`ConnectionClosed` when the hub takes the session away
-        (4001: a client with the same id took over; or an operator's disconnect).
+        (4001: a client with the same id took over; an operator's disconnect; 4004:
+        its handlers left messages unacknowledged past the hub's retention budget).
         """
         if self._closed:
             raise ClosedError("the component is closed")
@@ -366,10 +367,18 @@ class LocalComponent(ComponentBase):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> bool | None:
-        await self.aclose()
-        stack, self._exit_stack = self._exit_stack, None
-        if stack is not None:
-            await stack.__aexit__(exc_type, exc, tb)
+        try:
+            await self.aclose()
+        finally:  # even when cancelled: the hidden nursery must be closed here
+            stack, self._exit_stack = self._exit_stack, None
+            if stack is not None:
+                try:
+                    await stack.__aexit__(exc_type, exc, tb)
+                except BaseExceptionGroup as group:  # run()'s one failure, not a group
+                    leaf = single_exception(group)
+                    if leaf is None:
+                        raise
+                    raise leaf from None
         return None
 
     async def aclose(self, *, end_session: bool = False) -> None:

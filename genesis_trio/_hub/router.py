@@ -63,7 +63,9 @@ class Router(HubCalls):
         self.system = system if system is not None else {}
         """Built-in ``$hub`` requests, used when no handler of that type was added."""
         self.fanout = FanoutWindow()
-        self.budget = RetentionBudget(table, config.max_retained_bytes, recorder.acked, counters)
+        self.budget = RetentionBudget(
+            table, config.max_retained_bytes, recorder.acked, counters, config.slow_consumer_timeout
+        )
         """The hub-wide bound on retained bytes (checked as appends add up)."""
         self.cluster: ClusterNode | None = None
         """This hub's part in a cluster: messages for other nodes' components (None: alone)."""
