@@ -63,7 +63,7 @@ def pct(value: float | None) -> str:
     if value is None:
         return DASH
     value = max(value, 0.0) if value > -0.005 else value
-    return f"{value:.1%}" if 0 < value < 0.095 else f"{value:.0%}"
+    return f"{value:.1%}" if 0.0005 <= value < 0.095 else f"{value:.0%}"
 
 
 def table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
