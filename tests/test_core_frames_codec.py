@@ -19,6 +19,7 @@ from genesis_trio._core.codec import (
     MSGPACK,
     MSGPACK_SUBPROTOCOL,
     Codec,
+    EncodedBody,
     negotiate,
 )
 from genesis_trio._core.errors import CloseCode, ErrorCode, RemoteProtocolError
@@ -585,3 +586,26 @@ def test_json_bodies_hold_only_their_own_size() -> None:
         tracemalloc.stop()
     assert orjson.loads(kept[0]) == body
     assert per_body < 3 * len(kept[0]) + 100, per_body  # ~140 B, not ~4100
+
+
+def test_a_compacted_body_keeps_its_encoded_size_only() -> None:
+    """A body waiting for an absent receiver is kept as MessagePack: ``[[], [], ...]``
+    decoded takes ~25 times its encoded size. It decodes again to the same body, and
+    its size (what retention counts) does not change."""
+    body = {"type": "e", "from": "a", "to": "b", "data": [[] for _ in range(20_000)]}
+    tracemalloc.start()
+    try:
+        out = EncodedBody(orjson.loads(orjson.dumps(body)))
+        size = out.size
+        decoded = tracemalloc.get_traced_memory()[0]
+        out.compact()
+        compacted = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert compacted < decoded / 5, (decoded, compacted)
+    assert out.size == size
+    assert out.body == body
+    assert orjson.loads(out.encoded(JSON)) == body
+    huge = EncodedBody({"type": "e", "data": 2**70})  # MessagePack cannot carry it
+    huge.compact()
+    assert huge.body["data"] == 2**70

@@ -177,11 +177,12 @@ async def test_a_deadline_while_async_with_starts_never_hangs(hub: RunningHub) -
 
 async def test_one_client_cannot_fill_the_hub_through_sessions_it_left() -> None:
     """A client opens sessions, leaves them, and fills each with messages of its own
-    (each session's own bound, 16 MiB, is far away): the hub keeps the sum under
-    ``--max-retained-bytes`` by shedding the longest-disconnected, and a bystander's
-    conversation is untouched."""
+    (each session's own bound, 16 MiB, is far away), made of empty lists that take ~25
+    times their encoded size once decoded: the hub keeps the sum under
+    ``--max-retained-bytes`` by shedding the longest-disconnected, keeps what waits
+    encoded, and a bystander's conversation is untouched."""
     budget = 8 << 20
-    pad = "x" * 200_000
+    pad = [[] for _ in range(60_000)]  # 180 KB encoded, ~25 times that decoded
     ids = [f"left{i}" for i in range(40)]
     async with start_cli_hub("--store", "none", "--max-retained-bytes", str(budget)) as hub:
         rss_before = hub.rss_kib()
@@ -193,7 +194,7 @@ async def test_one_client_cannot_fill_the_hub_through_sessions_it_left() -> None
             TranscendentalWebSocket(hub.url, "filler") as filler,
             TranscendentalWebSocket(hub.url, "bystander") as bystander,
         ):
-            for _ in range(10):  # 80 MB in all, 2 MB per left session
+            for _ in range(10):  # 72 MB in all, 1.8 MB per left session
                 for cid in ids:
                     await filler.send(cid, "fill", pad)
                 await bystander.send("bystander", "n", 1)
@@ -204,7 +205,7 @@ async def test_one_client_cannot_fill_the_hub_through_sessions_it_left() -> None
         assert stats["retained_bytes"] <= budget
         assert stats["messages_evicted"] >= 300  # of 400 messages, 8 MB at most kept
         assert stats["sessions"] == len(ids)  # the filler and the bystander said bye
-        assert hub.rss_kib() - rss_before < 60 * 1024  # 80 MB sent; ~24 MB measured
+        assert hub.rss_kib() - rss_before < 60 * 1024  # ~25 MB measured; ~240 MB kept decoded
         assert "Traceback" not in hub.log()
 
 

@@ -236,6 +236,21 @@ class EncodedBody:
             self._size = len(cached)
         return self._size
 
+    def compact(self) -> None:
+        """Keep the body as MessagePack only, decoded again when needed: a body that
+        waits for an absent receiver costs its encoded size, not its decoded form,
+        which can be ~25 times larger (``[[], [], ...]``). Kept decoded when
+        MessagePack cannot carry it."""
+        if self._body is None:
+            return
+        if self.msgpack is None:
+            try:
+                self.msgpack = MSGPACK.encode(self._body)
+            except (TypeError, ValueError, OverflowError):
+                return
+        self.size  # noqa: B018 - measured before the decoded form goes
+        self._body = None
+
     def encoded(self, codec: Codec) -> bytes:
         """The body in ``codec``'s encoding (cached)."""
         if codec.name == "json":

@@ -423,6 +423,7 @@ class Router(HubCalls):
         """
         now = trio.current_time()
         evicted = 0
+        waits = False
         recorder = self.recorder
         shared = len(targets) > 1
         if shared:
@@ -437,9 +438,12 @@ class Router(HubCalls):
             else:
                 dropped = log_.append_evicting(out, now, size)[1]
                 evicted += dropped
+                waits = True
             recorder.appended(target, log_.last_seq, out, now, shared)
             if dropped:
                 recorder.acked(target)
+        if waits:  # for a receiver that is away: kept encoded only
+            out.compact()
         evicted += self.budget.appended(size * len(targets))
         if evicted:
             self.counters.messages_evicted += evicted
