@@ -47,7 +47,7 @@ from .._core.frames import (
 from .._core.session import ClientSession, OutboundLog
 from .._runtime.component import ComponentBase
 from .._runtime.dispatch import Dispatcher
-from .._runtime.groups import ShieldOnStart, single_exception, start_hidden
+from .._runtime.groups import ShieldOnStart, close_hidden, start_hidden
 from .keeper import LinkKeeper
 from .transport import StreamFactory
 from .types import (
@@ -339,16 +339,7 @@ class TranscendentalWebSocket(ComponentBase):
             if self._run_scope is not None:
                 self._run_scope.cancel()
             stack, self._exit_stack = self._exit_stack, None
-            if stack is not None:
-                try:
-                    await stack.__aexit__(exc_type, exc, tb)
-                except BaseExceptionGroup as group:
-                    # The hidden nursery holds at most our body's exception and
-                    # run()'s failure: raise the one exception, not a group.
-                    leaf = single_exception(group)
-                    if leaf is None:
-                        raise
-                    raise leaf from None
+            await close_hidden(stack, exc_type, exc, tb)
         return None
 
     async def connect(self) -> None:

@@ -100,8 +100,6 @@ class RetentionBudget:
                 assert link is not None
                 self.counters.slow_consumers_closed += 1
                 link.close_soon(CloseCode.SLOW_CONSUMER, "the hub's retention budget is spent")
-                if session.connection is not None:  # a link that detaches later
-                    session.detach(trio.current_time())
                 total, dropped = self._shed(session, total, dropped)
                 if total <= self.limit:
                     break

@@ -202,8 +202,8 @@ def _tracking_deflate_class() -> type:
 
 
 HTTP_ERRORS: Final = {
-    400: ("Bad Request", "the request is not valid HTTP/1.1"),
-    431: ("Request Header Fields Too Large", "the request line and headers exceed {limit} bytes"),
+    400: "the request is not valid HTTP/1.1",
+    431: "the request line and headers exceed {limit} bytes",
 }
 """What Hypercorn's own error answers say (``{limit}``: its ``h11_max_incomplete_size``)."""
 
@@ -216,8 +216,8 @@ def _explaining_h11_class() -> type:
         """Hypercorn's HTTP/1.1 protocol whose own errors carry a problem document."""
 
         async def _send_error_response(self, status_code: int) -> None:
-            phrase = HTTPStatus(status_code).phrase
-            title, detail = HTTP_ERRORS.get(status_code, (phrase, f"{phrase.lower()} (HTTP/1.1)"))
+            title = HTTPStatus(status_code).phrase
+            detail = HTTP_ERRORS.get(status_code, f"{title.lower()} (HTTP/1.1)")
             detail = detail.format(limit=self.config.h11_max_incomplete_size)
             body = json.dumps({"title": title, "status": status_code, "detail": detail}).encode()
             headers = [

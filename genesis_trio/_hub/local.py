@@ -36,7 +36,7 @@ from .._core.errors import (
 from .._core.frames import HUB_ID, Body, Error, Hello, check_body, valid_subscription
 from .._runtime.component import ComponentBase
 from .._runtime.dispatch import Dispatcher
-from .._runtime.groups import single_exception, start_hidden
+from .._runtime.groups import close_hidden, start_hidden
 from .._runtime.signal import Signal
 from .handles import NO_ONE, Wake
 from .journal import Journal, NullJournal
@@ -371,14 +371,7 @@ class LocalComponent(ComponentBase):
             await self.aclose()
         finally:  # even when cancelled: the hidden nursery must be closed here
             stack, self._exit_stack = self._exit_stack, None
-            if stack is not None:
-                try:
-                    await stack.__aexit__(exc_type, exc, tb)
-                except BaseExceptionGroup as group:  # run()'s one failure, not a group
-                    leaf = single_exception(group)
-                    if leaf is None:
-                        raise
-                    raise leaf from None
+            await close_hidden(stack, exc_type, exc, tb)
         return None
 
     async def aclose(self, *, end_session: bool = False) -> None:

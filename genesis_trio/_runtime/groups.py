@@ -32,6 +32,25 @@ async def start_hidden(
     return stack
 
 
+async def close_hidden(
+    stack: AsyncExitStack | None,
+    exc_type: type[BaseException] | None,
+    exc: BaseException | None,
+    tb: Any,
+) -> None:
+    """Close a :func:`start_hidden` nursery from ``__aexit__``. It holds at most the
+    block's exception and ``run``'s failure: raise the one exception, not a group."""
+    if stack is None:
+        return
+    try:
+        await stack.__aexit__(exc_type, exc, tb)
+    except BaseExceptionGroup as group:
+        leaf = single_exception(group)
+        if leaf is None:
+            raise
+        raise leaf from None
+
+
 def single_exception(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
     """The only exception inside ``group`` (nested groups included), or None if several.
 
